@@ -1,0 +1,147 @@
+"""The PyTorch reference: LPIPS head (scaling, unit-normalisation, squared difference, learned 1x1 weights, spatial
+mean) on top of a backbone from the variant table.
+
+Inputs are RGB ``[N, 3, H, W]`` in ``[-1, 1]``. ``in0`` and ``in1`` may have different batch sizes when one of them
+is 1: both go through the backbone as one batch of ``N0 + N1`` images, so a single reference is computed once and
+broadcast against many candidates.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architectures import Architecture, Backbone, get_architecture
+from .errors import CheckpointMismatchError
+
+NORMALIZE_EPS = 1e-10
+
+
+class ScalingLayer(nn.Module):
+    """Maps ``[-1, 1]`` inputs to the backbone's ImageNet-like statistics (LPIPS v0.1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift) / self.scale
+
+
+class LinearWeights(nn.Module):
+    """Learned non-negative channel weights as a 1x1 convolution to one channel.
+
+    The convolution is registered as ``model.1`` because upstream keeps a dropout at ``model.0`` (a no-op at
+    inference), and its checkpoints store the weight as ``linK.model.1.weight``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.model = nn.Sequential(OrderedDict([("1", nn.Conv2d(channels, 1, 1, bias=False))]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def unit_normalize(features: torch.Tensor, eps: float = NORMALIZE_EPS) -> torch.Tensor:
+    """Divide each spatial position's channel vector by its L2 norm (plus ``eps``, as the released weights expect)."""
+    norm = torch.sqrt(torch.sum(features**2, dim=1, keepdim=True))
+    return features / (norm + eps)
+
+
+class PerceptualDistance(nn.Module):
+    """LPIPS / ST-LPIPS distance. ``forward`` returns a tuple: ``dist [N]``, then ``dist_layers [N, L]`` if
+    ``layers``, then ``dist_map [N, 1, H, W]`` if ``spatial`` (the per-layer maps upsampled bilinearly to the input
+    size and summed)."""
+
+    def __init__(self, arch: Architecture, spatial: bool = False, layers: bool = False) -> None:
+        super().__init__()
+        self.arch = arch
+        self.spatial = spatial
+        self.layers = layers
+        self.scaling_layer = ScalingLayer()
+        self.net = Backbone(arch)
+        for index, channels in enumerate(self.net.channels):
+            self.add_module(f"lin{index}", LinearWeights(channels))
+        self.lins = [getattr(self, f"lin{i}") for i in range(len(self.net.channels))]
+        self.weights_sha256 = ""  # set by build_model; recorded in the exported file's metadata
+        self.weights_origin = ""
+        self.eval()
+
+    def load_checkpoint(self, state_dict: Mapping[str, torch.Tensor], origin: str = "checkpoint") -> None:
+        """Load upstream-format weights. Every learned parameter must be present with its shape; constant buffers
+        (scaling, blur filters) are taken from the checkpoint when it has them, as upstream does."""
+        expected = self.state_dict()
+        parameters = {name for name, _ in self.named_parameters()}
+        missing = sorted(parameters - state_dict.keys())
+        unexpected = sorted(state_dict.keys() - expected.keys())
+        wrong_shape = [
+            f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
+            for k in state_dict
+            if k in expected and state_dict[k].shape != expected[k].shape
+        ]
+        if missing or unexpected or wrong_shape:
+            problems = []
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+                if keys:
+                    shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+                    problems.append(f"{label}: {shown}")
+            raise CheckpointMismatchError(
+                f"{origin} does not fit {self.arch.key} ({'; '.join(problems)}). Check --net/--variant match the "
+                "checkpoint; keys must be as upstream saves them (e.g. net.slice1.0.weight, lin0.model.1.weight)."
+            )
+        self.load_state_dict(state_dict, strict=False)
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["dist"] + (["dist_layers"] if self.layers else []) + (["dist_map"] if self.spatial else [])
+
+    def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n0 = in0.shape[0]
+        features = self.net(self.scaling_layer(torch.cat([in0, in1], dim=0)))
+        layer_maps = []
+        for feature, lin in zip(features, self.lins, strict=True):
+            feature = unit_normalize(feature)
+            layer_maps.append(lin((feature[:n0] - feature[n0:]) ** 2))
+
+        layer_means = [m.mean(dim=[2, 3]) for m in layer_maps]  # each [N, 1]
+        total = layer_means[0]
+        for mean in layer_means[1:]:
+            total = total + mean
+        outputs = [total[:, 0]]
+        if self.layers:
+            outputs.append(torch.cat(layer_means, dim=1))
+        if self.spatial:
+            size = in0.shape[2:]
+            upsampled = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in layer_maps]
+            dist_map = upsampled[0]
+            for m in upsampled[1:]:
+                dist_map = dist_map + m
+            outputs.append(dist_map)
+        return tuple(outputs)
+
+
+def build_model(
+    net: str,
+    variant: str,
+    *,
+    weights: str | None = None,
+    spatial: bool = False,
+    layers: bool = False,
+) -> PerceptualDistance:
+    """Build a variant and load its weights: the registered checkpoint, or ``weights`` (an upstream-format
+    checkpoint path) when given. Raises :class:`~stlpips_export.errors.ExportError` subclasses with actionable
+    messages."""
+    from .weights import load_weights
+
+    model = PerceptualDistance(get_architecture(net, variant), spatial=spatial, layers=layers)
+    loaded = load_weights(net, variant, weights)
+    model.load_checkpoint(loaded.state_dict, origin=loaded.origin)
+    model.weights_sha256 = loaded.sha256
+    model.weights_origin = loaded.origin
+    return model
