@@ -1,3 +1,50 @@
-"""Torch-free runtime of stlpips-deploy: score image pairs with exported ST-LPIPS / LPIPS ONNX graphs."""
+"""Torch-free runtime of stlpips-deploy: score image pairs with exported ST-LPIPS / LPIPS ONNX graphs.
+
+    >>> from stlpips_rt import Scorer
+    >>> scorer = Scorer("alex-st")            # models/stlpips_alex_st.onnx, best available provider
+    >>> scorer.score("ref.png", "dist.png")   # float distance, 0 = identical
+"""
+
+from .errors import (
+    ChannelError,
+    ImageError,
+    ImageRangeError,
+    ImageReadError,
+    ImageSizeError,
+    ImageTooLargeError,
+    ImageValueError,
+    InferenceError,
+    ModelError,
+    ModelNotFoundError,
+    NotAnStlpipsModelError,
+    ProviderError,
+    StlpipsError,
+)
+from .model import ModelInfo, read_model_info, resolve_model
+from .providers import TensorRTOptions, available_providers, unavailable_reasons
+from .scorer import Scorer
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ChannelError",
+    "ImageError",
+    "ImageRangeError",
+    "ImageReadError",
+    "ImageSizeError",
+    "ImageTooLargeError",
+    "ImageValueError",
+    "InferenceError",
+    "ModelError",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "NotAnStlpipsModelError",
+    "ProviderError",
+    "Scorer",
+    "StlpipsError",
+    "TensorRTOptions",
+    "available_providers",
+    "read_model_info",
+    "resolve_model",
+    "unavailable_reasons",
+]

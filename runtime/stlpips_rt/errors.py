@@ -1,0 +1,65 @@
+"""Typed errors of the runtime. Every error a user can cause derives from :class:`StlpipsError`.
+
+Messages name the offending item (a file path, or the argument and index of an array) and say what to do.
+"""
+
+from __future__ import annotations
+
+
+class StlpipsError(Exception):
+    """Base class of every error raised by ``stlpips_rt`` for bad input, files or configuration."""
+
+
+# --- model files -------------------------------------------------------------------------------------------
+class ModelError(StlpipsError):
+    """The model could not be found, or the file is not a usable stlpips ONNX model."""
+
+
+class ModelNotFoundError(ModelError):
+    """A model path or short name did not resolve to a file."""
+
+
+class NotAnStlpipsModelError(ModelError):
+    """An ONNX file without the stlpips metadata contract (format 1), or with values this runtime rejects."""
+
+
+# --- execution providers -----------------------------------------------------------------------------------
+class ProviderError(StlpipsError):
+    """An execution provider was requested that is unknown or not available in this onnxruntime."""
+
+
+class InferenceError(StlpipsError):
+    """onnxruntime failed while running the graph (out of memory, driver error, ...)."""
+
+
+# --- images ------------------------------------------------------------------------------------------------
+class ImageError(StlpipsError):
+    """Base class of input image errors; ``item`` names the offending input."""
+
+    def __init__(self, item: str, message: str) -> None:
+        super().__init__(f"{item}: {message}")
+        self.item = item
+
+
+class ImageReadError(ImageError):
+    """A file that does not exist, cannot be decoded, or is truncated."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image over the pixel limit (protection against decompression bombs)."""
+
+
+class ImageValueError(ImageError):
+    """An array holding NaN or Inf, or with a dtype the runtime does not accept."""
+
+
+class ImageRangeError(ImageError):
+    """A float array outside its declared value range, or a float array whose range was not declared."""
+
+
+class ChannelError(ImageError):
+    """An image whose channel count is not 1 (grey), 3 (RGB) or 4 (RGBA), or whose layout cannot be told."""
+
+
+class ImageSizeError(ImageError):
+    """The two images of a pair differ in size, or an image is below the model's minimum size."""

@@ -1,0 +1,229 @@
+"""Execution provider selection and session options (TensorRT, CUDA, OpenVINO, CPU).
+
+Users name providers by short names (``"tensorrt"``, ``"cuda"``, ``"openvino"``, ``"cpu"``) or by onnxruntime's
+names (``"CUDAExecutionProvider"``). ``"auto"`` takes the first available of :data:`AUTO_ORDER`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from .errors import ProviderError
+
+ORT_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+SHORT_NAMES = {v: k for k, v in ORT_NAMES.items()}
+AUTO_ORDER = ("tensorrt", "cuda", "openvino", "cpu")
+PRECISIONS = ("exact", "fast")
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """TensorRT settings. Shapes are ``(N, H, W)`` of both inputs for the optimisation profile.
+
+    ``fp16=None`` follows the Scorer's precision ("fast" -> fp16). ``cache_dir`` holds built engines and the
+    timing cache so that a restart does not rebuild them (default: ``~/.cache/stlpips/tensorrt``).
+    """
+
+    fp16: bool | None = None
+    cache_dir: Path | None = None
+    workspace_bytes: int | None = 2 << 30
+    min_shape: tuple[int, int, int] | None = None
+    opt_shape: tuple[int, int, int] | None = None
+    max_shape: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Everything that shapes the onnxruntime session besides the model file and provider list."""
+
+    device_id: int = 0
+    threads: int | None = None
+    precision: str = "exact"
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    openvino_device: str = "CPU"
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+
+
+# --- OpenVINO plugin -----------------------------------------------------------------------------------------
+# The plugin library may be registered only once per process; a lock keeps concurrent Scorer constructions safe.
+_OV_LOCK = threading.Lock()
+_OV_STATE: dict[str, Any] = {}
+_OV_REGISTRATION = "stlpips_openvino"
+
+
+def _openvino_devices() -> tuple[list[Any], str]:
+    """Return the OpenVINO EP devices and, when there are none, the reason why."""
+    with _OV_LOCK:
+        if "devices" not in _OV_STATE:
+            devices: list[Any] = []
+            reason = ""
+            try:
+                import onnxruntime_ep_openvino as ov_ep  # optional extra: pip install stlpips-deploy[openvino]
+            except ImportError:
+                reason = "the onnxruntime-ep-openvino plugin is not installed (pip install 'stlpips-deploy[openvino]')"
+            else:
+                try:
+                    ort.register_execution_provider_library(_OV_REGISTRATION, ov_ep.get_library_path())
+                except Exception as exc:  # already registered by the host application, or a broken install
+                    if "already registered" not in str(exc):
+                        reason = f"registering the OpenVINO plugin failed: {exc}"
+                name = ov_ep.get_ep_name()
+                devices = [d for d in ort.get_ep_devices() if d.ep_name == name]
+                if not devices and not reason:
+                    cpus = [d.device for d in ort.get_ep_devices() if d.ep_name == "CPUExecutionProvider"]
+                    vendor = cpus[0].vendor if cpus else "unknown"
+                    reason = (f"the OpenVINO plugin is installed but offers no device on this machine (CPU vendor "
+                              f"{vendor}; the plugin only enumerates Intel hardware)")
+            _OV_STATE["devices"], _OV_STATE["reason"] = devices, reason
+        return _OV_STATE["devices"], _OV_STATE["reason"]
+
+
+def unavailable_reasons() -> dict[str, str]:
+    """Short provider name -> why it cannot be used here (only for providers that are unavailable)."""
+    built_in = set(ort.get_available_providers())
+    reasons = {}
+    for short in ("tensorrt", "cuda"):
+        if ORT_NAMES[short] not in built_in:
+            reasons[short] = (f"this onnxruntime build ({ort.__version__}, {ort.get_device()}) has no "
+                              f"{ORT_NAMES[short]}; install onnxruntime-gpu in place of onnxruntime")
+    devices, reason = _openvino_devices()
+    if not devices:
+        reasons["openvino"] = reason
+    return reasons
+
+
+def available_providers() -> list[str]:
+    """Short names of the usable providers, in the order ``"auto"`` tries them."""
+    missing = unavailable_reasons()
+    return [p for p in AUTO_ORDER if p not in missing]
+
+
+def normalize(name: str) -> str:
+    """Map a short or onnxruntime provider name to the short name; raise :class:`ProviderError` if unknown."""
+    key = name.strip()
+    if key.lower() in ORT_NAMES:
+        return key.lower()
+    if key in SHORT_NAMES:
+        return SHORT_NAMES[key]
+    raise ProviderError(f"unknown provider {name!r}; choose from auto, {', '.join(AUTO_ORDER)}")
+
+
+def resolve_providers(spec: str | Sequence[str]) -> list[str]:
+    """Turn ``"auto"``, ``"cuda"``, ``"cuda,cpu"`` or a list into the short names to use, most preferred first.
+
+    An explicitly named provider that is not available is an error that lists the available ones.
+    """
+    names = [s for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    if not names or [n.strip().lower() for n in names] == ["auto"]:
+        return [available_providers()[0]]
+    chosen = [normalize(n) for n in names]
+    missing = unavailable_reasons()
+    for p in chosen:
+        if p in missing:
+            raise ProviderError(
+                f"provider {p!r} is not available: {missing[p]}. Available here: {', '.join(available_providers())}"
+            )
+    return list(dict.fromkeys(chosen))
+
+
+def _profile(shape: tuple[int, int, int] | None) -> str | None:
+    if shape is None:
+        return None
+    n, h, w = shape
+    return f"in0:{n}x3x{h}x{w},in1:{n}x3x{h}x{w}"
+
+
+def _provider_entry(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str]]:
+    """Provider options for the built-in providers (TensorRT, CUDA, CPU)."""
+    fast = cfg.precision == "fast"
+    if short == "tensorrt":
+        t = cfg.tensorrt
+        cache = Path(t.cache_dir or Path.home() / ".cache" / "stlpips" / "tensorrt").expanduser()
+        cache.mkdir(parents=True, exist_ok=True)
+        opts = {
+            "device_id": str(cfg.device_id),
+            "trt_fp16_enable": str(bool(fast if t.fp16 is None else t.fp16)),
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(cache),
+        }
+        if t.workspace_bytes:
+            opts["trt_max_workspace_size"] = str(t.workspace_bytes)
+        shapes = {k: _profile(s) for k, s in (("trt_profile_min_shapes", t.min_shape),
+                                              ("trt_profile_opt_shapes", t.opt_shape),
+                                              ("trt_profile_max_shapes", t.max_shape))}
+        if any(shapes.values()) and not all(shapes.values()):
+            raise ProviderError("TensorRT profile: give min_shape, opt_shape and max_shape together, or none")
+        opts.update({k: v for k, v in shapes.items() if v})
+        return ORT_NAMES[short], opts
+    if short == "cuda":
+        return ORT_NAMES[short], {
+            "device_id": str(cfg.device_id),
+            "cudnn_conv_algo_search": cfg.cudnn_conv_algo_search,
+            # TF32 convolutions lose ~3 decimal digits: only in fast mode.
+            "use_tf32": "1" if fast else "0",
+        }
+    return ORT_NAMES[short], {}
+
+
+def precision_label(short: str, precision: str, model_precision: str) -> str:
+    """The arithmetic precision a provider runs with for a requested precision mode."""
+    if model_precision == "fp16":
+        return "fp16"
+    if precision == "exact":
+        return "fp32"
+    return {"tensorrt": "fp16", "cuda": "tf32", "openvino": "bf16"}.get(short, "fp32")
+
+
+def session_options(cfg: SessionConfig) -> ort.SessionOptions:
+    """Full graph optimisation, the requested intra-op thread count, quiet logging."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if cfg.threads:
+        opts.intra_op_num_threads = int(cfg.threads)
+    opts.log_severity_level = int(os.environ.get("STLPIPS_ORT_LOG_LEVEL", "3"))
+    return opts
+
+
+def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.InferenceSession:
+    """Build the onnxruntime session for ``providers`` (short names, most preferred first)."""
+    if cfg.precision not in PRECISIONS:
+        raise ProviderError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    opts = session_options(cfg)
+    if "openvino" in providers[1:]:
+        raise ProviderError("OpenVINO can only be the first provider (it is attached per device); "
+                            "use providers='openvino' (unsupported nodes fall back to the CPU provider)")
+    if providers[0] == "openvino":
+        devices, reason = _openvino_devices()
+        wanted = [d for d in devices if d.ep_metadata.get("ov_device", "").upper().startswith(cfg.openvino_device)]
+        if not wanted:
+            have = sorted({d.ep_metadata.get("ov_device", "?") for d in devices})
+            raise ProviderError(f"OpenVINO device {cfg.openvino_device!r} not offered ({reason or have})")
+        hint = "bf16" if cfg.precision == "fast" else "f32"
+        if cfg.openvino_device != "CPU":
+            hint = "f16" if cfg.precision == "fast" else "f32"
+        ov_opts = {"load_config": json.dumps({cfg.openvino_device: {"INFERENCE_PRECISION_HINT": hint}})}
+        if cfg.threads:
+            ov_opts["num_of_threads"] = str(cfg.threads)
+        opts.add_provider_for_devices([wanted[0]], ov_opts)
+        # Nodes OpenVINO cannot take fall back to the CPU provider, which ORT always appends.
+        return ort.InferenceSession(str(path), opts)
+    entries = [_provider_entry(p, cfg) for p in providers]
+    if "cpu" not in providers:
+        entries.append(_provider_entry("cpu", cfg))
+    return ort.InferenceSession(str(path), opts, providers=[e[0] for e in entries],
+                                provider_options=[e[1] for e in entries])

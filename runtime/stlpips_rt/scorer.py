@@ -1,0 +1,236 @@
+"""The :class:`Scorer`: one onnxruntime session over an stlpips model, scoring image pairs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import images
+from .batching import plan_runs
+from .errors import ImageSizeError, InferenceError, ModelError
+from .model import ModelInfo, resolve_model
+from .providers import (
+    SHORT_NAMES,
+    SessionConfig,
+    TensorRTOptions,
+    create_session,
+    precision_label,
+    resolve_providers,
+)
+
+ImageLike = Any  # path, PIL image, or numpy array (see stlpips_rt.images)
+
+
+class Scorer:
+    """Perceptual distance (ST-LPIPS / LPIPS) between images, through an exported ONNX graph.
+
+    Args:
+        model: path to an .onnx file, or a short name (``"alex-st"``, ``"vgg-lpips"``, ``"alex-st-spatial"``)
+            looked up in ``$STLPIPS_MODEL_DIR``, then ``./models``.
+        providers: ``"auto"`` (TensorRT, CUDA, OpenVINO, CPU: the first available), a short name, a
+            comma-separated list or a list. An explicit provider that is not available raises ProviderError.
+        device_id: GPU index for CUDA / TensorRT.
+        threads: intra-op CPU threads (None: onnxruntime's default, one per core).
+        precision: ``"exact"`` (float32, parity with PyTorch) or ``"fast"`` (bf16 on OpenVINO, fp16 on
+            TensorRT, TF32 on CUDA; the CPU provider has no faster mode and stays fp32).
+        batch_size: largest number of pairs per graph run.
+        float_range: value range of float array inputs, ``"0,1"`` or ``"-1,1"``; float arrays are refused
+            while it is not declared (here or per call). Integer inputs need no declaration.
+        resize: ``(height, width)`` to bicubic-resize every image to; None (default) scores images as given.
+        max_pixels: largest accepted image (pixels), a guard against decompression bombs.
+        tensorrt: TensorRT options (fp16, engine/timing cache dir, workspace, profile shapes).
+        cudnn_conv_algo_search: CUDA convolution algorithm search, EXHAUSTIVE, HEURISTIC or DEFAULT.
+        openvino_device: OpenVINO device, ``"CPU"``, ``"GPU"`` or ``"NPU"``.
+        io_binding: feed inputs/outputs through I/O binding (default: on for CUDA and TensorRT).
+
+    ``scorer.provider`` and ``scorer.precision`` say what actually runs. One Scorer may be used from many
+    threads at once: it holds no mutable state after construction and onnxruntime's ``run`` is thread-safe.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = "alex-st",
+        providers: str | Sequence[str] = "auto",
+        device_id: int = 0,
+        threads: int | None = None,
+        precision: str = "exact",
+        batch_size: int = 16,
+        float_range: str | None = None,
+        resize: tuple[int, int] | int | None = None,
+        max_pixels: int = images.DEFAULT_MAX_PIXELS,
+        tensorrt: TensorRTOptions | None = None,
+        cudnn_conv_algo_search: str = "EXHAUSTIVE",
+        openvino_device: str = "CPU",
+        io_binding: bool | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(resize, int):
+            resize = (resize, resize)
+        self.batch_size = int(batch_size)
+        self.image_options = images.ImageOptions(float_range=float_range, max_pixels=max_pixels,
+                                                 resize=tuple(resize) if resize else None)
+        path = resolve_model(model)
+        chosen = resolve_providers(providers)
+        self.config = SessionConfig(device_id=device_id, threads=threads, precision=precision,
+                                    cudnn_conv_algo_search=cudnn_conv_algo_search,
+                                    openvino_device=openvino_device.upper(),
+                                    tensorrt=tensorrt or TensorRTOptions())
+        try:
+            self._session = create_session(path, chosen, self.config)
+        except ModelError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("stlpips_rt"):
+                raise
+            raise ModelError(f"{path}: onnxruntime could not build a session ({exc})") from None
+        self.info: ModelInfo = ModelInfo.from_session(path, self._session)
+        self.provider: str = SHORT_NAMES.get(self._session.get_providers()[0], chosen[0])
+        self.precision: str = precision_label(self.provider, precision, self.info.precision)
+        self._io_binding = self.provider in ("cuda", "tensorrt") if io_binding is None else io_binding
+
+    def __repr__(self) -> str:
+        return (f"Scorer(model={self.info.path.name!r}, provider={self.provider!r}, "
+                f"precision={self.precision!r}, batch_size={self.batch_size})")
+
+    # --- inputs ------------------------------------------------------------------------------------------
+    def _options(self, float_range: str | None) -> images.ImageOptions:
+        if float_range is None:
+            return self.image_options
+        return dataclasses.replace(self.image_options, float_range=images.normalize_range(float_range))
+
+    def load(self, item: ImageLike, name: str = "image", float_range: str | None = None) -> np.ndarray:
+        """One image -> float32 ``[3, H, W]`` in [-1, 1], checked against the model's minimum size."""
+        x = images.load(item, str(item) if images.is_path(item) else name, self._options(float_range))
+        images.check_size(x, str(item) if images.is_path(item) else name, self.info.min_size)
+        return x
+
+    def _load_all(self, items: Any, name: str, float_range: str | None) -> tuple[list[np.ndarray], list[str]]:
+        opts = self._options(float_range)
+        arrays, names = [], []
+        for item, item_name in images.expand(items, name):
+            x = images.load(item, item_name, opts)
+            images.check_size(x, item_name, self.info.min_size)
+            arrays.append(x)
+            names.append(item_name)
+        return arrays, names
+
+    def _load_pairs(self, a: Any, b: Any, float_range: str | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        x0, n0 = self._load_all(a, "a", float_range)
+        x1, n1 = self._load_all(b, "b", float_range)
+        if len(x0) != len(x1):
+            raise ImageSizeError("a vs b", f"{len(x0)} images vs {len(x1)} images; pass equally many, or use "
+                                           "score_many(ref, candidates) for one reference")
+        for p, q, m, n in zip(x0, x1, n0, n1, strict=True):
+            images.check_pair(p, q, m, n)
+        return x0, x1
+
+    # --- prepared arrays ---------------------------------------------------------------------------------
+    def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+        try:
+            if self._io_binding:
+                binding = self._session.io_binding()
+                binding.bind_cpu_input("in0", in0)
+                binding.bind_cpu_input("in1", in1)
+                for name in outputs:
+                    binding.bind_output(name)
+                self._session.run_with_iobinding(binding)
+                return binding.copy_outputs_to_cpu()
+            return self._session.run(list(outputs), {"in0": in0, "in1": in1})
+        except Exception as exc:
+            raise InferenceError(f"onnxruntime failed on a batch of shape {in1.shape} on {self.provider}: {exc}") \
+                from None
+
+    def _check_outputs(self, outputs: Sequence[str]) -> None:
+        for name in outputs:
+            if name not in self.info.outputs:
+                raise ModelError(
+                    f"{self.info.path.name} has no output {name!r} (it has {', '.join(self.info.outputs)}); export "
+                    f"a model with it, e.g. `stlpips-export --net {self.info.net} --variant {self.info.variant} "
+                    f"{'--spatial' if name == 'dist_map' else '--layers'}`"
+                )
+
+    def evaluate(self, x0: Sequence[np.ndarray], x1: Sequence[np.ndarray],
+                 outputs: Sequence[str] = ("dist",)) -> dict[str, np.ndarray]:
+        """Run prepared pairs (arrays from :meth:`load`, pairwise equal shapes) and return each output in input
+        order. Pairs are grouped by image size and split into runs of at most ``batch_size``."""
+        self._check_outputs(outputs)
+        results: dict[str, list[Any]] = {name: [None] * len(x0) for name in outputs}
+        for run in plan_runs([x.shape for x in x0], self.batch_size):
+            in0 = np.stack([x0[i] for i in run])
+            in1 = np.stack([x1[i] for i in run])
+            for name, value in zip(outputs, self._infer(in0, in1, outputs), strict=True):
+                for j, i in enumerate(run):
+                    results[name][i] = value[j]
+        return {name: _stack(values) for name, values in results.items()}
+
+    def evaluate_many(self, ref: np.ndarray, candidates: Sequence[np.ndarray],
+                      outputs: Sequence[str] = ("dist",)) -> dict[str, np.ndarray]:
+        """One prepared reference against many prepared candidates of its size: in0 has batch 1, so the
+        graph computes the reference's features once per run."""
+        self._check_outputs(outputs)
+        results: dict[str, list[Any]] = {name: [None] * len(candidates) for name in outputs}
+        in0 = ref[None]
+        for run in plan_runs([x.shape for x in candidates], self.batch_size):
+            in1 = np.stack([candidates[i] for i in run])
+            for name, value in zip(outputs, self._infer(in0, in1, outputs), strict=True):
+                for j, i in enumerate(run):
+                    results[name][i] = value[j]
+        return {name: _stack(values) for name, values in results.items()}
+
+    # --- public scoring ----------------------------------------------------------------------------------
+    def score(self, a: ImageLike, b: ImageLike, float_range: str | None = None) -> float:
+        """Distance between two images (0 = identical; larger = more different)."""
+        x0 = self.load(a, "a", float_range)
+        x1 = self.load(b, "b", float_range)
+        images.check_pair(x0, x1, str(a) if images.is_path(a) else "a", str(b) if images.is_path(b) else "b")
+        return float(self.evaluate([x0], [x1])["dist"][0])
+
+    def score_batch(self, a: Any, b: Any, float_range: str | None = None) -> np.ndarray:
+        """Distances of pairs ``(a[i], b[i])``; ``a`` and ``b`` are lists or 4-D batches of equal length.
+        Returns float32 ``[N]``."""
+        x0, x1 = self._load_pairs(a, b, float_range)
+        return self.evaluate(x0, x1)["dist"].reshape(len(x0))
+
+    def score_many(self, ref: ImageLike, candidates: Any, float_range: str | None = None) -> np.ndarray:
+        """Distances of every candidate to one reference, through the broadcast graph (the reference's
+        features are computed once per run). Returns float32 ``[N]``."""
+        r = self.load(ref, "ref", float_range)
+        xs, names = self._load_all(candidates, "candidates", float_range)
+        ref_name = str(ref) if images.is_path(ref) else "ref"
+        for x, name in zip(xs, names, strict=True):
+            images.check_pair(r, x, ref_name, name)
+        return self.evaluate_many(r, xs)["dist"].reshape(len(xs))
+
+    def spatial(self, a: ImageLike, b: ImageLike, float_range: str | None = None) -> np.ndarray:
+        """Per-pixel distance map ``[H, W]`` of one pair (spatial models only): the per-layer maps upsampled to the
+        image size and summed, so its mean is close to (not exactly) the distance."""
+        return self.spatial_batch([a], [b], float_range)[0]
+
+    def spatial_batch(self, a: Any, b: Any, float_range: str | None = None) -> np.ndarray:
+        """Distance maps ``[N, H, W]`` of pairs of one size (spatial models only)."""
+        self._check_outputs(("dist_map",))
+        x0, x1 = self._load_pairs(a, b, float_range)
+        if len({x.shape for x in x0}) > 1:
+            raise ImageSizeError("a", "spatial_batch needs one image size for all pairs; call spatial per pair")
+        return self.evaluate(x0, x1, ("dist_map",))["dist_map"][:, 0]
+
+    def layers(self, a: ImageLike, b: ImageLike, float_range: str | None = None) -> np.ndarray:
+        """Per-layer distances ``[L]`` of one pair (models exported with dist_layers); they sum to the distance."""
+        return self.layers_batch([a], [b], float_range)[0]
+
+    def layers_batch(self, a: Any, b: Any, float_range: str | None = None) -> np.ndarray:
+        """Per-layer distances ``[N, L]`` (models exported with dist_layers)."""
+        self._check_outputs(("dist_layers",))
+        x0, x1 = self._load_pairs(a, b, float_range)
+        return self.evaluate(x0, x1, ("dist_layers",))["dist_layers"]
+
+
+def _stack(values: list[Any]) -> np.ndarray:
+    if not values:
+        return np.zeros((0,), dtype=np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in values])
