@@ -1,0 +1,203 @@
+"""``stlpips-score``: perceptual distance of image pairs from the command line (torch-free)."""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from . import heatmap, images
+from .errors import InferenceError, StlpipsError
+from .output import ERROR, FIELDS, OK, Progress, RowWriter, read_done
+from .pairs import Pair, from_csv, from_dirs, from_ref
+from .scorer import Scorer
+
+Loaded = tuple[Pair, np.ndarray | None, np.ndarray | None, str]  # pair, ref array, dist array, error
+
+
+def _load_pair(scorer: Scorer, pair: Pair, ref: np.ndarray | None = None) -> Loaded:
+    """Read and check one pair; a problem becomes the row's error message instead of an exception."""
+    if pair.problem:
+        return pair, None, None, pair.problem
+    try:
+        x0 = ref if ref is not None else scorer.load(pair.ref_path, pair.ref)
+        x1 = scorer.load(pair.dist_path, pair.dist)
+        images.check_pair(x0, x1, pair.ref, pair.dist)
+    except StlpipsError as exc:
+        return pair, None, None, str(exc)
+    return pair, x0, x1, ""
+
+
+def _heatmap_name(pair: Pair) -> str:
+    return f"{pair.index:06d}_{Path(pair.ref).stem}_vs_{Path(pair.dist).stem}.png"
+
+
+def _score_chunk(scorer: Scorer, loaded: list[Loaded], outputs: tuple[str, ...], broadcast: bool,
+                 heatmap_dir: Path | None) -> list[dict[str, Any]]:
+    good = [item for item in loaded if not item[3]]
+    results: dict[str, np.ndarray] = {}
+    failure = ""
+    if good:
+        try:
+            if broadcast:
+                results = scorer.evaluate_many(good[0][1], [g[2] for g in good], outputs)
+            else:
+                results = scorer.evaluate([g[1] for g in good], [g[2] for g in good], outputs)
+        except InferenceError as exc:
+            failure = str(exc)
+    rows, k = [], 0
+    for pair, x0, x1, error in loaded:
+        row: dict[str, Any] = {"ref": pair.ref, "dist": pair.dist, "distance": None, "status": ERROR,
+                               "error": error or failure}
+        if not error:
+            if not failure:
+                row.update(distance=round(float(results["dist"][k]), 7), status=OK, error="")
+                if heatmap_dir is not None:
+                    out = heatmap_dir / _heatmap_name(pair)
+                    heatmap.save(out, x0, x1, results["dist_map"][k][0])
+                    row["heatmap"] = str(out)
+            k += 1
+        rows.append(row)
+    return rows
+
+
+def _run(scorer: Scorer, pairs: list[Pair], writer: RowWriter, progress: Progress, broadcast: bool,
+         heatmap_dir: Path | None) -> None:
+    outputs = ("dist", "dist_map") if heatmap_dir is not None else ("dist",)
+    size = scorer.batch_size
+    chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+    ref_array: np.ndarray | None = None
+    if broadcast and pairs:
+        try:
+            ref_array = scorer.load(pairs[0].ref_path, pairs[0].ref)
+        except StlpipsError as exc:
+            for p in pairs:
+                writer.write({"ref": p.ref, "dist": p.dist, "distance": None, "status": ERROR, "error": str(exc)})
+            writer.flush()
+            return
+
+    def load(chunk: list[Pair]) -> list[Loaded]:
+        return [_load_pair(scorer, p, ref_array) for p in chunk]
+
+    done = 0
+    # Decode the next chunk's images while the current one runs through the graph.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, chunks[0]) if chunks else None
+        for i in range(len(chunks)):
+            assert pending is not None
+            loaded = pending.result()
+            pending = pool.submit(load, chunks[i + 1]) if i + 1 < len(chunks) else None
+            for row in _score_chunk(scorer, loaded, outputs, broadcast, heatmap_dir):
+                writer.write(row)
+            writer.flush()
+            done += len(loaded)
+            progress.update(done)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"stlpips-score: error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("ref", required=False, type=click.Path(path_type=Path))
+@click.argument("dist", required=False, type=click.Path(path_type=Path))
+@click.option("--pairs", "pairs_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with ref,dist columns (paths relative to the CSV's folder).")
+@click.option("--ref", "ref_one", type=click.Path(path_type=Path),
+              help="One reference scored against every image of --dist-dir (features computed once).")
+@click.option("--ref-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of references, matched with --dist-dir by file name.")
+@click.option("--dist-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of distorted images.")
+@click.option("-m", "--model", default="alex-st", show_default=True,
+              help="Short name (alex-st, vgg-lpips, ...; looked up in $STLPIPS_MODEL_DIR then ./models) or .onnx path.")
+@click.option("--providers", default="auto", show_default=True,
+              help="auto, or a comma list of tensorrt, cuda, openvino, cpu.")
+@click.option("--precision", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
+              help="exact: float32 parity; fast: bf16 (OpenVINO) / fp16 (TensorRT) / TF32 (CUDA).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
+@click.option("--resize", type=click.IntRange(min=1), default=None,
+              help="Bicubic-resize every image to SIZE x SIZE first (off by default).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write rows to this file (default: stdout).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Row format (default csv; a single pair without --format prints just the distance).")
+@click.option("--resume", is_flag=True, help="Skip pairs already scored in --output.")
+@click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a PNG per pair showing where the images differ (needs a spatial model).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None, ref_dir: Path | None,
+         dist_dir: Path | None, model: str, providers: str, precision: str, batch_size: int, threads: int | None,
+         resize: int | None, output: Path | None, fmt: str | None, resume: bool, heatmap_dir: Path | None,
+         quiet: bool) -> None:
+    """Score REF against DIST, or many pairs (--pairs, --ref-dir/--dist-dir, --ref/--dist-dir).
+
+    Prints the distance for one pair; otherwise one row per pair (ref, dist, distance, status, error). Exits 1
+    when any pair failed, 2 on a usage or set-up error."""
+    modes = [bool(ref or dist), bool(pairs_csv), bool(ref_dir), bool(ref_one)]
+    if sum(modes) != 1:
+        raise click.UsageError("give exactly one of: REF DIST, --pairs FILE, --ref-dir/--dist-dir, --ref/--dist-dir")
+    if (ref_dir or ref_one) and not dist_dir:
+        raise click.UsageError("--ref-dir and --ref need --dist-dir")
+    if dist_dir and not (ref_dir or ref_one):
+        raise click.UsageError("--dist-dir needs --ref-dir or --ref")
+    if (ref or dist) and not (ref and dist):
+        raise click.UsageError("give both REF and DIST")
+    if resume and output is None:
+        raise click.UsageError("--resume needs --output FILE")
+    if output is not None and fmt is None:
+        fmt = "jsonl" if output.suffix.lower() in (".jsonl", ".json") else "csv"
+
+    try:
+        scorer = Scorer(model, providers=providers, threads=threads, precision=precision, batch_size=batch_size,
+                        resize=resize)
+    except StlpipsError as exc:
+        _fail(str(exc))
+    if heatmap_dir is not None and not scorer.info.has_spatial:
+        _fail(f"--heatmap needs a spatial model; {scorer.info.path.name} has outputs "
+              f"{', '.join(scorer.info.outputs)}. Export one with `stlpips-export --net {scorer.info.net} "
+              f"--variant {scorer.info.variant} --spatial` and pass --model {scorer.info.short_name}-spatial")
+
+    if ref and dist and fmt is None and output is None:
+        try:
+            click.echo(f"{scorer.score(ref, dist):.7f}")
+        except StlpipsError as exc:
+            click.echo(f"stlpips-score: {exc}", err=True)
+            sys.exit(1)
+        return
+
+    if pairs_csv:
+        pairs = from_csv(pairs_csv)
+    elif ref_dir and dist_dir:
+        pairs = from_dirs(ref_dir, dist_dir)
+    elif ref_one and dist_dir:
+        pairs = from_ref(ref_one, dist_dir)
+    else:
+        assert ref is not None and dist is not None
+        pairs = [Pair(0, str(ref), str(dist), ref, dist)]
+
+    fields = FIELDS + (["heatmap"] if heatmap_dir is not None else [])
+    fmt = fmt or "csv"
+    kept = read_done(output, fmt) if resume and output is not None else []
+    done_keys = {(r["ref"], r["dist"]) for r in kept}
+    todo = [p for p in pairs if p.key not in done_keys]
+    writer = RowWriter(output, fmt, fields, kept)
+    progress = Progress(len(todo), enabled=not quiet)
+    try:
+        _run(scorer, todo, writer, progress, broadcast=bool(ref_one), heatmap_dir=heatmap_dir)
+    finally:
+        progress.close()
+        writer.close()
+    if not quiet:
+        skipped = f", {len(pairs) - len(todo)} already done" if resume else ""
+        click.echo(f"stlpips-score: {writer.written - writer.failed} of {writer.written} pairs scored{skipped} "
+                   f"({scorer.provider}, {scorer.precision})", err=True)
+    if writer.failed:
+        click.echo(f"stlpips-score: {writer.failed} pair(s) failed; see the rows with status=error", err=True)
+        sys.exit(1)

@@ -1,0 +1,117 @@
+"""Result rows of ``stlpips-score``: CSV or JSON Lines, flushed as they are written, resumable."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+FIELDS = ["ref", "dist", "distance", "status", "error"]
+OK, ERROR = "ok", "error"
+
+
+def read_done(path: Path, fmt: str) -> list[dict[str, str]]:
+    """Rows of an earlier run that scored successfully. A torn last line (an interrupted write) and error rows
+    are dropped, so that resuming retries them."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    rows: list[dict[str, Any]] = []
+    if fmt == "jsonl":
+        for line in text.splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    else:
+        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+        rows = list(csv.DictReader(io.StringIO(complete)))
+    return [r for r in rows if r.get("status") == OK and r.get("ref") is not None and r.get("dist") is not None]
+
+
+class RowWriter:
+    """Writes one row per pair and flushes after every batch so that an interrupted run keeps its rows."""
+
+    def __init__(self, target: Path | None, fmt: str, fields: list[str], keep: list[dict[str, Any]]) -> None:
+        self.fmt = fmt
+        self.fields = fields
+        self.failed = 0
+        self.written = 0
+        if target is None:
+            self._file: IO[str] = sys.stdout
+            self._close = False
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Rewrite kept rows first (atomically), so a resumed file has each pair once.
+            tmp = target.with_name(target.name + ".tmp")
+            with tmp.open("w", newline="") as f:
+                self._start(f, keep)
+            os.replace(tmp, target)
+            self._file = target.open("a", newline="")
+            self._close = True
+            return
+        self._start(self._file, keep)
+
+    def _start(self, f: IO[str], keep: list[dict[str, Any]]) -> None:
+        if self.fmt == "csv":
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n")
+            w.writeheader()
+            w.writerows(keep)
+        else:
+            for row in keep:
+                f.write(json.dumps(row) + "\n")
+        f.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if row["status"] != OK:
+            self.failed += 1
+        self.written += 1
+        if self.fmt == "csv":
+            out = {k: ("" if row.get(k) is None else row.get(k)) for k in self.fields}
+            csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore",
+                           lineterminator="\n").writerow(out)
+        else:
+            self._file.write(json.dumps({k: row.get(k) for k in self.fields}) + "\n")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._close:
+            self._file.close()
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only on a terminal and only once a run takes over a second."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled and sys.stderr.isatty() and total > 0
+        self.start = time.monotonic()
+        self.shown = False
+        self._last = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.start < 1.0 or (now - self._last < 0.1 and done < self.total):
+            return
+        self._last = now
+        width = 30
+        filled = int(width * done / self.total)
+        rate = done / max(now - self.start, 1e-9)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} pairs {rate:.1f}/s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
