@@ -64,6 +64,8 @@ class PerceptualDistance(nn.Module):
         self.arch = arch
         self.spatial = spatial
         self.layers = layers
+        # float16 runs only the backbone in half precision: the head's eps (1e-10) and its sums need float32.
+        self.backbone_dtype = torch.float32
         self.scaling_layer = ScalingLayer()
         self.net = Backbone(arch)
         for index, channels in enumerate(self.net.channels):
@@ -97,16 +99,23 @@ class PerceptualDistance(nn.Module):
             )
         self.load_state_dict(state_dict, strict=False)
 
+    def half_backbone(self) -> PerceptualDistance:
+        """Switch the backbone to float16 (inputs, outputs and head stay float32)."""
+        self.net.half()
+        self.backbone_dtype = torch.float16
+        return self
+
     @property
     def output_names(self) -> list[str]:
         return ["dist"] + (["dist_layers"] if self.layers else []) + (["dist_map"] if self.spatial else [])
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n0 = in0.shape[0]
-        features = self.net(self.scaling_layer(torch.cat([in0, in1], dim=0)))
+        scaled = self.scaling_layer(torch.cat([in0, in1], dim=0))
+        features = self.net(scaled.to(self.backbone_dtype))
         layer_maps = []
         for feature, lin in zip(features, self.lins, strict=True):
-            feature = unit_normalize(feature)
+            feature = unit_normalize(feature.float())
             layer_maps.append(lin((feature[:n0] - feature[n0:]) ** 2))
 
         layer_means = [m.mean(dim=[2, 3]) for m in layer_maps]  # each [N, 1]

@@ -1,0 +1,82 @@
+"""``stlpips-export``: build, trace, simplify, verify and write ST-LPIPS / LPIPS ONNX graphs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .architectures import ARCHITECTURES
+from .errors import ExportError
+from .onnx_export import DEFAULT_OPSET, ExportOptions, export_model
+from .weights import REGISTRY
+
+NETS = sorted({a.net for a in ARCHITECTURES.values()})
+VARIANTS = sorted({a.variant for a in ARCHITECTURES.values()})
+
+
+def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HxW such as 256x256, got {value!r}") from None
+    if h <= 0 or w <= 0:
+        raise click.BadParameter(f"sizes must be positive, got {value!r}")
+    return h, w
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--net", type=click.Choice(NETS), default="alex", show_default=True, help="Backbone.")
+@click.option("--variant", type=click.Choice(VARIANTS), default="st", show_default=True,
+              help="st: ST-LPIPS; lpips: LPIPS v0.1; aa/scratch: upstream architectures for --weights.")
+@click.option("--all", "export_all", is_flag=True, help="Export every net-variant whose weights are installed.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models"),
+              show_default=True, help="Output folder.")
+@click.option("--opset", type=click.IntRange(13, 23), default=DEFAULT_OPSET, show_default=True)
+@click.option("--fp16", is_flag=True, help="float16 backbone inside; float32 inputs and outputs.")
+@click.option("--spatial", is_flag=True, help="Add the dist_map [N,1,H,W] output.")
+@click.option("--layers", is_flag=True, help="Add the dist_layers [N,L] output.")
+@click.option("--static", "static_hw", callback=_parse_hw, metavar="HxW", help="Fix H and W (batch stays dynamic).")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Your own upstream-format checkpoint (.pth).")
+@click.option("--tolerance", type=float, help="Override the parity tolerance (max abs) for this export.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the written paths.")
+def main(net: str, variant: str, export_all: bool, out_dir: Path, opset: int, fp16: bool, spatial: bool,
+         layers: bool, static_hw: tuple[int, int] | None, no_simplify: bool, weights: str | None,
+         tolerance: float | None, quiet: bool) -> None:
+    """Export an ST-LPIPS / LPIPS model to ONNX, proving float32 parity with PyTorch before writing it."""
+    if export_all and weights:
+        raise click.UsageError("--all exports the registered weights; drop --weights or --all")
+    targets = [tuple(key.split("-")) for key in REGISTRY] if export_all else [(net, variant)]
+    failures = 0
+    for target_net, target_variant in targets:
+        options = ExportOptions(net=target_net, variant=target_variant, out_dir=out_dir, opset=opset, fp16=fp16,
+                                spatial=spatial, layers=layers, static_hw=static_hw, simplify=not no_simplify,
+                                weights=weights, tolerance=tolerance)
+        name = options.file_name
+
+        def progress(message: str, name: str = name) -> None:
+            if not quiet:
+                click.echo(f"[{name}] {message}", err=True)
+
+        start = time.perf_counter()
+        try:
+            result = export_model(options, progress)
+        except (ExportError, ValueError, RuntimeError) as exc:
+            failures += 1
+            click.echo(f"error: {name}: {exc}", err=True)
+            if not export_all:
+                sys.exit(1)
+            continue
+        if quiet:
+            click.echo(str(result.path))
+        else:
+            click.echo(f"wrote {result.path} (min size {result.min_size}px, parity max abs "
+                       f"{result.parity.max_abs:.2e}) in {time.perf_counter() - start:.1f}s")
+    if failures:
+        click.echo(f"{failures} of {len(targets)} exports failed", err=True)
+        sys.exit(1)

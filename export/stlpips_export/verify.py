@@ -1,0 +1,177 @@
+"""Parity of an ONNX graph against the PyTorch reference, and the minimum input size of a model.
+
+The comparison runs ONNX Runtime on the CPU over random and structured inputs at several shapes, including the
+minimum size and both broadcast directions, and over 2AFC-style triplets for rank agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from .errors import ParityError
+from .model import PerceptualDistance
+
+MAX_MIN_SIZE_SEARCH = 256
+
+
+def find_min_size(model: PerceptualDistance) -> int:
+    """Smallest side S such that an S x S input runs (reflection padding needs each map wider than its pad)."""
+    with torch.no_grad():
+        for side in range(1, MAX_MIN_SIZE_SEARCH + 1):
+            x = torch.zeros(1, 3, side, side)
+            try:
+                model(x, x)
+            except RuntimeError:
+                continue
+            return side
+    raise RuntimeError(f"{model.arch.key} fails on every input up to {MAX_MIN_SIZE_SEARCH}px")
+
+
+@dataclass
+class Case:
+    name: str
+    in0: np.ndarray
+    in1: np.ndarray
+
+
+def parity_cases(min_size: int, static_hw: tuple[int, int] | None = None, seed: int = 0) -> list[Case]:
+    """Random and structured input pairs in [-1, 1]. With ``static_hw`` every case has that size."""
+    rng = np.random.default_rng(seed)
+
+    def rand(n: int, h: int, w: int) -> np.ndarray:
+        return rng.uniform(-1, 1, (n, 3, h, w)).astype(np.float32)
+
+    def sizes(*hw: tuple[int, int]) -> list[tuple[int, int]]:
+        return [static_hw] * len(hw) if static_hw else list(hw)
+
+    (h64, w64), (hodd, wodd), (hmin, wmin), (hb, wb), (hs, ws) = sizes(
+        (64, 64), (67, 93), (min_size, min_size), (64, 80), (72, 72)
+    )
+    yy, xx = np.mgrid[0 : hs + 1, 0 : ws + 1].astype(np.float32)
+    pattern = np.stack([np.sin(xx / 4), np.cos(yy / 5), np.sin((xx + yy) / 7)])[None].astype(np.float32)
+    checker = np.where((yy[:hs, :ws].astype(int) + xx[:hs, :ws].astype(int)) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    checker = np.broadcast_to(checker, (1, 3, hs, ws)).copy()
+    smooth = np.ascontiguousarray(pattern[:, :, :hs, :ws])
+    return [
+        Case("random 64x64 batch 2", rand(2, h64, w64), rand(2, h64, w64)),
+        Case(f"random {hodd}x{wodd} odd sizes", rand(1, hodd, wodd), rand(1, hodd, wodd)),
+        Case(f"random {hmin}x{wmin} minimum size", rand(2, hmin, wmin), rand(2, hmin, wmin)),
+        Case("broadcast: 1 reference vs 3", rand(1, hb, wb), rand(3, hb, wb)),
+        Case("broadcast: 3 vs 1 reference", rand(3, hb, wb), rand(1, hb, wb)),
+        Case("smooth vs one-pixel shift", smooth, np.ascontiguousarray(pattern[:, :, :hs, 1 : ws + 1])),
+        Case("identical images", smooth, smooth.copy()),
+        Case("checkerboard vs inverse", checker, -checker),
+        Case("flat grey vs flat white", np.zeros_like(smooth), np.ones_like(smooth)),
+    ]
+
+
+def triplet_candidates(h: int, w: int, count: int = 12, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """One reference and ``count`` distorted versions of it (noise and blur of growing strength), for rank checks."""
+    rng = np.random.default_rng(seed)
+    ref = np.clip(rng.normal(0, 0.5, (1, 3, h, w)).cumsum(axis=3) / np.sqrt(w), -1, 1).astype(np.float32)
+    candidates = []
+    for i in range(count):
+        noise = rng.normal(0, 0.02 + 0.05 * i, ref.shape)
+        shifted = np.roll(ref, i % 3, axis=3)
+        candidates.append(np.clip(shifted + noise, -1, 1))
+    return ref, np.concatenate(candidates).astype(np.float32)
+
+
+def rank_agreement(reference: np.ndarray, other: np.ndarray) -> float:
+    """Share of candidate pairs (i, j) that both score vectors order the same way: a 2AFC judgment per pair."""
+    i, j = np.triu_indices(len(reference), k=1)
+    return float(np.mean(np.sign(reference[i] - reference[j]) == np.sign(other[i] - other[j])))
+
+
+@dataclass
+class CaseResult:
+    name: str
+    shapes: str
+    max_abs: float
+    max_rel: float
+
+
+@dataclass
+class ParityReport:
+    tolerance: float
+    cases: list[CaseResult] = field(default_factory=list)
+    rank_agreement: float = 1.0
+
+    @property
+    def max_abs(self) -> float:
+        return max(c.max_abs for c in self.cases)
+
+    @property
+    def max_rel(self) -> float:
+        return max(c.max_rel for c in self.cases)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs <= self.tolerance
+
+    def summary(self) -> str:
+        lines = [f"  {'case':<34} {'shapes':<34} {'max abs':>9} {'max rel':>9}"]
+        for c in self.cases:
+            lines.append(f"  {c.name:<34} {c.shapes:<34} {c.max_abs:9.2e} {c.max_rel:9.2e}")
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(
+            f"  parity {verdict}: max abs {self.max_abs:.2e} (tolerance {self.tolerance:g}), max rel "
+            f"{self.max_rel:.2e}, 2AFC rank agreement {100 * self.rank_agreement:.1f}%"
+        )
+        return "\n".join(lines)
+
+    def raise_if_failed(self, what: str) -> None:
+        if not self.passed:
+            raise ParityError(
+                f"{what}: ONNX Runtime differs from the PyTorch reference by {self.max_abs:.3g} (tolerance "
+                f"{self.tolerance:g}); nothing was written.\n{self.summary()}"
+            )
+
+
+def _session(graph: onnx.ModelProto):  # noqa: ANN202 - onnxruntime is imported lazily
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _errors(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+    diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
+    significant = np.abs(expected) > 1e-4  # relative error is meaningless for distances near zero
+    rel = diff[significant] / np.abs(expected[significant]) if significant.any() else np.zeros(1)
+    return float(diff.max(initial=0.0)), float(rel.max(initial=0.0))
+
+
+def verify_parity(
+    graph: onnx.ModelProto,
+    model: PerceptualDistance,
+    min_size: int,
+    tolerance: float,
+    static_hw: tuple[int, int] | None = None,
+) -> ParityReport:
+    """Compare every output of ``graph`` (ONNX Runtime, CPU) with the float32 PyTorch ``model``."""
+    session = _session(graph)
+    names = [o.name for o in session.get_outputs()]
+    report = ParityReport(tolerance)
+    for case in parity_cases(min_size, static_hw):
+        with torch.no_grad():
+            expected = [t.numpy() for t in model(torch.from_numpy(case.in0), torch.from_numpy(case.in1))]
+        actual = session.run(names, {"in0": case.in0, "in1": case.in1})
+        errors = [_errors(e, a) for e, a in zip(expected, actual, strict=True)]
+        shapes = f"{list(case.in0.shape)} {list(case.in1.shape)}"
+        report.cases.append(CaseResult(case.name, shapes, max(e[0] for e in errors), max(e[1] for e in errors)))
+    h, w = static_hw or (64, 64)
+    ref, candidates = triplet_candidates(h, w)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(ref), torch.from_numpy(candidates))[0].numpy()
+    actual = session.run(["dist"], {"in0": ref, "in1": candidates})[0]
+    report.rank_agreement = rank_agreement(expected, actual)
+    abs_err, rel_err = _errors(expected, actual)
+    report.cases.append(CaseResult("2AFC triplets: 1 ref vs 12", f"{list(ref.shape)} {list(candidates.shape)}",
+                                   abs_err, rel_err))
+    return report
