@@ -1,0 +1,134 @@
+"""The metrics of the study, all as distances (lower = more similar) of uint8 RGB images.
+
+Each metric takes one reference ``[H, W, 3]`` and candidates ``[N, H, W, 3]`` (uint8) and returns float64
+``[N]``: the learned ones compute the reference's features once (the runtime's ``score_many``, the PyTorch
+reference's broadcast batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+#: Learned metrics: CLI name -> (runtime short model name, net, variant, display name).
+LEARNED = {
+    "lpips-alex": ("alex-lpips", "alex", "lpips", "LPIPS alex"),
+    "lpips-vgg": ("vgg-lpips", "vgg", "lpips", "LPIPS vgg"),
+    "st-alex": ("alex-st", "alex", "st", "ST-LPIPS alex"),
+    "st-vgg": ("vgg-st", "vgg", "st", "ST-LPIPS vgg"),
+}
+CLASSIC = {"l2": "L2", "ssim": "SSIM"}
+#: Every metric name the CLI accepts, in table order (the paper's: classic first).
+METRIC_NAMES = (*CLASSIC, *LEARNED)
+#: How a learned metric is computed: runtime exact, runtime fast (reduced precision), PyTorch reference.
+BACKENDS = ("onnx", "fast", "torch")
+
+
+class Metric(Protocol):
+    """A distance between one reference and a batch of same-sized candidates."""
+
+    name: str
+    backend: str
+
+    def distances(self, ref: np.ndarray, candidates: np.ndarray) -> np.ndarray: ...
+
+
+def _check(ref: np.ndarray, candidates: np.ndarray) -> None:
+    if ref.dtype != np.uint8 or candidates.dtype != np.uint8:
+        raise ValueError("metrics take uint8 RGB images")
+    if candidates.ndim != 4 or candidates.shape[1:] != ref.shape:
+        raise ValueError(f"candidates {candidates.shape} do not match the reference {ref.shape}")
+
+
+@dataclass
+class L2:
+    """Mean squared error on [0, 1] pixel values."""
+
+    name: str = "L2"
+    backend: str = "numpy"
+
+    def distances(self, ref: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        _check(ref, candidates)
+        diff = candidates.astype(np.float64) / 255 - ref.astype(np.float64) / 255
+        return np.mean(diff * diff, axis=(1, 2, 3))
+
+
+@dataclass
+class SSIM:
+    """``1 - SSIM`` (scikit-image, 7x7 uniform window, per channel then averaged, data range 255)."""
+
+    name: str = "SSIM"
+    backend: str = "skimage"
+
+    def distances(self, ref: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        from skimage.metrics import structural_similarity
+
+        _check(ref, candidates)
+        return np.array(
+            [1.0 - structural_similarity(ref, c, channel_axis=2, data_range=255) for c in candidates]
+        )
+
+
+class RuntimeMetric:
+    """A learned metric through the torch-free runtime (`stlpips_rt.Scorer`) on an exported ONNX graph."""
+
+    def __init__(self, key: str, precision: str = "exact", providers: str = "auto", threads: int | None = None):
+        from stlpips_rt import Scorer
+
+        short, _, _, display = LEARNED[key]
+        self.scorer = Scorer(short, providers=providers, threads=threads, precision=precision)
+        self.name = display
+        self.backend = "fast" if precision == "fast" else "onnx"
+        self.detail = f"{self.scorer.provider} {self.scorer.precision}"
+
+    def distances(self, ref: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        _check(ref, candidates)
+        return np.asarray(self.scorer.score_many(ref, candidates), dtype=np.float64)
+
+
+class TorchMetric:
+    """A learned metric through the project's PyTorch reference model (float32, CPU)."""
+
+    def __init__(self, key: str, threads: int | None = None):
+        import torch
+
+        from ..model import build_model
+
+        _, net, variant, display = LEARNED[key]
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.model = build_model(net, variant).eval()
+        self.name = display
+        self.backend = "torch"
+        self.detail = f"PyTorch {torch.__version__} CPU float32"
+        self._torch = torch
+
+    def distances(self, ref: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        _check(ref, candidates)
+        torch = self._torch
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            # The reference normalisation img / 127.5 - 1, as the runtime applies to uint8 input.
+            return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
+
+        with torch.inference_mode():
+            dist = self.model(tensor(ref[None]), tensor(candidates))[0]
+        return dist.double().numpy()
+
+
+def make_metric(name: str, backend: str = "onnx", providers: str = "auto", threads: int | None = None) -> Metric:
+    """Build metric ``name`` (one of `METRIC_NAMES`) on ``backend`` (`BACKENDS`; ignored for L2 / SSIM)."""
+    if name == "l2":
+        return L2()
+    if name == "ssim":
+        return SSIM()
+    if name not in LEARNED:
+        raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
+    if backend == "torch":
+        return TorchMetric(name, threads=threads)
+    if backend in ("onnx", "fast"):
+        precision = "fast" if backend == "fast" else "exact"
+        return RuntimeMetric(name, precision=precision, providers=providers, threads=threads)
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
