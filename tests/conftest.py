@@ -1,0 +1,42 @@
+"""Shared fixtures: exported models (once per session) and the example images of ../shared/data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (ex_ref.png, ex_p0.png, ex_p1.png); skips where a clone has no ../shared beside it."""
+    if not (SHARED_DATA / "ex_ref.png").is_file():
+        pytest.skip(f"{SHARED_DATA} is absent: the example images live only beside CI's checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: ``exported_model(net="alex", variant="st", **ExportOptions fields) -> Path`` of a verified ONNX
+    file, exported once per session per distinct set of options."""
+    from stlpips_export.onnx_export import ExportOptions, export_model
+
+    cache: dict[tuple, Path] = {}
+    out_dir = tmp_path_factory.mktemp("models")
+
+    def export(net: str = "alex", variant: str = "st", **options: object) -> Path:
+        key = (net, variant, tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = export_model(ExportOptions(net=net, variant=variant, out_dir=out_dir, **options)).path
+        return cache[key]
+
+    return export
