@@ -92,9 +92,14 @@ def load(item: Any, name: str, opts: ImageOptions) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
 
 
-def check_size(x: np.ndarray, name: str, min_size: int) -> None:
-    """Refuse an image smaller than the model's minimum height/width."""
+def check_size(x: np.ndarray, name: str, min_size: int, static_hw: tuple[int, int] | None = None) -> None:
+    """Refuse an image smaller than the model's minimum height/width, or of another size than a static model's."""
     h, w = x.shape[-2:]
+    if static_hw is not None and (h, w) != tuple(static_hw):
+        raise ImageSizeError(
+            name, f"{h}x{w} pixels, but this model was exported for {static_hw[0]}x{static_hw[1]} only; pass "
+                  f"resize={tuple(static_hw)} or use a model exported without --static"
+        )
     if h < min_size or w < min_size:
         raise ImageSizeError(
             name, f"{h}x{w} pixels is below this model's minimum of {min_size}x{min_size}; use larger images "

@@ -71,6 +71,7 @@ class ModelInfo:
     outputs: tuple[str, ...]
     precision: str
     num_layers: int | None
+    static_hw: tuple[int, int] | None
     metadata: dict[str, str]
 
     @property
@@ -116,6 +117,13 @@ class ModelInfo:
             raise refuse(f"stlpips.outputs is {meta['stlpips.outputs']!r}; expected 'dist' plus any of "
                          "dist_layers, dist_map")
         num_layers = meta.get("stlpips.num_layers")
+        static_hw = None
+        if meta.get("stlpips.static_hw"):
+            try:
+                h, w = (int(v) for v in meta["stlpips.static_hw"].lower().split("x"))
+            except ValueError:
+                raise refuse(f"stlpips.static_hw {meta['stlpips.static_hw']!r} is not HxW") from None
+            static_hw = (h, w)
         return cls(
             path=path,
             net=meta["stlpips.net"],
@@ -124,6 +132,7 @@ class ModelInfo:
             outputs=outputs,
             precision=meta.get("stlpips.precision", "fp32"),
             num_layers=int(num_layers) if num_layers and num_layers.isdigit() else None,
+            static_hw=static_hw,
             metadata=dict(meta),
         )
 

@@ -106,7 +106,7 @@ class Scorer:
     def load(self, item: ImageLike, name: str = "image", float_range: str | None = None) -> np.ndarray:
         """One image -> float32 ``[3, H, W]`` in [-1, 1], checked against the model's minimum size."""
         x = images.load(item, str(item) if images.is_path(item) else name, self._options(float_range))
-        images.check_size(x, str(item) if images.is_path(item) else name, self.info.min_size)
+        images.check_size(x, str(item) if images.is_path(item) else name, self.info.min_size, self.info.static_hw)
         return x
 
     def _load_all(self, items: Any, name: str, float_range: str | None) -> tuple[list[np.ndarray], list[str]]:
@@ -114,7 +114,7 @@ class Scorer:
         arrays, names = [], []
         for item, item_name in images.expand(items, name):
             x = images.load(item, item_name, opts)
-            images.check_size(x, item_name, self.info.min_size)
+            images.check_size(x, item_name, self.info.min_size, self.info.static_hw)
             arrays.append(x)
             names.append(item_name)
         return arrays, names
@@ -130,6 +130,15 @@ class Scorer:
         return x0, x1
 
     # --- prepared arrays ---------------------------------------------------------------------------------
+    def run_arrays(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str] = ("dist",)) -> list[np.ndarray]:
+        """Run the graph once on raw batches: float32 ``[N0, 3, H, W]`` and ``[N1, 3, H, W]`` in [-1, 1] with
+        N0 == N1 or either 1 (broadcast). No conversion, no checks of values and no chunking: for callers that
+        prepare tensors themselves (benchmarks, parity checks)."""
+        self._check_outputs(outputs)
+        in0 = np.ascontiguousarray(in0, dtype=np.float32)
+        in1 = np.ascontiguousarray(in1, dtype=np.float32)
+        return self._infer(in0, in1, outputs)
+
     def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
         try:
             if self._io_binding:
