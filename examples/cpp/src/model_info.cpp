@@ -1,6 +1,7 @@
 #include "stlpips/model_info.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <sstream>
 
 namespace stlpips {
@@ -74,6 +75,20 @@ ModelInfo ModelInfo::from_metadata(const std::map<std::string, std::string>& met
   }
   if (info.min_size < 1) throw refuse("stlpips.min_size is " + min_size);
 
+  // Empty or absent: H and W are dynamic.
+  const auto static_hw = metadata.find("stlpips.static_hw");
+  if (static_hw != metadata.end() && !static_hw->second.empty()) {
+    const std::string& hw = static_hw->second;
+    char x = 0, rest = 0;
+    long long h = 0, w = 0;
+    if (std::sscanf(hw.c_str(), "%lld%c%lld%c", &h, &x, &w, &rest) != 3 || (x != 'x' && x != 'X') || h < 1 ||
+        w < 1) {
+      throw refuse("stlpips.static_hw '" + hw + "' is not HxW");
+    }
+    info.static_height = h;
+    info.static_width = w;
+  }
+
   info.outputs = split_commas(get("stlpips.outputs"));
   if (!info.has_output("dist")) {
     throw refuse("stlpips.outputs is '" + get("stlpips.outputs") + "', which lacks 'dist'");
@@ -100,6 +115,12 @@ void ModelInfo::check_inputs(const Tensor& in0, const Tensor& in1, const std::st
     }
     if (t->shape[1] != 3) {
       throw Error(name + ": " + std::to_string(t->shape[1]) + " channels; the model takes RGB (3 channels)");
+    }
+    if (static_height > 0 && (t->height() != static_height || t->width() != static_width)) {
+      throw Error(name + ": " + std::to_string(t->height()) + "x" + std::to_string(t->width()) +
+                  " pixels (HxW), but this model was exported for " + std::to_string(static_height) + "x" +
+                  std::to_string(static_width) + " only (stlpips.static_hw); resize the images or use a " +
+                  "model exported without --static");
     }
     if (t->height() < min_size || t->width() < min_size) {
       throw Error(name + ": " + std::to_string(t->height()) + "x" + std::to_string(t->width()) +

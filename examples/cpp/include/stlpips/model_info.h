@@ -37,6 +37,8 @@ struct ModelInfo {
   float range_lo = -1.0f;  // stlpips.input_range
   float range_hi = 1.0f;
   int64_t min_size = 1;              // smallest H and W the graph accepts
+  int64_t static_height = 0;         // stlpips.static_hw of a model exported with fixed H and W, else 0
+  int64_t static_width = 0;
   std::vector<std::string> outputs;  // stlpips.outputs, "dist" first or among them
   std::map<std::string, std::string> metadata;  // every metadata_props entry, stlpips.* and others
 
@@ -45,7 +47,7 @@ struct ModelInfo {
   static ModelInfo from_metadata(const std::map<std::string, std::string>& metadata, const std::string& model);
 
   // Check a pair of inputs against the contract: 4-D float32 NCHW, 3 channels, equal H and W, both at least
-  // min_size, batch sizes equal or one of them 1. `name0`/`name1` label the inputs in error messages.
+  // min_size (and equal to static_hw where set), batch sizes equal or one of them 1. `name0`/`name1` label the inputs in error messages.
   void check_inputs(const Tensor& in0, const Tensor& in1, const std::string& name0 = "in0",
                     const std::string& name1 = "in1") const;
 
