@@ -146,7 +146,7 @@ def _profile(shape: tuple[int, int, int] | None) -> str | None:
     return f"in0:{n}x3x{h}x{w},in1:{n}x3x{h}x{w}"
 
 
-def _provider_entry(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str]]:
+def provider_options(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str]]:
     """Provider options for the built-in providers (TensorRT, CUDA, CPU)."""
     fast = cfg.precision == "fast"
     if short == "tensorrt":
@@ -222,8 +222,8 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
         opts.add_provider_for_devices([wanted[0]], ov_opts)
         # Nodes OpenVINO cannot take fall back to the CPU provider, which ORT always appends.
         return ort.InferenceSession(str(path), opts)
-    entries = [_provider_entry(p, cfg) for p in providers]
+    entries = [provider_options(p, cfg) for p in providers]
     if "cpu" not in providers:
-        entries.append(_provider_entry("cpu", cfg))
+        entries.append(provider_options("cpu", cfg))
     return ort.InferenceSession(str(path), opts, providers=[e[0] for e in entries],
                                 provider_options=[e[1] for e in entries])

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import images
 from .batching import plan_runs
-from .errors import ImageSizeError, InferenceError, ModelError
+from .errors import ImageSizeError, InferenceError, ModelError, NotAnStlpipsModelError, StlpipsError
 from .model import ModelInfo, resolve_model
 from .providers import (
     SHORT_NAMES,
@@ -82,12 +82,13 @@ class Scorer:
                                     tensorrt=tensorrt or TensorRTOptions())
         try:
             self._session = create_session(path, chosen, self.config)
-        except ModelError:
+        except StlpipsError:
             raise
-        except Exception as exc:
-            if type(exc).__module__.startswith("stlpips_rt"):
-                raise
-            raise ModelError(f"{path}: onnxruntime could not build a session ({exc})") from None
+        except Exception as exc:  # onnxruntime's exception types are private
+            if any(code in str(exc) for code in ("INVALID_PROTOBUF", "INVALID_GRAPH", "NO_MODEL")):
+                raise NotAnStlpipsModelError(f"{path}: onnxruntime cannot load it as an ONNX model ({exc})") \
+                    from None
+            raise ModelError(f"{path}: onnxruntime could not build a session on {chosen[0]} ({exc})") from None
         self.info: ModelInfo = ModelInfo.from_session(path, self._session)
         self.provider: str = SHORT_NAMES.get(self._session.get_providers()[0], chosen[0])
         self.precision: str = precision_label(self.provider, precision, self.info.precision)

@@ -1,0 +1,124 @@
+"""Execution provider selection and options. GPU and OpenVINO checks skip, with the reason, where the provider is
+not available in this onnxruntime / on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stlpips_rt import ProviderError, Scorer, TensorRTOptions, available_providers, unavailable_reasons
+from stlpips_rt.providers import AUTO_ORDER, SessionConfig, precision_label, provider_options, resolve_providers
+
+
+def pairs(n: int = 3, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+            rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def model(exported_model) -> Path:
+    return exported_model("alex", "st")
+
+
+@pytest.fixture(scope="module")
+def cpu_scores(model: Path) -> np.ndarray:
+    return Scorer(model, providers="cpu").score_batch(*pairs())
+
+
+def require(provider: str) -> None:
+    reasons = unavailable_reasons()
+    if provider in reasons:
+        pytest.skip(f"{provider} not available: {reasons[provider]}")
+
+
+def test_auto_picks_the_first_available_in_tensorrt_cuda_openvino_cpu_order(model: Path) -> None:
+    available = available_providers()
+    assert available[-1] == "cpu" and available == [p for p in AUTO_ORDER if p in available]
+    assert resolve_providers("auto") == [available[0]]
+    assert Scorer(model).provider == available[0]
+
+
+def test_short_and_onnxruntime_names_and_lists_are_accepted() -> None:
+    assert resolve_providers("cpu") == ["cpu"]
+    assert resolve_providers("CPUExecutionProvider") == ["cpu"]
+    assert resolve_providers(["CPU", "cpu"]) == ["cpu"]
+    with pytest.raises(ProviderError, match="unknown provider 'rocm'"):
+        resolve_providers("rocm")
+
+
+def test_explicit_unavailable_provider_is_an_error_listing_available_ones() -> None:
+    missing = unavailable_reasons()
+    if not missing:
+        pytest.skip("every provider is available here")
+    name, reason = next(iter(missing.items()))
+    with pytest.raises(ProviderError, match=rf"'{name}' is not available: .*Available here: .*cpu") as err:
+        resolve_providers(name)
+    assert reason in str(err.value)
+
+
+def test_tensorrt_options_cache_engines_follow_precision_and_take_profiles(tmp_path: Path) -> None:
+    trt = TensorRTOptions(cache_dir=tmp_path / "trt", workspace_bytes=1 << 30, min_shape=(1, 32, 32),
+                          opt_shape=(8, 64, 64), max_shape=(32, 256, 256))
+    name, opts = provider_options("tensorrt", SessionConfig(precision="exact", tensorrt=trt, device_id=1))
+    assert name == "TensorrtExecutionProvider"
+    assert opts["trt_engine_cache_enable"] == opts["trt_timing_cache_enable"] == "True"
+    assert opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(tmp_path / "trt")
+    assert (tmp_path / "trt").is_dir()
+    assert opts["trt_fp16_enable"] == "False" and opts["device_id"] == "1"
+    assert opts["trt_max_workspace_size"] == str(1 << 30)
+    assert opts["trt_profile_opt_shapes"] == "in0:8x3x64x64,in1:8x3x64x64"
+    _, fast = provider_options("tensorrt", SessionConfig(precision="fast", tensorrt=trt))
+    assert fast["trt_fp16_enable"] == "True"
+    with pytest.raises(ProviderError, match="min_shape, opt_shape and max_shape together"):
+        provider_options("tensorrt", SessionConfig(tensorrt=TensorRTOptions(cache_dir=tmp_path, min_shape=(1, 8, 8))))
+
+
+def test_cuda_options_keep_fp32_in_exact_mode() -> None:
+    _, exact = provider_options("cuda", SessionConfig(device_id=2, cudnn_conv_algo_search="HEURISTIC"))
+    assert exact == {"device_id": "2", "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
+    _, fast = provider_options("cuda", SessionConfig(precision="fast"))
+    assert fast["use_tf32"] == "1"
+
+
+def test_precision_labels_say_what_runs() -> None:
+    assert [precision_label(p, "exact", "fp32") for p in AUTO_ORDER] == ["fp32"] * 4
+    assert [precision_label(p, "fast", "fp32") for p in AUTO_ORDER] == ["fp16", "tf32", "bf16", "fp32"]
+    assert precision_label("cpu", "exact", "fp16") == "fp16"
+
+
+def test_cpu_threads_and_fast_mode_keep_cpu_numbers(model: Path, cpu_scores: np.ndarray) -> None:
+    s = Scorer(model, providers="cpu", threads=1, precision="fast")
+    assert s.precision == "fp32"  # the CPU provider has no reduced-precision mode
+    np.testing.assert_allclose(s.score_batch(*pairs()), cpu_scores, atol=1e-6)
+
+
+def test_unknown_precision_is_refused(model: Path) -> None:
+    with pytest.raises(ProviderError, match="precision must be one of"):
+        Scorer(model, providers="cpu", precision="half")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_gpu_provider_exact_matches_cpu(provider: str, model: Path, cpu_scores: np.ndarray, tmp_path: Path) -> None:
+    require(provider)
+    s = Scorer(model, providers=provider, tensorrt=TensorRTOptions(cache_dir=tmp_path))
+    assert s.provider == provider and s.precision == "fp32"
+    np.testing.assert_allclose(s.score_batch(*pairs()), cpu_scores, atol=1e-4)
+
+
+def test_openvino_exact_matches_cpu_and_fast_reports_bf16(model: Path, cpu_scores: np.ndarray) -> None:
+    require("openvino")
+    exact = Scorer(model, providers="openvino")
+    assert (exact.provider, exact.precision) == ("openvino", "fp32")
+    np.testing.assert_allclose(exact.score_batch(*pairs()), cpu_scores, atol=1e-5)
+    fast = Scorer(model, providers="openvino", precision="fast")
+    assert fast.precision == "bf16"
+    np.testing.assert_allclose(fast.score_batch(*pairs()), cpu_scores, atol=5e-3)
+
+
+def test_openvino_only_as_first_provider(model: Path) -> None:
+    require("openvino")
+    with pytest.raises(ProviderError, match="first provider"):
+        Scorer(model, providers="cpu,openvino")

@@ -1,0 +1,74 @@
+"""The runtime never imports torch or stlpips_export: proven in a subprocess where importing them fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+BLOCKER = """
+import sys
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision', 'stlpips_export', 'onnx'):
+            raise ImportError(name + ' is blocked: the runtime must not import it')
+        return None
+sys.meta_path.insert(0, BlockTorch())
+"""
+
+SCORE = BLOCKER + """
+from stlpips_rt import Scorer
+scorer = Scorer(sys.argv[1], providers='cpu')
+print(repr(scorer.score(sys.argv[2], sys.argv[3])))
+leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'stlpips_export', 'onnx'))
+assert not leaked, leaked
+"""
+
+CLI = BLOCKER + """
+from stlpips_rt.cli import main
+main(sys.argv[1:])
+"""
+
+
+def run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_blocker_really_blocks_torch() -> None:
+    result = run(BLOCKER + "import torch\n")
+    assert result.returncode != 0 and "blocked" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(base).save(folder / "ref.png")
+    Image.fromarray(np.roll(base, 1, axis=1)).save(folder / "shifted.png")
+    return folder
+
+
+def test_scorer_scores_real_files_without_torch(exported_model, images_dir: Path) -> None:
+    result = run(SCORE, str(exported_model("alex", "st")), str(images_dir / "ref.png"), str(images_dir / "shifted.png"))
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip()) > 0
+
+
+def test_scorer_reproduces_reference_numbers_without_torch(exported_model, shared_data: Path) -> None:
+    model = str(exported_model("alex", "st"))
+    for other, expected in (("ex_p0.png", 0.7777555), ("ex_p1.png", 0.1320215)):
+        result = run(SCORE, model, str(shared_data / "ex_ref.png"), str(shared_data / other))
+        assert result.returncode == 0, result.stderr
+        assert float(result.stdout.strip()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_score_cli_runs_without_torch(exported_model, images_dir: Path) -> None:
+    result = run(CLI, "--model", str(exported_model("alex", "st")), str(images_dir / "ref.png"),
+                 str(images_dir / "shifted.png"))
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip()) > 0
