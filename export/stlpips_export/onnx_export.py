@@ -146,8 +146,10 @@ def trace_to_onnx(model: PerceptualDistance, options: ExportOptions, min_size: i
     }
     names = model.output_names
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # The TorchScript exporter warns about Slice folding it skips; onnxsim folds those afterwards.
+        # The TorchScript exporter is used on purpose (plain dynamic_axes, no onnxscript dependency); its
+        # deprecation notice and its note on Slice folding (onnxsim folds those afterwards) are noise here.
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         raw = Path(tmp) / "traced.onnx"
         torch.onnx.export(
             model,

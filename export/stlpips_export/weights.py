@@ -151,8 +151,22 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UnsafePickleError(f"{path} does not hold a state dict of tensors")
-    # Checkpoints saved from DataParallel prefix every key with "module.".
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return normalize_upstream_keys(state)
+
+
+def normalize_upstream_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fold the aliases upstream's ``state_dict()`` produces onto one key per tensor: DataParallel's ``module.``
+    prefix, and ``lins.K.*`` (upstream also keeps its ``linK`` layers in a ModuleList) onto ``linK.*``."""
+    normalized: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("lins."):
+            index, rest = key[len("lins.") :].split(".", 1)
+            key = f"lin{index}.{rest}"
+        if key in normalized and not torch.equal(normalized[key], value):
+            raise UnsafePickleError(f"checkpoint holds two different tensors for {key}")
+        normalized[key] = value
+    return normalized
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
