@@ -33,7 +33,8 @@ fetch_onnxruntime() {
     need npm "install Node.js/npm (Debian: apt-get install npm), or pass your own ONNX Runtime as ORT_ROOT"
     local tmp="$1" out="$dest/onnxruntime"
     echo "fetching $ort_npm from npm (~143 MB) ..." >&2
-    (cd "$tmp" && npm pack --silent "$ort_npm" >/dev/null)
+    # A throw-away npm cache: the 143 MB tarball should not linger in ~/.npm once unpacked.
+    (cd "$tmp" && npm pack --silent --cache "$tmp/npm-cache" "$ort_npm" >/dev/null)
     local tgz
     tgz="$(ls "$tmp"/com.github.asus4.onnxruntime-*.tgz)"
     check_sha256 "$tgz" "$ort_npm_sha256"

@@ -231,13 +231,15 @@ def test_cpp_refuses_tensors_that_are_not_float32(cpp_loaded: Path, model: Path,
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_cpp_refuses_an_onnx_file_without_stlpips_metadata(
-    engine: str, cpp_loaded: Path, model: Path, tmp_path: Path, shared_data: Path,
+    engine: str, cpp_loaded: Path, model: Path, tmp_path: Path,
 ) -> None:
     plain = onnx.load(str(model))
     del plain.metadata_props[:]
     onnx.save(plain, str(tmp_path / "plain.onnx"))
-    result = _refusal(cpp_loaded, shared_data / "ex_ref.png", shared_data / "ex_p0.png",
-                      "--model", tmp_path / "plain.onnx", "--engine", engine)
+    rng = np.random.default_rng(0)
+    a = _write_image(tmp_path / "a.png", "RGB", rng, 40, 40)
+    b = _write_image(tmp_path / "b.png", "RGB", rng, 40, 40)
+    result = _refusal(cpp_loaded, a, b, "--model", tmp_path / "plain.onnx", "--engine", engine)
     assert result.returncode == 1 and "not a usable stlpips model (no stlpips.format" in result.stderr
 
 
