@@ -4,7 +4,6 @@
 // versioned-symbol mismatch that linking across releases runs into.
 #include <algorithm>
 #include <cstdlib>
-#include <fstream>
 #include <mutex>
 
 #include <onnxruntime_cxx_api.h>
@@ -60,10 +59,10 @@ const LoadedApi& init_api(const std::string& library) {
       loaded.version = base->GetVersionString();
       loaded.api = base->GetApi(ORT_API_VERSION);
       if (loaded.api == nullptr) {
-        loaded.error = "ONNX Runtime " + loaded.version + " lacks C API version " +
-                       std::to_string(ORT_API_VERSION) + ", which this program was compiled with (headers of " +
-                       "1." + std::to_string(ORT_API_VERSION) + "); use ONNX Runtime 1." +
-                       std::to_string(ORT_API_VERSION) + " or newer";
+        const std::string api = std::to_string(ORT_API_VERSION);
+        loaded.error = "ONNX Runtime " + loaded.version + " lacks C API version " + api +
+                       ", which this program was compiled with (headers of 1." + api +
+                       "); use ONNX Runtime 1." + api + " or newer";
         return;
       }
       Ort::InitApi(loaded.api);
@@ -89,9 +88,7 @@ struct OnnxRuntimeScorer::Impl {
 
 OnnxRuntimeScorer::OnnxRuntimeScorer(const std::string& model_path, const OnnxRuntimeOptions& options) {
   init_api(options.library);
-  if (!std::ifstream(model_path).good()) {
-    throw Error(model_path + ": model file does not exist or cannot be read; export one with `stlpips-export`");
-  }
+  require_readable(model_path);
   impl_ = std::make_unique<Impl>();
   std::map<std::string, std::string> metadata;
   try {
@@ -129,7 +126,8 @@ OnnxRuntimeScorer::OnnxRuntimeScorer(const std::string& model_path, const OnnxRu
   }
   for (const auto& declared : info_.outputs) {
     if (std::find(outputs.begin(), outputs.end(), declared) == outputs.end()) {
-      throw Error(model_path + ": stlpips.outputs declares '" + declared + "' but the graph has no such output");
+      throw Error(model_path + ": stlpips.outputs declares '" + declared +
+                  "' but the graph has no such output; re-export it");
     }
   }
 }
@@ -143,8 +141,8 @@ std::vector<float> OnnxRuntimeScorer::run(const Tensor& in0, const Tensor& in1) 
   std::vector<Ort::Value> values;
   for (const Tensor* t : {&in0, &in1}) {
     // ONNX Runtime wraps the buffer without copying and never writes to inputs, hence the const_cast.
-    values.push_back(Ort::Value::CreateTensor<float>(memory, const_cast<float*>(t->data.data()), t->data.size(),
-                                                     t->shape.data(), t->shape.size()));
+    values.push_back(Ort::Value::CreateTensor<float>(memory, const_cast<float*>(t->data.data()),
+                                                     t->data.size(), t->shape.data(), t->shape.size()));
   }
   const char* input_names[] = {"in0", "in1"};
   const char* output_names[] = {"dist"};

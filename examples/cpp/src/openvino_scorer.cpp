@@ -1,6 +1,5 @@
 #include "stlpips/openvino_scorer.h"
 
-#include <fstream>
 
 #include <openvino/openvino.hpp>
 
@@ -14,9 +13,7 @@ struct OpenVinoScorer::Impl {
 
 OpenVinoScorer::OpenVinoScorer(const std::string& model_path, const OpenVinoOptions& options)
     : impl_(std::make_unique<Impl>()) {
-  if (!std::ifstream(model_path).good()) {
-    throw Error(model_path + ": model file does not exist or cannot be read; export one with `stlpips-export`");
-  }
+  require_readable(model_path);
   std::shared_ptr<ov::Model> model;
   std::map<std::string, std::string> metadata;
   try {
@@ -55,7 +52,8 @@ std::vector<float> OpenVinoScorer::run(const Tensor& in0, const Tensor& in1) {
     for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"in0", &in0}, {"in1", &in1}}) {
       // Wraps the caller's buffer without copying; OpenVINO only reads input tensors.
       const ov::Shape shape(t->shape.begin(), t->shape.end());
-      impl_->request.set_tensor(name, ov::Tensor(ov::element::f32, shape, const_cast<float*>(t->data.data())));
+      float* data = const_cast<float*>(t->data.data());
+      impl_->request.set_tensor(name, ov::Tensor(ov::element::f32, shape, data));
     }
     impl_->request.infer();
     const ov::Tensor dist = impl_->request.get_tensor("dist");

@@ -44,7 +44,8 @@ Tensor load_image(const std::string& path, int64_t max_pixels) {
   if (!stbi_info(path.c_str(), &width, &height, &channels)) {
     std::ifstream probe(path, std::ios::binary);
     if (!probe) throw Error(path + ": cannot open the file; check the path");
-    throw Error(path + ": cannot decode it as an image (" + stbi_failure_reason() + "); is it a PNG/JPEG/...?");
+    throw Error(path + ": cannot decode it as an image (" + stbi_failure_reason() +
+                "); is it a PNG, JPEG, BMP or TGA file?");
   }
   if (static_cast<int64_t>(width) * height > max_pixels) {
     throw Error(path + ": " + std::to_string(static_cast<int64_t>(width) * height) +

@@ -44,10 +44,12 @@ struct ModelInfo {
 
   // Validate the stlpips.* keys of `metadata`; `model` names the file in error messages.
   // Throws Error when the file is not an stlpips model or uses a format this code does not read.
-  static ModelInfo from_metadata(const std::map<std::string, std::string>& metadata, const std::string& model);
+  static ModelInfo from_metadata(const std::map<std::string, std::string>& metadata,
+                                 const std::string& model);
 
   // Check a pair of inputs against the contract: 4-D float32 NCHW, 3 channels, equal H and W, both at least
-  // min_size (and equal to static_hw where set), batch sizes equal or one of them 1. `name0`/`name1` label the inputs in error messages.
+  // min_size (and equal to static_hw where set), batch sizes equal or one of them 1. `name0` and `name1`
+  // label the inputs in error messages.
   void check_inputs(const Tensor& in0, const Tensor& in1, const std::string& name0 = "in0",
                     const std::string& name1 = "in1") const;
 

@@ -33,6 +33,9 @@ class Scorer {
 
  protected:
   Scorer() = default;
+  // Throws Error naming the file when it does not exist or cannot be read (before an engine's own,
+  // vaguer error).
+  static void require_readable(const std::string& model_path);
   // Runs the graph on inputs that passed ModelInfo::check_inputs; returns the "dist" output.
   virtual std::vector<float> run(const Tensor& in0, const Tensor& in1) = 0;
 
