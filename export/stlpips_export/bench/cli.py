@@ -1,0 +1,339 @@
+"""``stlpips-bench``: pairs/s, latency, effective GFLOP/s, cold start and peak memory, runtime vs upstream.
+
+Every side runs in its own worker process (`worker`), asked in turn config by config and round by round, the
+order rotating each round, so that drifts in machine load hit all sides alike. Cold start and memory are
+measured in fresh processes, alternating sides. Results go to Markdown and JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+UPSTREAM = "upstream"
+DEFAULT_SHAPES = "64:1,16,50;256:1,4"
+QUICK_SHAPES = "64:1,16;256:1"
+
+
+@dataclass
+class Measurement:
+    """One side on one configuration, all rounds together."""
+
+    net: str
+    size: int
+    batch: int
+    mode: str  # "plain": batch independent pairs; "broadcast": one reference against batch candidates
+    side: str
+    latencies: list[float] = field(default_factory=list)
+    round_pairs_per_s: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.batch * len(self.latencies) / sum(self.latencies) if self.latencies else float("nan")
+
+    @property
+    def median_ms(self) -> float:
+        return 1000 * statistics.median(self.latencies) if self.latencies else float("nan")
+
+    @property
+    def p90_ms(self) -> float:
+        return 1000 * float(np.percentile(self.latencies, 90)) if self.latencies else float("nan")
+
+
+@dataclass
+class ColdStart:
+    """One fresh process: start, import, session / model, first score of a 64x64 pair."""
+
+    side: str
+    net: str
+    seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+class Worker:
+    """A side's long-lived worker process, spoken to in JSON lines."""
+
+    def __init__(self, side: str, threads: int, env: dict[str, str]) -> None:
+        self.side = side
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stlpips_export.bench.worker", side, str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )
+        ready = self._read()
+        if ready.get("ready") != side:
+            raise RuntimeError(f"benchmark worker {side} did not start: {ready}")
+
+    def _read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker {self.side} exited (code {self.proc.wait()}); see its stderr above")
+        return json.loads(line)
+
+    def ask(self, **request: Any) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write('{"op": "exit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+
+
+def parse_shapes(text: str) -> list[tuple[int, list[int]]]:
+    """``"64:1,16,50;256:1,4"`` -> ``[(64, [1, 16, 50]), (256, [1, 4])]``."""
+    shapes = []
+    for part in text.split(";"):
+        try:
+            size, batches = part.split(":")
+            shapes.append((int(size), [int(b) for b in batches.split(",")]))
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is not SIZE:BATCH,BATCH (e.g. 64:1,16,50)") from None
+    return shapes
+
+
+def default_sides() -> list[str]:
+    """upstream, reference, and the runtime on every available provider (fast too where it differs)."""
+    from stlpips_rt.providers import available_providers
+
+    sides = [UPSTREAM, "reference"]
+    for provider in available_providers():
+        sides.append(f"runtime:{provider}:exact")
+        if provider != "cpu":  # the CPU provider has no reduced-precision mode: "fast" would be the same run
+            sides.append(f"runtime:{provider}:fast")
+    return sides
+
+
+def matmul_peak(n: int, repeats: int) -> float:
+    """Best float32 GFLOP/s of an ``n x n`` numpy matrix product (numpy's BLAS, all its threads)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: thread pool start, page faults
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+_COLD_RUNTIME = """
+import json, resource, time
+import numpy as np
+from stlpips_rt import Scorer
+s = Scorer("{net}-st", providers="{provider}", precision="{precision}", threads={threads})
+rng = np.random.default_rng(0)
+a, b = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2))
+s.score(a, b)
+print(json.dumps({{"t": time.time(), "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+"""
+_COLD_TORCH = """
+import json, resource, time
+import numpy as np
+import torch
+torch.set_num_threads({threads})
+{load}
+rng = np.random.default_rng(0)
+a, b = (torch.from_numpy(rng.integers(0, 256, (1, 3, 64, 64)).astype(np.float32) / 127.5 - 1) for _ in range(2))
+with torch.inference_mode():
+    model(a, b)
+print(json.dumps({{"t": time.time(), "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+"""
+_LOADERS = {
+    UPSTREAM: 'from stlpips_export.upstream import load_upstream\nmodel = load_upstream("{net}", "shift_tolerant")',
+    "reference": 'from stlpips_export.model import build_model\nmodel = build_model("{net}", "st").eval()',
+}
+
+
+def cold_start(side: str, net: str, threads: int, env: dict[str, str]) -> tuple[float, float]:
+    """Seconds from process launch to the first score returned, and peak RSS (MB), in a fresh process."""
+    if side.startswith("runtime:"):
+        _, provider, precision = side.split(":")
+        code = _COLD_RUNTIME.format(net=net, provider=provider, precision=precision, threads=threads)
+    else:
+        code = _COLD_TORCH.format(threads=threads, load=_LOADERS[side].format(net=net))
+    start = time.time()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["t"] - start, result["rss_kb"] / 1024
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("onnxruntime", "onnxruntime-ep-openvino", "torch", "numpy", "stlpips_pytorch", "stlpips-deploy"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help=f"a run under two minutes: shapes {QUICK_SHAPES}, 1 round, short timings.")
+@click.option("--nets", default="alex,vgg", show_default=True, help="backbones (the ST variant of each).")
+@click.option("--shapes", default=None, help=f"SIZE:BATCH,...;SIZE:... (default {DEFAULT_SHAPES}).")
+@click.option("--sides", default=None,
+              help="comma-separated: upstream, reference, runtime:<provider>:<exact|fast> (default: all available).")
+@click.option("--rounds", default=None, type=int, help="alternating rounds per configuration (default 3; quick 1).")
+@click.option("--seconds", default=None, type=float,
+              help="timed seconds per side, configuration and round (default 1.5; quick 0.3).")
+@click.option("--cold-runs", default=None, type=int, help="fresh processes per side and net for cold start "
+                                                          "(default 3; quick 1; 0 skips).")
+@click.option("--no-broadcast", is_flag=True, help="skip the one-reference-many-candidates configurations.")
+@click.option("--threads", default=None, type=int, help="threads per side (default: all cores).")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
+              help="folder of exported models (default $STLPIPS_MODEL_DIR, then ./models).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/bench"), show_default=True,
+              help="folder for bench.md and bench.json.")
+def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: int | None, seconds: float | None,
+         cold_runs: int | None, no_broadcast: bool, threads: int | None, models_dir: Path | None,
+         out_dir: Path) -> None:
+    """Benchmark ST-LPIPS: upstream eager PyTorch, the project's PyTorch reference, the runtime per provider."""
+    started = time.time()
+    threads = threads or os.cpu_count() or 1
+    rounds = rounds if rounds is not None else (1 if quick else 3)
+    seconds = seconds if seconds is not None else (0.3 if quick else 1.5)
+    cold_runs = cold_runs if cold_runs is not None else (1 if quick else 3)
+    shape_list = parse_shapes(shapes or (QUICK_SHAPES if quick else DEFAULT_SHAPES))
+    net_list = [n.strip() for n in nets.split(",") if n.strip()]
+    side_list = [s.strip() for s in sides.split(",")] if sides else default_sides()
+    env = dict(os.environ)
+    if models_dir is not None:
+        env["STLPIPS_MODEL_DIR"] = str(models_dir.resolve())
+    for side in side_list:
+        if side not in (UPSTREAM, "reference") and not side.startswith("runtime:"):
+            raise click.BadParameter(f"unknown side {side!r}", param_hint="--sides")
+
+    report: dict[str, Any] = {
+        "command": "stlpips-bench " + " ".join(sys.argv[1:]),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_average_start": os.getloadavg()},
+        "versions": _versions(),
+        "settings": {"threads": threads, "rounds": rounds, "seconds": seconds, "cold_runs": cold_runs,
+                     "sides": side_list},
+    }
+    from stlpips_rt.providers import unavailable_reasons
+
+    report["unavailable_providers"] = unavailable_reasons()
+    n = 1024 if quick else 2048
+    report["matmul_peak_gflops"] = matmul_peak(n, 3 if quick else 5)
+    report["matmul_n"] = n
+    log(f"numpy float32 matmul peak ({n}x{n}): {report['matmul_peak_gflops']:.1f} GFLOP/s")
+
+    workers: dict[str, Worker] = {}
+    measurements: list[Measurement] = []
+    try:
+        for side in side_list:
+            log(f"starting worker {side} ...")
+            workers[side] = Worker(side, threads, env)
+        flops: dict[str, int] = {}
+        if "reference" in workers:
+            for net in net_list:
+                for size, _ in shape_list:
+                    reply = workers["reference"].ask(op="flops", net=net, size=size)
+                    if "flops" in reply:
+                        flops[f"{net}-st@{size}"] = reply["flops"]
+        report["flops_per_pair"] = flops
+
+        configs = [(net, size, batch, "plain") for net in net_list for size, batches in shape_list for batch in batches]
+        if not no_broadcast:
+            configs += [(net, size, batch, "broadcast") for net in net_list for size, batches in shape_list
+                        for batch in batches if batch > 1]
+        configs.sort(key=lambda c: (c[0], c[1], c[2], c[3] != "plain"))
+        details: dict[str, str] = {}
+        for net, size, batch, mode in configs:
+            row = {side: Measurement(net, size, batch, mode, side) for side in side_list}
+            for r in range(rounds):
+                order = side_list[r % len(side_list):] + side_list[: r % len(side_list)]
+                for side in order:
+                    m = row[side]
+                    if m.error:
+                        continue
+                    reply = workers[side].ask(op="time", net=net, size=size, batch=batch, mode=mode,
+                                              seconds=seconds, warmup=1 if quick else 2)
+                    if "error" in reply:
+                        m.error = reply["error"]
+                        log(f"  {side}: {m.error}")
+                        continue
+                    details[side] = reply["detail"]
+                    m.latencies += reply["latencies"]
+                    m.round_pairs_per_s.append(batch * len(reply["latencies"]) / sum(reply["latencies"]))
+            measurements += row.values()
+            log(f"{net}-st {size}x{size} batch {batch} {mode}: " + ", ".join(
+                f"{s} {row[s].pairs_per_s:.1f}" for s in side_list) + " pairs/s")
+        report["side_details"] = details
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+    colds: list[ColdStart] = []
+    cold_sides = [s for s in side_list if s == UPSTREAM or s.startswith("runtime:")]
+    for net in net_list if cold_runs else []:
+        entries = {side: ColdStart(side, net) for side in cold_sides}
+        for rep in range(cold_runs):
+            for side in cold_sides if rep % 2 == 0 else cold_sides[::-1]:
+                entry = entries[side]
+                if entry.error:
+                    continue
+                try:
+                    secs, rss = cold_start(side, net, threads, env)
+                except RuntimeError as exc:
+                    entry.error = str(exc)
+                    continue
+                entry.seconds.append(secs)
+                entry.peak_rss_mb.append(rss)
+        colds += entries.values()
+        log(f"cold start {net}-st: " + ", ".join(
+            f"{e.side} {statistics.median(e.seconds):.2f} s {max(e.peak_rss_mb):.0f} MB" for e in entries.values()
+            if e.seconds))
+
+    report["machine"]["load_average_end"] = os.getloadavg()
+    report["wall_seconds"] = time.time() - started
+    report["measurements"] = [
+        {**{k: v for k, v in asdict(m).items() if k != "latencies"}, "calls": len(m.latencies),
+         "pairs_per_s": m.pairs_per_s, "median_ms": m.median_ms, "p90_ms": m.p90_ms}
+        for m in measurements
+    ]
+    report["cold_start"] = [asdict(c) for c in colds]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    from .report import markdown
+
+    md = markdown(report)
+    (out_dir / "bench.md").write_text(md)
+    click.echo(md)
+    log(f"wrote {out_dir}/bench.md and bench.json in {report['wall_seconds']:.0f} s")

@@ -1,0 +1,161 @@
+"""A benchmark worker: one side in its own process, driven by JSON lines on stdin, answering on stdout.
+
+Run as ``python -m stlpips_export.bench.worker SIDE THREADS``. SIDE is ``upstream``, ``reference`` or
+``runtime:<provider>:<precision>``. Requests (one JSON object per line):
+
+- ``{"op": "time", "net": "alex", "size": 64, "batch": 16, "mode": "plain"|"broadcast", "seconds": 1.0,
+  "warmup": 2}`` -> ``{"latencies": [s, ...], "detail": "..."}``: warm-up calls, then calls until
+  ``seconds`` have passed (at least 3 calls), each timed on its own.
+- ``{"op": "flops", "net": "alex", "size": 64}`` (reference only) -> FLOPs of one plain pair.
+- ``{"op": "exit"}``.
+
+Inputs are seeded uniform noise in [-1, 1], identical on every side. "broadcast" scores one reference against
+``batch`` candidates (in0 has batch 1); "plain" scores ``batch`` independent pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def make_inputs(size: int, batch: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """float32 NCHW inputs in [-1, 1]: in0 has batch 1 in broadcast mode."""
+    rng = np.random.default_rng([size, batch])
+    in0 = rng.uniform(-1, 1, size=(1 if mode == "broadcast" else batch, 3, size, size)).astype(np.float32)
+    in1 = rng.uniform(-1, 1, size=(batch, 3, size, size)).astype(np.float32)
+    return in0, in1
+
+
+class TorchSide:
+    """Upstream ``stlpips_pytorch`` (eager, as its users run it) or the project's PyTorch reference."""
+
+    def __init__(self, kind: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch, self.kind, self.models = torch, kind, {}
+        self.detail = f"PyTorch {torch.__version__} eager, float32, {threads} threads, inference_mode"
+
+    def model(self, net: str) -> Any:
+        if net not in self.models:
+            if self.kind == "upstream":
+                from ..upstream import load_upstream
+
+                self.models[net] = load_upstream(net, "shift_tolerant")
+            else:
+                from ..model import build_model
+
+                self.models[net] = build_model(net, "st").eval()
+        return self.models[net]
+
+    def prepare(self, net: str, in0: np.ndarray, in1: np.ndarray) -> Any:
+        model, t0, t1 = self.model(net), self.torch.from_numpy(in0), self.torch.from_numpy(in1)
+
+        def call() -> np.ndarray:
+            with self.torch.inference_mode():
+                out = model(t0, t1)
+            out = out[0] if isinstance(out, tuple) else out
+            return out.reshape(-1).numpy()
+
+        return call
+
+    def flops(self, net: str, size: int) -> int:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        in0, in1 = make_inputs(size, 1, "plain")
+        call = self.prepare(net, in0, in1)
+        with FlopCounterMode(display=False) as counter:
+            call()
+        return int(counter.get_total_flops())
+
+
+class RuntimeSide:
+    """The torch-free runtime (`stlpips_rt.Scorer`) through its public score_batch / score_many."""
+
+    def __init__(self, provider: str, precision: str, threads: int) -> None:
+        self.provider, self.precision, self.threads = provider, precision, threads
+        self.scorers: dict[str, Any] = {}
+        self.detail = ""
+
+    def scorer(self, net: str) -> Any:
+        import onnxruntime
+
+        from stlpips_rt import Scorer
+
+        if net not in self.scorers:
+            # A batch_size above every benchmark batch: one graph run per call, as on the torch sides.
+            self.scorers[net] = s = Scorer(f"{net}-st", providers=self.provider, precision=self.precision,
+                                           threads=self.threads, batch_size=1024, float_range="-1,1")
+            self.detail = (f"onnxruntime {onnxruntime.__version__}, {s.provider} {s.precision}, "
+                           f"{self.threads} threads, public score_batch / score_many on float32 arrays")
+        return self.scorers[net]
+
+    def prepare(self, net: str, in0: np.ndarray, in1: np.ndarray) -> Any:
+        scorer = self.scorer(net)
+        if len(in0) == 1 and len(in1) > 1:
+            return lambda: scorer.score_many(in0[0], in1)
+        return lambda: scorer.score_batch(in0, in1)
+
+
+def make_side(side: str, threads: int) -> TorchSide | RuntimeSide:
+    """The side named ``upstream``, ``reference`` or ``runtime:<provider>:<precision>``."""
+    if side in ("upstream", "reference"):
+        return TorchSide(side, threads)
+    parts = side.split(":")
+    if len(parts) == 3 and parts[0] == "runtime":
+        return RuntimeSide(parts[1], parts[2], threads)
+    raise ValueError(f"unknown side {side!r}: use upstream, reference or runtime:<provider>:<exact|fast>")
+
+
+def time_calls(call: Any, seconds: float, warmup: int, min_calls: int = 3) -> list[float]:
+    """Per-call wall times after ``warmup`` untimed calls, until ``seconds`` pass (at least ``min_calls``)."""
+    for _ in range(warmup):
+        call()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    while len(latencies) < min_calls or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - t)
+    return latencies
+
+
+def handle(side: TorchSide | RuntimeSide, request: dict[str, Any]) -> dict[str, Any]:
+    """Answer one request."""
+    op = request["op"]
+    if op == "time":
+        in0, in1 = make_inputs(request["size"], request["batch"], request["mode"])
+        call = side.prepare(request["net"], in0, in1)
+        latencies = time_calls(call, request["seconds"], request["warmup"])
+        return {"latencies": latencies, "detail": side.detail}
+    if op == "flops":
+        if not isinstance(side, TorchSide):
+            raise ValueError("FLOPs are counted on the PyTorch reference")
+        return {"flops": side.flops(request["net"], request["size"])}
+    raise ValueError(f"unknown op {op!r}")
+
+
+def main() -> None:
+    side_name, threads = sys.argv[1], int(sys.argv[2])
+    side = make_side(side_name, threads)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything a library prints must not corrupt the protocol
+    print(json.dumps({"ready": side_name}), file=out, flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("op") == "exit":
+            break
+        try:
+            reply = handle(side, request)
+        except Exception as exc:  # reported to the parent, which names the side and request
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(reply), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    main()

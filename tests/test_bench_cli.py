@@ -1,0 +1,75 @@
+"""`stlpips-bench` output is well formed (no timing assertions: figures depend on the machine and its load)."""
+
+import importlib.util
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from stlpips_export.bench.cli import main, parse_shapes
+from stlpips_export.bench.report import markdown
+
+
+def test_shapes_parse_into_sizes_and_batches():
+    assert parse_shapes("64:1,16,50;256:1,4") == [(64, [1, 16, 50]), (256, [1, 4])]
+
+
+def test_a_tiny_quick_run_writes_json_and_markdown_for_every_side(tmp_path, exported_model):
+    model_dir = exported_model("alex", "st").parent
+    sides = ["reference", "runtime:cpu:exact"]
+    if importlib.util.find_spec("stlpips_pytorch") is not None:
+        sides.insert(0, "upstream")
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(main, [
+        "--quick", "--nets", "alex", "--shapes", "32:1,2", "--sides", ",".join(sides), "--seconds", "0.05",
+        "--cold-runs", "1", "--threads", "1", "--models", str(model_dir), "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    assert report["matmul_peak_gflops"] > 0 and report["flops_per_pair"]["alex-st@32"] > 0
+    rows = report["measurements"]
+    # 2 plain batches + 1 broadcast batch, per side
+    assert sorted((r["batch"], r["mode"]) for r in rows if r["side"] == sides[-1]) == [
+        (1, "plain"), (2, "broadcast"), (2, "plain")]
+    assert len(rows) == 3 * len(sides)
+    for r in rows:
+        assert r["error"] is None and r["calls"] >= 3 and r["pairs_per_s"] > 0 and r["median_ms"] > 0, r
+    cold = {c["side"]: c for c in report["cold_start"]}
+    assert "runtime:cpu:exact" in cold and cold["runtime:cpu:exact"]["peak_rss_mb"][0] > 0
+    md = (out / "bench.md").read_text()
+    for heading in ("## Throughput", "## One reference against many candidates", "## Targets", "## Cold start"):
+        assert heading in md
+    assert md.count("| alex-st | 32 |") >= 3 * len(sides)
+
+
+def fake_report(runtime_pairs_per_s: float) -> dict:
+    def row(side: str, batch: int, mode: str, pairs_per_s: float) -> dict:
+        return {"net": "alex", "size": 64, "batch": batch, "mode": mode, "side": side, "calls": 10,
+                "pairs_per_s": pairs_per_s, "median_ms": 1.0, "p90_ms": 2.0, "round_pairs_per_s": [pairs_per_s],
+                "error": None}
+
+    return {
+        "command": "stlpips-bench", "wall_seconds": 1.0,
+        "machine": {"cpu": "test", "cores": 2, "load_average_start": [0, 0, 0], "load_average_end": [0, 0, 0]},
+        "versions": {},
+        "settings": {"threads": 2, "rounds": 1, "seconds": 1, "sides": ["upstream", "runtime:cpu:exact"]},
+        "matmul_peak_gflops": 100.0, "matmul_n": 64, "flops_per_pair": {"alex-st@64": 2e9},
+        "measurements": [row("upstream", 4, "plain", 10.0), row("runtime:cpu:exact", 4, "plain", runtime_pairs_per_s),
+                         row("upstream", 4, "broadcast", 20.0),
+                         row("runtime:cpu:exact", 4, "broadcast", 2 * runtime_pairs_per_s)],
+        "cold_start": [{"side": "upstream", "net": "alex", "seconds": [3.0], "peak_rss_mb": [300.0], "error": None},
+                       {"side": "runtime:cpu:exact", "net": "alex", "seconds": [0.6], "peak_rss_mb": [150.0],
+                        "error": None}],
+    }
+
+
+@pytest.mark.parametrize(("runtime", "met"), [(25.0, "yes"), (15.0, "no")])
+def test_report_states_ratios_to_upstream_and_whether_targets_are_met(runtime, met):
+    md = markdown(fake_report(runtime))
+    assert f"| {runtime / 10:.2f}x (worst batch; best {runtime / 10:.2f}x) | {met} |" in md
+    assert f"| {2 * runtime:.1f} | {runtime:.1f} | 2.00 |" in md  # broadcast / plain
+    r = runtime
+    plain_row = f"| {r:.1f} | {r:.1f}-{r:.1f} | 1.00 | 2.00 | {r / 10:.2f} | {2 * r:.1f} |"
+    assert plain_row in md  # pairs/s, spread, latencies, x upstream, effective GFLOP/s (2 GFLOP per pair)
+    assert "cold start <= 1/3 of upstream, alex-st | 0.200x | yes |" in md
+    assert "peak memory <= 1/3 of upstream, alex-st | 0.500x | no |" in md
