@@ -4,7 +4,10 @@
 // versioned-symbol mismatch that linking across releases runs into.
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include <onnxruntime_cxx_api.h>
 
@@ -19,13 +22,14 @@ namespace {
 
 struct LoadedApi {
   const OrtApi* api = nullptr;
+  std::string library;  // the path loaded at run time; empty when linked
   std::string version;
   std::string error;
 };
 
-const OrtApiBase* api_base(const std::string& requested_library) {
+const OrtApiBase* api_base(const std::string& requested_library, std::string& path) {
 #ifdef STLPIPS_ORT_LOAD_AT_RUNTIME
-  std::string path = requested_library;
+  path = requested_library;
   const char* env = std::getenv("STLPIPS_ORT_LIBRARY");
   if (path.empty() && env != nullptr) path = env;
   if (path.empty()) path = STLPIPS_ORT_DEFAULT_LIBRARY;
@@ -42,6 +46,7 @@ const OrtApiBase* api_base(const std::string& requested_library) {
   if (get_api_base == nullptr) throw Error(path + " exports no OrtGetApiBase: is it libonnxruntime?");
   return get_api_base();
 #else
+  (void)path;
   if (!requested_library.empty()) {
     throw Error("this build links ONNX Runtime; --ort-library needs -DSTLPIPS_ORT_LOAD_AT_RUNTIME=ON");
   }
@@ -49,13 +54,13 @@ const OrtApiBase* api_base(const std::string& requested_library) {
 #endif
 }
 
-// Initialises the C++ API once per process; the first caller's library choice wins.
+// Initialises the C++ API once per process: one process holds one ONNX Runtime.
 const LoadedApi& init_api(const std::string& library) {
   static LoadedApi loaded;
   static std::once_flag once;
   std::call_once(once, [&] {
     try {
-      const OrtApiBase* base = api_base(library);
+      const OrtApiBase* base = api_base(library, loaded.library);
       loaded.version = base->GetVersionString();
       loaded.api = base->GetApi(ORT_API_VERSION);
       if (loaded.api == nullptr) {
@@ -71,6 +76,10 @@ const LoadedApi& init_api(const std::string& library) {
     }
   });
   if (loaded.api == nullptr) throw Error(loaded.error);
+  if (!library.empty() && library != loaded.library) {
+    throw Error("ONNX Runtime is already loaded from " + loaded.library + " in this process; cannot also load " +
+                library);
+  }
   return loaded;
 }
 
