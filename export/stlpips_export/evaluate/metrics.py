@@ -82,6 +82,11 @@ class RuntimeMetric:
         self.name = display
         self.backend = "fast" if precision == "fast" else "onnx"
         self.detail = f"{self.scorer.provider} {self.scorer.precision}"
+        if precision == "fast" and self.scorer.precision == "fp32":
+            raise ValueError(
+                f"no reduced-precision provider here: {self.scorer.provider} runs 'fast' as fp32, the same numbers "
+                "as 'onnx'; drop the 'fast' backend (it needs OpenVINO on an Intel CPU, CUDA or TensorRT)"
+            )
 
     def distances(self, ref: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         _check(ref, candidates)
