@@ -42,11 +42,12 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--layers", is_flag=True, help="Add the dist_layers [N,L] output.")
 @click.option("--static", "static_hw", callback=_parse_hw, metavar="HxW", help="Fix H and W (batch stays dynamic).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
+@click.option("--no-fuse", is_flag=True, help="Keep conv1 and its BlurPool separate (slower, same numbers).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Your own upstream-format checkpoint (.pth).")
 @click.option("--tolerance", type=float, help="Override the parity tolerance (max abs) for this export.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the written paths.")
 def main(net: str, variant: str, export_all: bool, out_dir: Path, opset: int, fp16: bool, spatial: bool,
-         layers: bool, static_hw: tuple[int, int] | None, no_simplify: bool, weights: str | None,
+         layers: bool, static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool, weights: str | None,
          tolerance: float | None, quiet: bool) -> None:
     """Export an ST-LPIPS / LPIPS model to ONNX, proving float32 parity with PyTorch before writing it."""
     if export_all and weights:
@@ -56,7 +57,7 @@ def main(net: str, variant: str, export_all: bool, out_dir: Path, opset: int, fp
     for target_net, target_variant in targets:
         options = ExportOptions(net=target_net, variant=target_variant, out_dir=out_dir, opset=opset, fp16=fp16,
                                 spatial=spatial, layers=layers, static_hw=static_hw, simplify=not no_simplify,
-                                weights=weights, tolerance=tolerance)
+                                fuse=not no_fuse, weights=weights, tolerance=tolerance)
         name = options.file_name
 
         def progress(message: str, name: str = name) -> None:

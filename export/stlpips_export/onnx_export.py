@@ -19,6 +19,7 @@ import onnx
 import torch
 
 from . import __version__
+from .fusion import fuse_for_export
 from .model import PerceptualDistance, build_model
 from .verify import ParityReport, find_min_size, verify_parity
 
@@ -43,6 +44,7 @@ class ExportOptions:
     layers: bool = False
     static_hw: tuple[int, int] | None = None
     simplify: bool = True
+    fuse: bool = True  # exact conv+BlurPool fusion (fusion.py); verified like everything else
     weights: str | None = None
     tolerance: float | None = None  # None: the precision's default
 
@@ -90,10 +92,13 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         if options.static_hw and min(options.static_hw) < min_size:
             raise ValueError(f"--static {options.static_hw[0]}x{options.static_hw[1]} is below this model's "
                              f"minimum input size {min_size}x{min_size}")
-        exported = model
+        # The graph is traced from a separate copy, so the reference it is verified against stays untouched.
+        exported = build_model(options.net, options.variant, weights=options.weights, spatial=options.spatial,
+                               layers=options.layers)
+        if options.fuse:
+            exported = fuse_for_export(exported)
         if options.fp16:
-            exported = build_model(options.net, options.variant, weights=options.weights, spatial=options.spatial,
-                                   layers=options.layers).half_backbone()
+            exported = exported.half_backbone()
     with _step("trace", timings, progress):
         graph = trace_to_onnx(exported, options, min_size)
     if options.simplify:
@@ -117,6 +122,7 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         "stlpips.torch_version": torch.__version__,
         "stlpips.onnx_version": onnx.__version__,
         "stlpips.opset": str(options.opset),
+        "stlpips.fused": "conv+blurpool" if options.fuse else "none",
         "stlpips.parity_tolerance": f"{options.parity_tolerance:g}",
     }
     with _step("verify", timings, progress):
