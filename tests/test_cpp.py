@@ -20,6 +20,7 @@ import onnx
 import onnxruntime
 import pytest
 from PIL import Image
+
 from stlpips_rt import Scorer, images, read_model_info
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
