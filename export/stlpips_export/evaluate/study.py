@@ -210,18 +210,20 @@ def plot(results: Sequence[SetResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # One colour per backbone, solid for ST-LPIPS and dashed for LPIPS, so each pair reads at a glance.
+    colours = {"alex": "tab:blue", "vgg": "tab:red", "L2": "tab:gray", "SSIM": "tab:olive"}
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
-        for run in res.runs:
-            if run.backend not in ("onnx", "numpy", "skimage"):
-                continue  # one line per metric: the runtime's exact numbers
+        runs = [r for r in res.runs if r.backend in ("onnx", "numpy", "skimage")]  # the runtime's exact numbers
+        for i, run in enumerate(runs):
             rates = res.rates(run)
             y = [0.0] + [100 * rates[k].value for k in SHIFTS]
             err = [[0.0] + [100 * (rates[k].value - rates[k].low) for k in SHIFTS],
                    [0.0] + [100 * (rates[k].high - rates[k].value) for k in SHIFTS]]
             style = "-" if run.metric.startswith("ST-") else "--" if "LPIPS" in run.metric else ":"
-            ax.errorbar(range(MAX_SHIFT + 1), y, yerr=err, linestyle=style, marker="o", capsize=3,
-                        label=run.metric)
+            dodge = 0.05 * (i - (len(runs) - 1) / 2)  # keep overlapping error bars apart
+            ax.errorbar([k + dodge for k in range(MAX_SHIFT + 1)], y, yerr=err, linestyle=style, marker="o",
+                        markersize=4, capsize=3, label=run.metric, color=colours[run.metric.split()[-1]])
         ax.set_title(f"{res.label} (n={len(res.triplets)})")
         ax.set_xlabel("horizontal shift (pixels)")
         ax.set_ylabel("rank-flip rate r_rf (%)")
