@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+
 from stlpips_rt import images
 from stlpips_rt.errors import (
     ChannelError,

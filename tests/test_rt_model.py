@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+
 from stlpips_rt import ModelNotFoundError, NotAnStlpipsModelError, Scorer, read_model_info, resolve_model
 from stlpips_rt.model import file_name_for
 

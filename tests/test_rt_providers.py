@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from stlpips_rt import ProviderError, Scorer, TensorRTOptions, available_providers, unavailable_reasons
 from stlpips_rt.providers import AUTO_ORDER, SessionConfig, precision_label, provider_options, resolve_providers
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from stlpips_rt import ImageSizeError, ModelError, ModelInfo, Scorer
 
 # DESIGN.md: upstream's numbers for ex_ref vs ex_p0 / ex_p1 (float32, CPU, img / 127.5 - 1).

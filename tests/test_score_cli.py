@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+
 from stlpips_rt import Scorer
 from stlpips_rt.cli import main
 
