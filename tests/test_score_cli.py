@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from PIL import Image
 
 from stlpips_rt import Scorer
 from stlpips_rt.cli import main
+from stlpips_rt.output import Progress
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (64, 64)) -> Path:
@@ -212,3 +215,24 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(model: Path, folders) -> 
     refs, dists = folders
     _, _, err = invoke("--model", model, "--ref-dir", refs, "--dist-dir", dists)
     assert "\r" not in err and "pairs scored" in err
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_is_drawn_on_a_terminal_once_the_run_takes_a_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    term = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    bar = Progress(total=10, enabled=True)
+    bar.update(1)
+    assert term.getvalue() == ""  # the first second stays quiet
+    bar.start -= 2.0
+    bar.update(5)
+    bar.close()
+    assert "\r[" in term.getvalue() and "5/10 pairs" in term.getvalue()
+    quiet = Progress(total=10, enabled=False)
+    quiet.start -= 2.0
+    quiet.update(5)
+    assert term.getvalue().count("\r[") == 1
