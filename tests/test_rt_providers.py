@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from stlpips_rt import ProviderError, Scorer, TensorRTOptions, available_providers, unavailable_reasons
-from stlpips_rt.providers import AUTO_ORDER, SessionConfig, precision_label, provider_options, resolve_providers
+from stlpips_rt.openvino_direct import OpenVinoSession
+from stlpips_rt.providers import (
+    AUTO_ORDER,
+    SessionConfig,
+    openvino_through_plugin,
+    precision_label,
+    provider_options,
+    resolve_providers,
+)
 
 
 def pairs(n: int = 3, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -37,8 +45,10 @@ def require(provider: str) -> None:
 def test_auto_picks_the_first_available_in_tensorrt_cuda_openvino_cpu_order(model: Path) -> None:
     available = available_providers()
     assert available[-1] == "cpu" and available == [p for p in AUTO_ORDER if p in available]
-    assert resolve_providers("auto") == [available[0]]
-    assert Scorer(model).provider == available[0]
+    # OpenVINO's own runtime (no plugin device here) is used only when asked for by name.
+    expected = next(p for p in available if p != "openvino" or openvino_through_plugin())
+    assert resolve_providers("auto") == [expected]
+    assert Scorer(model).provider == expected
 
 
 def test_short_and_onnxruntime_names_and_lists_are_accepted() -> None:
@@ -123,3 +133,26 @@ def test_openvino_only_as_first_provider(model: Path) -> None:
     require("openvino")
     with pytest.raises(ProviderError, match="first provider"):
         Scorer(model, providers="cpu,openvino")
+
+
+def test_openvino_runs_through_its_own_runtime_where_the_plugin_offers_no_device(model: Path) -> None:
+    require("openvino")
+    if openvino_through_plugin():
+        pytest.skip("the onnxruntime OpenVINO plugin offers a device here, so it is used instead")
+    scorer = Scorer(model, providers="openvino", threads=2)
+    assert isinstance(scorer._session, OpenVinoSession)
+    assert scorer.info.min_size == 21 and scorer.info.outputs == ("dist",)
+
+
+def test_openvino_scorer_is_thread_safe(model: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    require("openvino")
+    scorer = Scorer(model, providers="openvino")
+    rng = np.random.default_rng(4)
+    batches = [rng.integers(0, 256, (2, 40 + 8 * (i % 3), 48, 3), dtype=np.uint8) for i in range(12)]
+    serial = [scorer.score_batch(b, b[::-1]) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda b: scorer.score_batch(b, b[::-1]), batches))
+    for one, many in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(one, many)

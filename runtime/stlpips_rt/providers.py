@@ -17,6 +17,7 @@ from typing import Any
 import onnxruntime as ort
 
 from .errors import ProviderError
+from .openvino_direct import OpenVinoSession, openvino_runtime_reason
 
 ORT_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -101,14 +102,31 @@ def unavailable_reasons() -> dict[str, str]:
                               f"{ORT_NAMES[short]}; install onnxruntime-gpu in place of onnxruntime")
     devices, reason = _openvino_devices()
     if not devices:
-        reasons["openvino"] = reason
+        direct_reason = openvino_runtime_reason()
+        if direct_reason:
+            reasons["openvino"] = f"{reason}; {direct_reason}"
     return reasons
+
+
+def openvino_through_plugin() -> bool:
+    """True when onnxruntime's OpenVINO plugin offers a device; otherwise "openvino" means OpenVINO's own
+    runtime (openvino_direct.py)."""
+    return bool(_openvino_devices()[0])
 
 
 def available_providers() -> list[str]:
     """Short names of the usable providers, in the order ``"auto"`` tries them."""
     missing = unavailable_reasons()
     return [p for p in AUTO_ORDER if p not in missing]
+
+
+def auto_provider() -> str:
+    """What ``"auto"`` picks: the first available onnxruntime execution provider. OpenVINO's own runtime (used
+    where the plugin offers no device) is taken only when asked for by name."""
+    available = available_providers()
+    if "openvino" in available and not openvino_through_plugin():
+        available.remove("openvino")
+    return available[0]
 
 
 def normalize(name: str) -> str:
@@ -128,7 +146,7 @@ def resolve_providers(spec: str | Sequence[str]) -> list[str]:
     """
     names = [s for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
     if not names or [n.strip().lower() for n in names] == ["auto"]:
-        return [available_providers()[0]]
+        return [auto_provider()]
     chosen = [normalize(n) for n in names]
     missing = unavailable_reasons()
     for p in chosen:
@@ -199,7 +217,7 @@ def session_options(cfg: SessionConfig) -> ort.SessionOptions:
     return opts
 
 
-def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.InferenceSession:
+def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.InferenceSession | OpenVinoSession:
     """Build the onnxruntime session for ``providers`` (short names, most preferred first)."""
     if cfg.precision not in PRECISIONS:
         raise ProviderError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
@@ -207,6 +225,8 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
     if "openvino" in providers[1:]:
         raise ProviderError("OpenVINO can only be the first provider (it is attached per device); "
                             "use providers='openvino' (unsupported nodes fall back to the CPU provider)")
+    if providers[0] == "openvino" and not openvino_through_plugin():
+        return OpenVinoSession(path, cfg.openvino_device, "bf16" if cfg.precision == "fast" else "f32", cfg.threads)
     if providers[0] == "openvino":
         devices, reason = _openvino_devices()
         wanted = [d for d in devices if d.ep_metadata.get("ov_device", "").upper().startswith(cfg.openvino_device)]

@@ -91,7 +91,8 @@ class Scorer:
             raise ModelError(f"{path}: onnxruntime could not build a session on {chosen[0]} ({exc})") from None
         self.info: ModelInfo = ModelInfo.from_session(path, self._session)
         self.provider: str = SHORT_NAMES.get(self._session.get_providers()[0], chosen[0])
-        self.precision: str = precision_label(self.provider, precision, self.info.precision)
+        self.precision: str = getattr(self._session, "inference_precision", None) or precision_label(
+            self.provider, precision, self.info.precision)
         self._io_binding = self.provider in ("cuda", "tensorrt") if io_binding is None else io_binding
 
     def __repr__(self) -> str:
