@@ -233,9 +233,16 @@ def plot(results: Sequence[SetResult], path: Path) -> None:
         ax.set_xlabel("horizontal shift (pixels)")
         ax.set_ylabel("rank-flip rate r_rf (%)")
         ax.set_xticks(range(MAX_SHIFT + 1))
+        # Linear below 1%, logarithmic above: the learned metrics' few percent stay readable beside L2's tens.
+        ax.set_yscale("symlog", linthresh=1.0, linscale=0.6)
+        top = max(1.0, ax.get_ylim()[1])
+        ax.set_ylim(0, top)
+        ticks = [t for t in (0, 0.5, 1, 2, 5, 10, 20, 50, 100) if t <= top]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
