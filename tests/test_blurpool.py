@@ -51,23 +51,31 @@ def test_blurpool_has_no_trainable_parameters() -> None:
     assert "filt" in pool.state_dict()
 
 
-def test_exported_blurpool_is_grouped_conv_with_constant_binomial_initializer(exported_model) -> None:
-    graph = onnx.load(str(exported_model("alex", "st"))).graph
+@pytest.mark.parametrize("fuse", [False, True])
+def test_exported_blurpool_is_grouped_conv_with_constant_binomial_initializer(exported_model, fuse: bool) -> None:
+    graph = onnx.load(str(exported_model("alex", "st", fuse=fuse))).graph
     initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    blur_convs = []
+    blur_convs, kernel_sizes = [], []
     for node in graph.node:
         if node.op_type != "Conv":
             continue
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         weight = initializers.get(node.input[1])
+        assert weight is not None, "convolution weights must be constant initializers"
+        kernel_sizes.append(weight.shape[-1])
         if group > 1:
             blur_convs.append((group, weight))
-    # alex-st: BlurPool after conv1 (64), after pool1 (64), after pool2 (192).
-    assert [g for g, _ in blur_convs] == [64, 64, 192]
     for group, weight in blur_convs:
-        assert weight is not None, "BlurPool weights must be a constant initializer"
         assert weight.shape == (group, 1, 3, 3)
         np.testing.assert_allclose(weight[0, 0], np.outer([1, 2, 1], [1, 2, 1]) / 16.0, rtol=1e-7)
+    if fuse:
+        # conv1's BlurPool survives only on the four border strips; the interior is one 13x13 stride-2 conv.
+        assert [g for g, _ in blur_convs] == [64] * 5 + [192]
+        assert 13 in kernel_sizes
+    else:
+        # alex-st: BlurPool after conv1 (64), after pool1 (64), after pool2 (192).
+        assert [g for g, _ in blur_convs] == [64, 64, 192]
     pads = [n for n in graph.node if n.op_type == "Pad"]
-    assert all(next(a.s for a in n.attribute if a.name == "mode") == b"reflect" for n in pads)
+    reflect = [n for n in pads if next((a.s for a in n.attribute if a.name == "mode"), b"constant") == b"reflect"]
+    assert len(reflect) == len(blur_convs)
     assert not [n for n in graph.node if n.domain not in ("", "ai.onnx")], "no custom operators"
