@@ -33,7 +33,7 @@ def test_a_tiny_quick_run_writes_json_and_markdown_for_every_side(tmp_path, expo
         (1, "plain"), (2, "broadcast"), (2, "plain")]
     assert len(rows) == 3 * len(sides)
     for r in rows:
-        assert r["error"] is None and r["calls"] >= 3 and r["pairs_per_s"] > 0 and r["median_ms"] > 0, r
+        assert r["error"] is None and r["calls"] >= 2 and r["pairs_per_s"] > 0 and r["median_ms"] > 0, r
     cold = {c["side"]: c for c in report["cold_start"]}
     assert "runtime:cpu:exact" in cold and cold["runtime:cpu:exact"]["peak_rss_mb"][0] > 0
     md = (out / "bench.md").read_text()

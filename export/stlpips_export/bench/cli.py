@@ -284,7 +284,8 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
                     if m.error:
                         continue
                     reply = workers[side].ask(op="time", net=net, size=size, batch=batch, mode=mode,
-                                              seconds=seconds, warmup=2 if quick else 3)
+                                              seconds=seconds, warmup=(1 if quick else 3) if r == 0 else 1,
+                                              min_calls=2 if quick else 3)
                     if "error" in reply:
                         m.error = reply["error"]
                         log(f"  {side}: {m.error}")

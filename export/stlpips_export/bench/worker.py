@@ -4,8 +4,8 @@ Run as ``python -m stlpips_export.bench.worker SIDE THREADS``. SIDE is ``upstrea
 ``runtime:<provider>:<precision>``. Requests (one JSON object per line):
 
 - ``{"op": "time", "net": "alex", "size": 64, "batch": 16, "mode": "plain"|"broadcast", "seconds": 1.0,
-  "warmup": 2}`` -> ``{"latencies": [s, ...], "detail": "..."}``: warm-up calls, then calls until
-  ``seconds`` have passed (at least 3 calls), each timed on its own.
+  "warmup": 2, "min_calls": 3}`` -> ``{"latencies": [s, ...], "detail": "..."}``: warm-up calls, then calls
+  until ``seconds`` have passed (at least ``min_calls``), each timed on its own.
 - ``{"op": "flops", "net": "alex", "size": 64}`` (reference only) -> FLOPs of one plain pair.
 - ``{"op": "exit"}``.
 
@@ -131,7 +131,7 @@ def handle(side: TorchSide | RuntimeSide, request: dict[str, Any]) -> dict[str, 
     if op == "time":
         in0, in1 = make_inputs(request["size"], request["batch"], request["mode"])
         call = side.prepare(request["net"], in0, in1)
-        latencies = time_calls(call, request["seconds"], request["warmup"])
+        latencies = time_calls(call, request["seconds"], request["warmup"], request.get("min_calls", 3))
         return {"latencies": latencies, "detail": side.detail}
     if op == "flops":
         if not isinstance(side, TorchSide):

@@ -133,7 +133,18 @@ def make_metric(name: str, backend: str = "onnx", providers: str = "auto", threa
         raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
     if backend == "torch":
         return TorchMetric(name, threads=threads)
-    if backend in ("onnx", "fast"):
-        precision = "fast" if backend == "fast" else "exact"
-        return RuntimeMetric(name, precision=precision, providers=providers, threads=threads)
+    if backend == "onnx":
+        return RuntimeMetric(name, precision="exact", providers=providers, threads=threads)
+    if backend == "fast":
+        return RuntimeMetric(name, precision="fast", providers=_fast_providers(providers), threads=threads)
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _fast_providers(providers: str) -> str:
+    """For "auto", the first available provider with a reduced-precision mode (the CPU provider has none)."""
+    if providers != "auto":
+        return providers
+    from stlpips_rt.providers import available_providers
+
+    reduced = [p for p in available_providers() if p in ("tensorrt", "cuda", "openvino")]
+    return reduced[0] if reduced else "cpu"  # cpu: RuntimeMetric then explains that 'fast' is not available
