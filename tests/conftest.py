@@ -31,11 +31,12 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
     from stlpips_export.onnx_export import ExportOptions, export_model
 
     cache: dict[tuple, Path] = {}
-    out_dir = tmp_path_factory.mktemp("models")
 
     def export(net: str = "alex", variant: str = "st", **options: object) -> Path:
         key = (net, variant, tuple(sorted(options.items())))
         if key not in cache:
+            # A folder per option set: --static or --no-fuse do not change the file name.
+            out_dir = tmp_path_factory.mktemp(f"models-{net}-{variant}")
             cache[key] = export_model(ExportOptions(net=net, variant=variant, out_dir=out_dir, **options)).path
         return cache[key]
 
