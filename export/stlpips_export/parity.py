@@ -33,7 +33,7 @@ from stlpips_rt import Scorer, StlpipsError, available_providers, read_model_inf
 from stlpips_rt.providers import resolve_providers
 
 from .model import PerceptualDistance, build_model
-from .verify import Case, CaseResult, ParityReport, _errors, parity_cases, rank_agreement, triplet_candidates
+from .verify import Case, CaseResult, ParityReport, error_stats, parity_cases, rank_agreement, triplet_candidates
 
 # precision label -> (max abs tolerance, minimum 2AFC rank agreement); see the module docstring for the why.
 TOLERANCES = {"fp32": (1e-5, 1.0), "tf32": (1e-2, 0.98), "fp16": (1e-2, 0.98), "bf16": (2e-2, 0.98)}
@@ -126,7 +126,7 @@ def compare(scorer: Scorer, cases: list[Case], triplets: list[Case], expected: d
     agreements = []
     for case in cases + triplets:
         got = scorer.run_arrays(case.in0, case.in1, outputs)
-        errors = [_errors(e, a) for e, a in zip(expected[case.name], got, strict=True)]
+        errors = [error_stats(e, a) for e, a in zip(expected[case.name], got, strict=True)]
         shapes = f"{list(case.in0.shape)} {list(case.in1.shape)}"
         report.cases.append(CaseResult(case.name, shapes, max(e[0] for e in errors), max(e[1] for e in errors)))
         if case in triplets:

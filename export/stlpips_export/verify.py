@@ -140,7 +140,8 @@ def _session(graph: onnx.ModelProto):  # noqa: ANN202 - onnxruntime is imported 
     return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _errors(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+def error_stats(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+    """(max abs, max relative) error of ``actual`` against ``expected``."""
     diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
     significant = np.abs(expected) > 1e-4  # relative error is meaningless for distances near zero
     rel = diff[significant] / np.abs(expected[significant]) if significant.any() else np.zeros(1)
@@ -162,7 +163,7 @@ def verify_parity(
         with torch.no_grad():
             expected = [t.numpy() for t in model(torch.from_numpy(case.in0), torch.from_numpy(case.in1))]
         actual = session.run(names, {"in0": case.in0, "in1": case.in1})
-        errors = [_errors(e, a) for e, a in zip(expected, actual, strict=True)]
+        errors = [error_stats(e, a) for e, a in zip(expected, actual, strict=True)]
         shapes = f"{list(case.in0.shape)} {list(case.in1.shape)}"
         report.cases.append(CaseResult(case.name, shapes, max(e[0] for e in errors), max(e[1] for e in errors)))
     h, w = static_hw or (64, 64)
@@ -171,7 +172,7 @@ def verify_parity(
         expected = model(torch.from_numpy(ref), torch.from_numpy(candidates))[0].numpy()
     actual = session.run(["dist"], {"in0": ref, "in1": candidates})[0]
     report.rank_agreement = rank_agreement(expected, actual)
-    abs_err, rel_err = _errors(expected, actual)
+    abs_err, rel_err = error_stats(expected, actual)
     report.cases.append(CaseResult("2AFC triplets: 1 ref vs 12", f"{list(ref.shape)} {list(candidates.shape)}",
                                    abs_err, rel_err))
     return report
