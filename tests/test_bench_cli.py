@@ -54,9 +54,9 @@ def fake_report(runtime_pairs_per_s: float) -> dict:
         "versions": {},
         "settings": {"threads": 2, "rounds": 1, "seconds": 1, "sides": ["upstream", "runtime:cpu:exact"]},
         "matmul_peak_gflops": 100.0, "matmul_n": 64, "flops_per_pair": {"alex-st@64": 2e9},
-        "measurements": [row("upstream", 4, "plain", 10.0), row("runtime:cpu:exact", 4, "plain", runtime_pairs_per_s),
-                         row("upstream", 4, "broadcast", 20.0),
-                         row("runtime:cpu:exact", 4, "broadcast", 2 * runtime_pairs_per_s)],
+        "measurements": [row("upstream", 16, "plain", 10.0), row("runtime:cpu:exact", 16, "plain", runtime_pairs_per_s),
+                         row("upstream", 16, "broadcast", 20.0),
+                         row("runtime:cpu:exact", 16, "broadcast", 2 * runtime_pairs_per_s)],
         "cold_start": [{"side": "upstream", "net": "alex", "seconds": [3.0], "peak_rss_mb": [300.0], "error": None},
                        {"side": "runtime:cpu:exact", "net": "alex", "seconds": [0.6], "peak_rss_mb": [150.0],
                         "error": None}],
@@ -67,7 +67,8 @@ def fake_report(runtime_pairs_per_s: float) -> dict:
 def test_report_states_ratios_to_upstream_and_whether_targets_are_met(runtime, met):
     md = markdown(fake_report(runtime))
     assert f"| {runtime / 10:.2f}x (worst batch; best {runtime / 10:.2f}x) | {met} |" in md
-    assert f"| {2 * runtime:.1f} | {runtime:.1f} | 2.00 |" in md  # broadcast / plain
+    assert f"| {2 * runtime:.1f} | {runtime:.1f} | 2.00 | 1.88 |" in md  # broadcast / plain, bound 32/17
+    assert "broadcast >= 1.8x plain (batches >= 9) | 2.00x worst, 2.00x best | yes |" in md
     r = runtime
     plain_row = f"| {r:.1f} | {r:.1f}-{r:.1f} | 1.00 | 2.00 | {r / 10:.2f} | {2 * r:.1f} |"
     assert plain_row in md  # pairs/s, spread, latencies, x upstream, effective GFLOP/s (2 GFLOP per pair)

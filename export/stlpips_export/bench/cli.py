@@ -183,7 +183,8 @@ def cold_start(side: str, net: str, threads: int, env: dict[str, str]) -> tuple[
 
 def _versions() -> dict[str, str]:
     out = {}
-    for dist in ("onnxruntime", "onnxruntime-ep-openvino", "torch", "numpy", "stlpips_pytorch", "stlpips-deploy"):
+    for dist in ("onnxruntime", "onnxruntime-ep-openvino", "openvino", "torch", "numpy", "stlpips_pytorch",
+                 "stlpips-deploy"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out

@@ -91,8 +91,11 @@ class RuntimeSide:
             # A batch_size above every benchmark batch: one graph run per call, as on the torch sides.
             self.scorers[net] = s = Scorer(f"{net}-st", providers=self.provider, precision=self.precision,
                                            threads=self.threads, batch_size=1024, float_range="-1,1")
-            self.detail = (f"onnxruntime {onnxruntime.__version__}, {s.provider} {s.precision}, "
-                           f"{self.threads} threads, public score_batch / score_many on float32 arrays")
+            engine = f"onnxruntime {onnxruntime.__version__}"
+            if s.provider == "openvino":
+                engine = "OpenVINO through stlpips_rt"
+            self.detail = (f"{engine}, provider {s.provider}, {s.precision}, {self.threads} threads, public "
+                           "score_batch / score_many on float32 arrays")
         return self.scorers[net]
 
     def prepare(self, net: str, in0: np.ndarray, in1: np.ndarray) -> Any:
