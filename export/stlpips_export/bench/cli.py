@@ -221,10 +221,19 @@ def log(message: str) -> None:
               help="folder of exported models (default $STLPIPS_MODEL_DIR, then ./models).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/bench"), show_default=True,
               help="folder for bench.md and bench.json.")
+@click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="measure nothing: re-render bench.md from an earlier run's bench.json into --out.")
 def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: int | None, seconds: float | None,
          cold_runs: int | None, no_broadcast: bool, threads: int | None, models_dir: Path | None,
-         out_dir: Path) -> None:
+         out_dir: Path, from_json: Path | None) -> None:
     """Benchmark ST-LPIPS: upstream eager PyTorch, the project's PyTorch reference, the runtime per provider."""
+    from .report import markdown
+
+    if from_json is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "bench.md").write_text(markdown(json.loads(from_json.read_text())))
+        log(f"wrote {out_dir}/bench.md from {from_json}")
+        return
     started = time.time()
     threads = threads or os.cpu_count() or 1
     rounds = rounds if rounds is not None else (1 if quick else 3)
@@ -333,8 +342,6 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
     report["cold_start"] = [asdict(c) for c in colds]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    from .report import markdown
-
     md = markdown(report)
     (out_dir / "bench.md").write_text(md)
     click.echo(md)

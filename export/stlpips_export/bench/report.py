@@ -59,6 +59,10 @@ def markdown(report: dict[str, Any]) -> str:
             return float("nan")
         return m["pairs_per_s"] / base["pairs_per_s"]
 
+    add("## Summary\n")
+    add("pairs/s per side, with the ratio to upstream in the same configuration in parentheses.\n")
+    add(summary_table(report))
+    add("")
     add("## Throughput\n")
     add("pairs/s over all rounds; spread = lowest and highest round; x upstream = against upstream in the same "
         "configuration.\n")
@@ -175,3 +179,25 @@ def _cold_rows(colds: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["rss_ratio"] = row["rss"] / max(up["peak_rss_mb"])
         rows.append(row)
     return rows
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """One row per configuration, one column per side: pairs/s (x upstream). For the README."""
+    sides = report["settings"]["sides"]
+    rows: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for m in report["measurements"]:
+        rows.setdefault(_key(m), {})[m["side"]] = m
+    out = ["| net | size | batch | mode | " + " | ".join(sides) + " |", "|---|---|---|---|" + "---|" * len(sides)]
+    for (net, size, batch, mode), row in rows.items():
+        up = row.get("upstream")
+        cells = []
+        for side in sides:
+            m = row.get(side)
+            if m is None or m["error"] or not m["calls"]:
+                cells.append("-")
+            elif up is None or side == "upstream" or not up["calls"]:
+                cells.append(_fmt(m["pairs_per_s"]))
+            else:
+                cells.append(f"{_fmt(m['pairs_per_s'])} ({m['pairs_per_s'] / up['pairs_per_s']:.2f}x)")
+        out.append(f"| {net}-st | {size} | {batch} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
