@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+
 from stlpips_export.evaluate.bapps import find_categories, load_bapps
 from stlpips_export.evaluate.cli import main
 from stlpips_export.evaluate.metrics import L2

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from stlpips_export.evaluate.metrics import L2
 from stlpips_export.evaluate.shift import (
     category_mean_rate,

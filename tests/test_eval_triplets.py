@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from stlpips_export.evaluate.triplets import DISTORTIONS, PHOTOS, load_photo, make_triplets
 
 
