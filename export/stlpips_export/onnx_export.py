@@ -6,6 +6,7 @@ to a temporary name and renamed only after verification, so a failed export leav
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
@@ -93,8 +94,7 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
             raise ValueError(f"--static {options.static_hw[0]}x{options.static_hw[1]} is below this model's "
                              f"minimum input size {min_size}x{min_size}")
         # The graph is traced from a separate copy, so the reference it is verified against stays untouched.
-        exported = build_model(options.net, options.variant, weights=options.weights, spatial=options.spatial,
-                               layers=options.layers)
+        exported = copy.deepcopy(model)
         if options.fuse:
             exported = fuse_for_export(exported)
         if options.fp16:
