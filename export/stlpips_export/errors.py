@@ -5,6 +5,18 @@ class ExportError(Exception):
     """Base class for every error the export stage raises on purpose."""
 
 
+class UnknownModelError(ExportError):
+    """A net-variant that is not in the registry (stlpips_rt.variants)."""
+
+
+class InvalidOptionError(ExportError):
+    """Export options that cannot go together or do not fit the model (e.g. --static below its minimum size)."""
+
+
+class SimplifyError(ExportError):
+    """onnxsim could not simplify the graph."""
+
+
 class WeightsNotFoundError(ExportError):
     """The package that ships a checkpoint is not installed, or a --weights path does not exist."""
 

@@ -148,8 +148,9 @@ def build_model(
     messages."""
     from .weights import load_weights
 
-    model = PerceptualDistance(get_architecture(net, variant), spatial=spatial, layers=layers)
-    loaded = load_weights(net, variant, weights)
+    arch = get_architecture(net, variant)
+    model = PerceptualDistance(arch, spatial=spatial, layers=layers)
+    loaded = load_weights(arch, weights)
     model.load_checkpoint(loaded.state_dict, origin=loaded.origin)
     model.weights_sha256 = loaded.sha256
     model.weights_origin = loaded.origin

@@ -1,4 +1,4 @@
-"""PyTorch reference -> simplified, self-describing, parity-checked ONNX file (format 1 of DESIGN.md).
+"""PyTorch reference -> simplified, self-describing, parity-checked ONNX file (the contract: stlpips_rt.contract).
 
 Steps: build, trace, simplify, stamp metadata, verify against PyTorch with ONNX Runtime, write. The file is written
 to a temporary name and renamed only after verification, so a failed export leaves nothing behind.
@@ -19,19 +19,17 @@ from pathlib import Path
 import onnx
 import torch
 
+from stlpips_rt import contract
+from stlpips_rt.contract import Key, ModelSpec
+from stlpips_rt.precision import tolerance
+
 from . import __version__
+from .errors import InvalidOptionError, SimplifyError, UnknownModelError
 from .fusion import fuse_for_export
 from .model import PerceptualDistance, build_model
 from .verify import ParityReport, find_min_size, verify_parity
 
-FORMAT_VERSION = "1"
 DEFAULT_OPSET = 17
-INPUT_RANGE = "-1,1"
-FP32_TOLERANCE = 1e-5
-# float16 backbone vs the float32 reference, measured over random and structured inputs (see README "Export"):
-# max abs error stays below 2e-3 on distances of 0.05..0.8 and 2AFC rankings agree; 1e-2 leaves margin for the
-# accumulated rounding of VGG's 13 convolutions on larger images without admitting a wrong model.
-FP16_TOLERANCE = 1e-2
 
 
 @dataclass
@@ -50,16 +48,24 @@ class ExportOptions:
     tolerance: float | None = None  # None: the precision's default
 
     @property
+    def spec(self) -> ModelSpec:
+        """What the graph will be; its file name and short name."""
+        try:
+            return ModelSpec(self.net, self.variant, "fp16" if self.fp16 else "fp32", self.spatial, self.layers,
+                             self.static_hw, self.fuse)
+        except ValueError as exc:
+            raise UnknownModelError(str(exc)) from None
+
+    @property
     def file_name(self) -> str:
-        flags = (("_fp16", self.fp16), ("_spatial", self.spatial), ("_layers", self.layers))
-        suffix = "".join(text for text, on in flags if on)
-        return f"stlpips_{self.net}_{self.variant}{suffix}.onnx"
+        return self.spec.file_name
 
     @property
     def parity_tolerance(self) -> float:
         if self.tolerance is not None:
             return self.tolerance
-        return FP16_TOLERANCE if self.fp16 else FP32_TOLERANCE
+        # Per arithmetic, as for every provider: stlpips_rt.precision says why each bound is what it is.
+        return tolerance(self.spec.precision).max_abs
 
 
 @dataclass
@@ -91,8 +97,8 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         )
         min_size = find_min_size(model)
         if options.static_hw and min(options.static_hw) < min_size:
-            raise ValueError(f"--static {options.static_hw[0]}x{options.static_hw[1]} is below this model's "
-                             f"minimum input size {min_size}x{min_size}")
+            raise InvalidOptionError(f"--static {options.static_hw[0]}x{options.static_hw[1]} is below this "
+                                     f"model's minimum input size {min_size}x{min_size}")
         # The graph is traced from a separate copy, so the reference it is verified against stays untouched.
         exported = copy.deepcopy(model)
         if options.fuse:
@@ -105,33 +111,33 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         with _step("simplify", timings, progress):
             graph = simplify(graph)
     metadata = {
-        "stlpips.format": FORMAT_VERSION,
-        "stlpips.net": options.net,
-        "stlpips.variant": options.variant,
-        "stlpips.input_range": INPUT_RANGE,
-        "stlpips.input_layout": "NCHW,RGB",
-        "stlpips.min_size": str(min_size),
-        "stlpips.outputs": ",".join(model.output_names),
-        "stlpips.num_layers": str(len(model.lins)),
-        "stlpips.precision": "fp16" if options.fp16 else "fp32",
-        "stlpips.batch": "N0 == N1, or either is 1 (broadcast)",
-        "stlpips.static_hw": f"{options.static_hw[0]}x{options.static_hw[1]}" if options.static_hw else "",
-        "stlpips.weights_sha256": model.weights_sha256,
-        "stlpips.weights_origin": model.weights_origin,
-        "stlpips.toolkit_version": __version__,
-        "stlpips.torch_version": torch.__version__,
-        "stlpips.onnx_version": onnx.__version__,
-        "stlpips.opset": str(options.opset),
-        "stlpips.fused": "conv+blurpool" if options.fuse else "none",
-        "stlpips.parity_tolerance": f"{options.parity_tolerance:g}",
+        Key.FORMAT: contract.FORMAT_VERSION,
+        Key.NET: options.net,
+        Key.VARIANT: options.variant,
+        Key.INPUT_RANGE: contract.INPUT_RANGE,
+        Key.INPUT_LAYOUT: contract.INPUT_LAYOUT,
+        Key.MIN_SIZE: str(min_size),
+        Key.OUTPUTS: ",".join(model.output_names),
+        Key.NUM_LAYERS: str(len(model.lins)),
+        Key.PRECISION: options.spec.precision,
+        Key.BATCH: contract.BATCH_RULE,
+        Key.STATIC_HW: f"{options.static_hw[0]}x{options.static_hw[1]}" if options.static_hw else "",
+        Key.WEIGHTS_SHA256: model.weights_sha256,
+        Key.WEIGHTS_ORIGIN: model.weights_origin,
+        Key.TOOLKIT_VERSION: __version__,
+        Key.TORCH_VERSION: torch.__version__,
+        Key.ONNX_VERSION: onnx.__version__,
+        Key.OPSET: str(options.opset),
+        Key.FUSED: "conv+blurpool" if options.fuse else "none",
+        Key.PARITY_TOLERANCE: f"{options.parity_tolerance:g}",
     }
     with _step("verify", timings, progress):
         onnx.checker.check_model(graph, full_check=True)
         report = verify_parity(graph, model, min_size, options.parity_tolerance, options.static_hw)
         progress(report.summary())
         report.raise_if_failed(options.file_name)
-    metadata["stlpips.parity_max_abs"] = f"{report.max_abs:.3g}"
-    metadata["stlpips.parity_max_rel"] = f"{report.max_rel:.3g}"
+    metadata[Key.PARITY_MAX_ABS] = f"{report.max_abs:.3g}"
+    metadata[Key.PARITY_MAX_REL] = f"{report.max_rel:.3g}"
     set_metadata(graph, metadata)
     with _step("write", timings, progress):
         path = write_atomically(graph, Path(options.out_dir) / options.file_name)
@@ -142,15 +148,12 @@ def trace_to_onnx(model: PerceptualDistance, options: ExportOptions, min_size: i
     """Trace with separate batch dimensions for the two inputs and (unless ``static_hw``) dynamic H and W."""
     h, w = options.static_hw or (max(min_size, 64),) * 2
     example = (torch.zeros(1, 3, h, w), torch.zeros(2, 3, h, w))
-    spatial_axes = {} if options.static_hw else {2: "H", 3: "W"}
-    dynamic_axes = {
-        "in0": {0: "N0", **spatial_axes},
-        "in1": {0: "N1", **spatial_axes},
-        "dist": {0: "N"},
-        "dist_layers": {0: "N"},
-        "dist_map": {0: "N", **spatial_axes},
-    }
     names = model.output_names
+    dynamic_axes = {
+        name: {axis: label for axis, label in axes.items()
+               if not (options.static_hw and label in contract.SPATIAL_AXES)}
+        for name, axes in contract.AXES.items() if name in (*contract.INPUTS, *names)
+    }
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # The TorchScript exporter is used on purpose (plain dynamic_axes, no onnxscript dependency); its
         # deprecation notice and its note on Slice folding (onnxsim folds those afterwards) are noise here.
@@ -163,9 +166,9 @@ def trace_to_onnx(model: PerceptualDistance, options: ExportOptions, min_size: i
             str(raw),
             dynamo=False,
             opset_version=options.opset,
-            input_names=["in0", "in1"],
+            input_names=list(contract.INPUTS),
             output_names=names,
-            dynamic_axes={k: v for k, v in dynamic_axes.items() if k in ("in0", "in1", *names)},
+            dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
         return onnx.load(str(raw))
@@ -177,7 +180,7 @@ def simplify(graph: onnx.ModelProto) -> onnx.ModelProto:
 
     simplified, ok = onnxsim.simplify(graph, check_n=0)
     if not ok:
-        raise RuntimeError("onnxsim could not validate the simplified graph; rerun with --no-simplify")
+        raise SimplifyError("onnxsim could not validate the simplified graph; rerun with --no-simplify")
     return simplified
 
 

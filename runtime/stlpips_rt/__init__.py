@@ -5,6 +5,7 @@
     >>> scorer.score("ref.png", "dist.png")   # float distance, 0 = identical
 """
 
+from .contract import ModelInfo, ModelSpec
 from .errors import (
     ChannelError,
     ImageError,
@@ -20,9 +21,10 @@ from .errors import (
     ProviderError,
     StlpipsError,
 )
-from .model import ModelInfo, read_model_info, resolve_model
+from .model import read_model_info, resolve_model
 from .providers import TensorRTOptions, available_providers, unavailable_reasons
 from .scorer import Scorer
+from .variants import VARIANTS, Variant
 
 __version__ = "0.1.0"
 
@@ -38,11 +40,14 @@ __all__ = [
     "ModelError",
     "ModelInfo",
     "ModelNotFoundError",
+    "ModelSpec",
     "NotAnStlpipsModelError",
     "ProviderError",
     "Scorer",
     "StlpipsError",
     "TensorRTOptions",
+    "VARIANTS",
+    "Variant",
     "available_providers",
     "read_model_info",
     "resolve_model",

@@ -1,0 +1,243 @@
+"""The stlpips ONNX contract (format 1): what an exported file holds, how it describes itself and how it is named.
+
+One home for the facts the exporter writes and every reader checks: the Python runtime reads files through
+:class:`ModelInfo`, the exporter writes them through :class:`ModelSpec` and :class:`Key`, and a test holds the C++
+host's key list (examples/cpp) against :data:`Key`. User-facing description: docs/contract.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelNotFoundError, NotAnStlpipsModelError
+from .variants import VARIANTS, get_variant
+
+FORMAT_VERSION = "1"
+INPUTS = ("in0", "in1")
+#: Outputs in the order the graph returns them; ``dist`` is always there.
+OUTPUTS = ("dist", "dist_layers", "dist_map")
+#: Named dynamic axes. in0 and in1 have their own batch axis: N0 == N1, or either is 1 (broadcast).
+AXES: dict[str, dict[int, str]] = {
+    "in0": {0: "N0", 2: "H", 3: "W"},
+    "in1": {0: "N1", 2: "H", 3: "W"},
+    "dist": {0: "N"},
+    "dist_layers": {0: "N"},
+    "dist_map": {0: "N", 2: "H", 3: "W"},
+}
+SPATIAL_AXES = ("H", "W")
+INPUT_RANGE = "-1,1"
+INPUT_LAYOUT = "NCHW,RGB"
+BATCH_RULE = "N0 == N1, or either is 1 (broadcast)"
+#: Arithmetic inside a file's backbone; inputs and outputs are float32 in every case.
+FILE_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class Key:
+    """``metadata_props`` keys of an stlpips file."""
+
+    FORMAT = "stlpips.format"
+    NET = "stlpips.net"
+    VARIANT = "stlpips.variant"
+    INPUT_RANGE = "stlpips.input_range"
+    INPUT_LAYOUT = "stlpips.input_layout"
+    MIN_SIZE = "stlpips.min_size"
+    OUTPUTS = "stlpips.outputs"
+    NUM_LAYERS = "stlpips.num_layers"
+    PRECISION = "stlpips.precision"
+    BATCH = "stlpips.batch"
+    STATIC_HW = "stlpips.static_hw"
+    FUSED = "stlpips.fused"
+    WEIGHTS_SHA256 = "stlpips.weights_sha256"
+    WEIGHTS_ORIGIN = "stlpips.weights_origin"
+    TOOLKIT_VERSION = "stlpips.toolkit_version"
+    TORCH_VERSION = "stlpips.torch_version"
+    ONNX_VERSION = "stlpips.onnx_version"
+    OPSET = "stlpips.opset"
+    EXPORTER = "stlpips.exporter"
+    PARITY_TOLERANCE = "stlpips.parity_tolerance"
+    PARITY_MAX_ABS = "stlpips.parity_max_abs"
+    PARITY_MAX_REL = "stlpips.parity_max_rel"
+
+    @classmethod
+    def all(cls) -> tuple[str, ...]:
+        return tuple(v for k, v in vars(cls).items() if k.isupper())
+
+
+#: Keys without which a file is refused.
+REQUIRED_KEYS = (Key.FORMAT, Key.NET, Key.VARIANT, Key.INPUT_RANGE, Key.MIN_SIZE, Key.OUTPUTS)
+
+_STATIC = re.compile(r"^(\d+)x(\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that changes an exported graph, and so its file name and short name.
+
+    Names are ``{net}-{variant}[-fp16|-int8][-spatial][-layers][-HxW][-unfused]`` (short) and
+    ``stlpips_{net}_{variant}[_fp16|_int8][_spatial][_layers][_HxW][_unfused].onnx`` (file). ``unfused`` appears only
+    for variants where fusion changes the graph.
+    """
+
+    net: str
+    variant: str
+    precision: str = "fp32"
+    spatial: bool = False
+    layers: bool = False
+    static_hw: tuple[int, int] | None = None
+    fused: bool = True
+
+    def __post_init__(self) -> None:
+        get_variant(self.net, self.variant)
+        if self.precision not in FILE_PRECISIONS:
+            raise ValueError(f"precision must be one of {FILE_PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.net}-{self.variant}"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return ("dist",) + (("dist_layers",) if self.layers else ()) + (("dist_map",) if self.spatial else ())
+
+    def _suffixes(self) -> list[str]:
+        parts = [] if self.precision == "fp32" else [self.precision]
+        parts += [name for name, on in (("spatial", self.spatial), ("layers", self.layers)) if on]
+        if self.static_hw:
+            parts.append(f"{self.static_hw[0]}x{self.static_hw[1]}")
+        if not self.fused and VARIANTS[self.key].fusable:
+            parts.append("unfused")
+        return parts
+
+    @property
+    def short_name(self) -> str:
+        return "-".join([self.net, self.variant, *self._suffixes()])
+
+    @property
+    def file_name(self) -> str:
+        return "stlpips_" + "_".join([self.net, self.variant, *self._suffixes()]) + ".onnx"
+
+    @classmethod
+    def parse(cls, short_name: str) -> ModelSpec:
+        """The inverse of :attr:`short_name`; a :class:`ModelNotFoundError` says what a short name looks like."""
+        parts = short_name.strip().lower().split("-")
+        if len(parts) < 2 or f"{parts[0]}-{parts[1]}" not in VARIANTS:
+            raise ModelNotFoundError(
+                f"model {short_name!r}: not a file and not a short name like 'alex-st', 'vgg-lpips-fp16' or "
+                f"'alex-st-spatial' (known models: {', '.join(VARIANTS)}); pass a path to an .onnx file or a short "
+                "name"
+            )
+        fields: dict = {"net": parts[0], "variant": parts[1]}
+        for part in parts[2:]:
+            static = _STATIC.match(part)
+            if part in FILE_PRECISIONS:
+                fields["precision"] = part
+            elif part in ("spatial", "layers"):
+                fields[part] = True
+            elif part == "unfused":
+                fields["fused"] = False
+            elif static:
+                fields["static_hw"] = (int(static[1]), int(static[2]))
+            else:
+                raise ModelNotFoundError(
+                    f"model {short_name!r}: unknown part {part!r}; short names end in any of -fp16, -int8, "
+                    "-spatial, -layers, -HxW, -unfused"
+                )
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime needs to know about an stlpips model, read and validated from its ``metadata_props``."""
+
+    path: Path
+    net: str
+    variant: str
+    min_size: int
+    outputs: tuple[str, ...]
+    precision: str
+    num_layers: int | None
+    static_hw: tuple[int, int] | None
+    metadata: dict[str, str] = field(repr=False)
+
+    @property
+    def has_spatial(self) -> bool:
+        return "dist_map" in self.outputs
+
+    @property
+    def has_layers(self) -> bool:
+        return "dist_layers" in self.outputs
+
+    @property
+    def short_name(self) -> str:
+        """The variant key (``"alex-st"``); :attr:`spec` names the exact file."""
+        return f"{self.net}-{self.variant}"
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.net, self.variant, self.precision if self.precision in FILE_PRECISIONS else "fp32",
+                         self.has_spatial, self.has_layers, self.static_hw,
+                         self.metadata.get(Key.FUSED, "none") != "none")
+
+    @classmethod
+    def from_metadata(cls, path: Path, meta: dict[str, str]) -> ModelInfo:
+        """Validate the contract; raise :class:`NotAnStlpipsModelError` naming the first violation."""
+
+        def refuse(why: str) -> NotAnStlpipsModelError:
+            return NotAnStlpipsModelError(f"{path}: not a usable stlpips model ({why}); export one with "
+                                          "`stlpips-export`")
+
+        fmt = meta.get(Key.FORMAT)
+        if fmt is None:
+            raise refuse(f"no {Key.FORMAT} in its metadata_props")
+        if fmt != FORMAT_VERSION:
+            raise refuse(f"{Key.FORMAT} is {fmt!r}, this runtime reads format {FORMAT_VERSION}")
+        for key in REQUIRED_KEYS:
+            if key not in meta:
+                raise refuse(f"metadata key {key} is missing")
+        if meta[Key.INPUT_RANGE].replace(" ", "") != INPUT_RANGE:
+            raise refuse(f"{Key.INPUT_RANGE} is {meta[Key.INPUT_RANGE]!r}, expected {INPUT_RANGE!r}")
+        try:
+            min_size = int(meta[Key.MIN_SIZE])
+        except ValueError:
+            raise refuse(f"{Key.MIN_SIZE} {meta[Key.MIN_SIZE]!r} is not an integer") from None
+        if min_size < 1:
+            raise refuse(f"{Key.MIN_SIZE} is {min_size}")
+        outputs = tuple(o.strip() for o in meta[Key.OUTPUTS].split(",") if o.strip())
+        if "dist" not in outputs or any(o not in OUTPUTS for o in outputs):
+            raise refuse(f"{Key.OUTPUTS} is {meta[Key.OUTPUTS]!r}; expected 'dist' plus any of "
+                         f"{', '.join(OUTPUTS[1:])}")
+        static_hw = None
+        if meta.get(Key.STATIC_HW):
+            match = _STATIC.match(meta[Key.STATIC_HW].lower())
+            if match is None:
+                raise refuse(f"{Key.STATIC_HW} {meta[Key.STATIC_HW]!r} is not HxW")
+            static_hw = (int(match[1]), int(match[2]))
+        num_layers = meta.get(Key.NUM_LAYERS, "")
+        return cls(
+            path=path,
+            net=meta[Key.NET],
+            variant=meta[Key.VARIANT],
+            min_size=min_size,
+            outputs=outputs,
+            precision=meta.get(Key.PRECISION, "fp32"),
+            num_layers=int(num_layers) if num_layers.isdigit() else None,
+            static_hw=static_hw,
+            metadata=dict(meta),
+        )
+
+    def check_graph(self, inputs: dict[str, str], outputs: set[str]) -> None:
+        """Check a graph's signature (input name -> element type, output names) against the metadata."""
+        for name in INPUTS:
+            if name not in inputs:
+                raise NotAnStlpipsModelError(f"{self.path}: graph has no input {name!r}; re-export it")
+            if inputs[name] != "tensor(float)":
+                raise NotAnStlpipsModelError(
+                    f"{self.path}: input {name} is {inputs[name]}, the contract says float32"
+                )
+        missing = [o for o in self.outputs if o not in outputs]
+        if missing:
+            raise NotAnStlpipsModelError(
+                f"{self.path}: metadata declares outputs {missing} that the graph does not have; re-export it"
+            )
