@@ -10,11 +10,11 @@ import pytest
 
 from stlpips_rt import ProviderError, Scorer, TensorRTOptions, available_providers, unavailable_reasons
 from stlpips_rt.openvino_direct import OpenVinoSession
+from stlpips_rt.precision import runs_as
 from stlpips_rt.providers import (
     AUTO_ORDER,
     SessionConfig,
     openvino_through_plugin,
-    precision_label,
     provider_options,
     resolve_providers,
 )
@@ -94,9 +94,9 @@ def test_cuda_options_keep_fp32_in_exact_mode() -> None:
 
 
 def test_precision_labels_say_what_runs() -> None:
-    assert [precision_label(p, "exact", "fp32") for p in AUTO_ORDER] == ["fp32"] * 4
-    assert [precision_label(p, "fast", "fp32") for p in AUTO_ORDER] == ["fp16", "tf32", "bf16", "fp32"]
-    assert precision_label("cpu", "exact", "fp16") == "fp16"
+    assert [runs_as(p, "exact", "fp32") for p in AUTO_ORDER] == ["fp32"] * 4
+    assert [runs_as(p, "fast", "fp32") for p in AUTO_ORDER] == ["fp16", "tf32", "bf16", "fp32"]
+    assert runs_as("cpu", "exact", "fp16") == "fp16"
 
 
 def test_cpu_threads_and_fast_mode_keep_cpu_numbers(model: Path, cpu_scores: np.ndarray) -> None:

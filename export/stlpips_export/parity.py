@@ -1,19 +1,8 @@
 """``stlpips-parity MODEL``: every available execution provider and precision of the runtime against the PyTorch
 reference, on random and real images at several shapes, with a pass/fail verdict per provider.
 
-Tolerances (max abs error of any output, and 2AFC rank agreement) depend on the arithmetic that actually runs
-(``Scorer.precision``):
-
-- fp32: 1e-5 abs, 100% rank agreement (DESIGN.md "Numerical parity").
-- fp16 (TensorRT fast, fp16 graphs) and tf32 (CUDA fast): 1e-2 abs, >= 98% rank agreement. Both keep a 10-bit
-  mantissa. Measured here by running the reference with a float16 backbone in PyTorch on this command's parity
-  cases: max abs 2.6e-4 (alex-st) and 9.6e-4 (vgg-st), rank agreement 100%; the export stage measured < 2e-3 on
-  fp16 graphs. 1e-2 leaves 5-10x margin for larger images and other kernels without admitting a broken graph
-  (a wrong graph is off by 1e-1 and more on distances of 0.05..0.8).
-- bf16 (OpenVINO fast): 2e-2 abs, >= 98% rank agreement. bf16 keeps 7 mantissa bits, 8x coarser than fp16;
-  the reference with a bfloat16 backbone in PyTorch gives max abs 5.6e-3 (alex-st) and 4.0e-3 (vgg-st), max rel
-  1.3e-2, rank agreement 100%. OpenVINO accumulates in fp32 and does better (about 1e-4 reported on an AMX CPU);
-  2e-2 bounds the emulated worst case with 3.5x margin.
+Each provider and precision passes when it is within the tolerance of the arithmetic it actually runs
+(``Scorer.precision``); the tolerances and why they are what they are: :mod:`stlpips_rt.precision`.
 """
 
 from __future__ import annotations
@@ -26,26 +15,20 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 from PIL import Image
 
 from stlpips_rt import Scorer, StlpipsError, available_providers, read_model_info, resolve_model
+from stlpips_rt.cli_options import CONTEXT, fail, model_option, models_dir_option, runtime_options
+from stlpips_rt.images import to_model_input
+from stlpips_rt.precision import tolerance
 from stlpips_rt.providers import resolve_providers
 
-from .model import PerceptualDistance, build_model
-from .verify import Case, CaseResult, ParityReport, error_stats, parity_cases, rank_agreement, triplet_candidates
-
-# precision label -> (max abs tolerance, minimum 2AFC rank agreement); see the module docstring for the why.
-TOLERANCES = {"fp32": (1e-5, 1.0), "tf32": (1e-2, 0.98), "fp16": (1e-2, 0.98), "bf16": (2e-2, 0.98)}
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from . import verify
+from .model import build_model
+from .verify import Case, ParityReport, parity_cases, triplet_candidates
 
 
 # --- inputs --------------------------------------------------------------------------------------------------
-def _to_input(u8: np.ndarray) -> np.ndarray:
-    """uint8 HWC -> float32 [1, 3, H, W] in [-1, 1], the runtime's normalisation."""
-    return (u8.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None].copy()
-
-
 def _resize(u8: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(Image.fromarray(u8).resize((w, h), Image.Resampling.BICUBIC))
 
@@ -68,7 +51,7 @@ def _distortions(u8: np.ndarray, seed: int) -> list[np.ndarray]:
 
 
 def real_images(data_dir: Path | None) -> list[tuple[str, np.ndarray]]:
-    """Natural images: the example images of ../shared/data when present, and scikit-image's sample photos when
+    """Natural images: the PNGs of ``data_dir`` (your own photos, optional), and scikit-image's sample photos when
     scikit-image is installed (the ``eval`` extra). Empty when neither is there."""
     found: list[tuple[str, np.ndarray]] = []
     if data_dir is not None and data_dir.is_dir():
@@ -91,8 +74,8 @@ def real_cases(images: list[tuple[str, np.ndarray]], min_size: int) -> tuple[lis
         h, w = shapes[k % len(shapes)]
         img = _resize(u8, h, w)
         cands = _distortions(img, seed=k)
-        stack = np.concatenate([_to_input(c) for c in cands])
-        ref = _to_input(img)
+        stack = np.concatenate([to_model_input(c) for c in cands])
+        ref = to_model_input(img)
         pairs.append(Case(f"real {name} {h}x{w} pairs", np.repeat(ref, len(cands), axis=0), stack))
         triplets.append(Case(f"real {name} {h}x{w} 2AFC", ref, stack))
     return pairs, triplets
@@ -112,37 +95,22 @@ class Row:
     passed: bool
 
 
-def _reference(model: PerceptualDistance, case: Case) -> list[np.ndarray]:
-    with torch.no_grad():
-        return [t.numpy() for t in model(torch.from_numpy(case.in0), torch.from_numpy(case.in1))]
+def compare_scorer(scorer: Scorer, cases: list[Case], triplets: list[Case],
+                   expected: dict[str, list[np.ndarray]]) -> ParityReport:
+    """Run every case through the scorer's session against the reference outputs, at its precision's tolerance."""
+    return verify.compare(scorer.run_arrays, list(scorer.info.outputs), cases, triplets, expected,
+                          tolerance(scorer.precision).max_abs)
 
 
-def compare(scorer: Scorer, cases: list[Case], triplets: list[Case], expected: dict[str, list[np.ndarray]]
-            ) -> ParityReport:
-    """Run every case through the scorer's session and measure the error of every output."""
-    tolerance, _ = TOLERANCES.get(scorer.precision, TOLERANCES["fp16"])
-    report = ParityReport(tolerance)
-    outputs = list(scorer.info.outputs)
-    agreements = []
-    for case in cases + triplets:
-        got = scorer.run_arrays(case.in0, case.in1, outputs)
-        errors = [error_stats(e, a) for e, a in zip(expected[case.name], got, strict=True)]
-        shapes = f"{list(case.in0.shape)} {list(case.in1.shape)}"
-        report.cases.append(CaseResult(case.name, shapes, max(e[0] for e in errors), max(e[1] for e in errors)))
-        if case in triplets:
-            agreements.append(rank_agreement(expected[case.name][0], got[0]))
-    report.rank_agreement = float(min(agreements)) if agreements else 1.0
-    return report
-
-
-def _scorers(model_path: Path, providers: list[str], modes: list[str]) -> list[tuple[str, str, Scorer | str]]:
+def _scorers(model_path: Path, providers: list[str], modes: list[str], threads: int | None
+             ) -> list[tuple[str, str, Scorer | str]]:
     """(provider, mode, Scorer or the reason it could not be built); fast modes that run like exact are skipped."""
     built: list[tuple[str, str, Scorer | str]] = []
     for provider in providers:
         labels = set()
         for mode in modes:
             try:
-                scorer = Scorer(model_path, providers=provider, precision=mode)
+                scorer = Scorer(model_path, providers=provider, precision=mode, threads=threads)
             except StlpipsError as exc:
                 built.append((provider, mode, str(exc)))
                 continue
@@ -153,64 +121,64 @@ def _scorers(model_path: Path, providers: list[str], modes: list[str]) -> list[t
     return built
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model")
-@click.option("--providers", default="all", show_default=True,
-              help="'all' available providers, or a comma list of tensorrt, cuda, openvino, cpu.")
+TOOL = "stlpips-parity"
+
+
+@click.command(context_settings=CONTEXT)
+@model_option()
+@models_dir_option()
+@runtime_options(providers="all", precision=False)
 @click.option("--precision", "modes", type=click.Choice(["exact", "fast", "both"]), default="both",
-              show_default=True)
+              show_default=True, help="Which precision modes to compare (fast: each provider's reduced precision).")
 @click.option("--weights", default=None, help="Upstream-format checkpoint the model was exported from (aa, scratch).")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"Folder of natural PNG images (default: {SHARED_DATA} when present).")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of your own natural PNG images, added to scikit-image's sample photos.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the summary rows as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Print the per-case table of every provider.")
-def main(model: str, providers: str, modes: str, weights: str | None, data_dir: Path | None,
-         json_out: Path | None, verbose: bool) -> None:
-    """Compare MODEL (path or short name) on every available provider and precision with the PyTorch reference.
+def main(model: str, models_dir: Path | None, providers: str, threads: int | None, modes: str, weights: str | None,
+         data_dir: Path | None, json_out: Path | None, verbose: bool) -> None:
+    """Compare the model on every available provider and precision with the PyTorch reference.
 
     Exits 1 when any provider is outside its tolerance, 2 when the comparison cannot run."""
     try:
-        path = resolve_model(model)
+        path = resolve_model(model, [models_dir] if models_dir else [])
         info = read_model_info(path)
         chosen = available_providers() if providers == "all" else resolve_providers(providers)
     except StlpipsError as exc:
-        click.echo(f"stlpips-parity: error: {exc}", err=True)
-        sys.exit(2)
+        fail(TOOL, str(exc))
     reference = build_model(info.net, info.variant, weights=weights, spatial=info.has_spatial,
                             layers=info.has_layers)
     file_sha = info.metadata.get("stlpips.weights_sha256", "")
     if file_sha and reference.weights_sha256 and file_sha != reference.weights_sha256:
-        click.echo(f"stlpips-parity: error: {path.name} was exported from weights {file_sha[:12]}..., the reference "
-                   f"loads {reference.weights_sha256[:12]}...; pass --weights with the checkpoint it came from",
-                   err=True)
-        sys.exit(2)
+        fail(TOOL, f"{path.name} was exported from weights {file_sha[:12]}..., the reference loads "
+                   f"{reference.weights_sha256[:12]}...; pass --weights with the checkpoint it came from")
 
     cases = parity_cases(info.min_size, info.static_hw)
     h, w = info.static_hw or (64, 64)
     ref, cands = triplet_candidates(h, w)
     triplets = [Case(f"synthetic {h}x{w} 2AFC", ref, cands)]
     if info.static_hw is None:
-        real_pairs, real_triplets = real_cases(real_images(data_dir or SHARED_DATA), info.min_size)
+        real_pairs, real_triplets = real_cases(real_images(data_dir), info.min_size)
         cases += real_pairs
         triplets += real_triplets
-    expected = {c.name: _reference(reference, c) for c in cases + triplets}
+    expected = {c.name: verify.reference_outputs(reference, c) for c in cases + triplets}
     click.echo(f"{path.name}: {info.net}-{info.variant}, outputs {', '.join(info.outputs)}; "
                f"{len(cases)} pair cases, {len(triplets)} triplet sets "
                f"({sum(len(t.in1) for t in triplets)} candidates)")
 
     rows: list[Row] = []
     mode_list = ["exact", "fast"] if modes == "both" else [modes]
-    for provider, mode, scorer in _scorers(path, chosen, mode_list):
+    for provider, mode, scorer in _scorers(path, chosen, mode_list, threads):
         if isinstance(scorer, str):
             click.echo(f"\n{provider} {mode}: could not run: {scorer}")
             rows.append(Row(provider, mode, "-", float("nan"), float("nan"), float("nan"), 0.0, 0.0, False))
             continue
-        report = compare(scorer, cases, triplets, expected)
-        tolerance, min_rank = TOLERANCES.get(scorer.precision, TOLERANCES["fp16"])
-        passed = report.max_abs <= tolerance and report.rank_agreement >= min_rank
+        report = compare_scorer(scorer, cases, triplets, expected)
+        bound = tolerance(scorer.precision)
+        passed = report.max_abs <= bound.max_abs and report.rank_agreement >= bound.min_rank_agreement
         rows.append(Row(scorer.provider, mode, scorer.precision, report.max_abs, report.max_rel,
-                        report.rank_agreement, tolerance, min_rank, passed))
+                        report.rank_agreement, bound.max_abs, bound.min_rank_agreement, passed))
         if verbose or not passed:
             click.echo(f"\n{scorer.provider} {mode} ({scorer.precision}):\n{report.summary()}")
 

@@ -6,11 +6,14 @@ minimum size and both broadcast directions, and over 2AFC-style triplets for ran
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import torch
+
+from stlpips_rt.precision import error_stats, rank_agreement
 
 from .errors import ParityError
 from .model import PerceptualDistance
@@ -81,12 +84,6 @@ def triplet_candidates(h: int, w: int, count: int = 12, seed: int = 1) -> tuple[
     return ref, np.concatenate(candidates).astype(np.float32)
 
 
-def rank_agreement(reference: np.ndarray, other: np.ndarray) -> float:
-    """Share of candidate pairs (i, j) that both score vectors order the same way: a 2AFC judgment per pair."""
-    i, j = np.triu_indices(len(reference), k=1)
-    return float(np.mean(np.sign(reference[i] - reference[j]) == np.sign(other[i] - other[j])))
-
-
 @dataclass
 class CaseResult:
     name: str
@@ -140,12 +137,31 @@ def _session(graph: onnx.ModelProto):  # noqa: ANN202 - onnxruntime is imported 
     return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def error_stats(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
-    """(max abs, max relative) error of ``actual`` against ``expected``."""
-    diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
-    significant = np.abs(expected) > 1e-4  # relative error is meaningless for distances near zero
-    rel = diff[significant] / np.abs(expected[significant]) if significant.any() else np.zeros(1)
-    return float(diff.max(initial=0.0)), float(rel.max(initial=0.0))
+Run = Callable[[np.ndarray, np.ndarray, list[str]], list[np.ndarray]]
+
+
+def reference_outputs(model: PerceptualDistance, case: Case) -> list[np.ndarray]:
+    """Every output of the float32 PyTorch reference on one case."""
+    with torch.no_grad():
+        return [t.numpy() for t in model(torch.from_numpy(case.in0), torch.from_numpy(case.in1))]
+
+
+def compare(run: Run, outputs: list[str], cases: list[Case], triplets: list[Case],
+            expected: dict[str, list[np.ndarray]], tolerance: float) -> ParityReport:
+    """The one parity comparison, shared by the export gate and ``stlpips-parity``: run every case, measure the
+    error of every output against ``expected`` (case name -> reference outputs), and the 2AFC rank agreement of
+    ``dist`` on the triplet sets (one reference against several candidates; the worst set counts)."""
+    report = ParityReport(tolerance)
+    agreements = []
+    for case in cases + triplets:
+        got = run(case.in0, case.in1, outputs)
+        errors = [error_stats(e, a) for e, a in zip(expected[case.name], got, strict=True)]
+        shapes = f"{list(case.in0.shape)} {list(case.in1.shape)}"
+        report.cases.append(CaseResult(case.name, shapes, max(e[0] for e in errors), max(e[1] for e in errors)))
+        if case in triplets:
+            agreements.append(rank_agreement(expected[case.name][0], got[0]))
+    report.rank_agreement = min(agreements, default=1.0)
+    return report
 
 
 def verify_parity(
@@ -157,22 +173,10 @@ def verify_parity(
 ) -> ParityReport:
     """Compare every output of ``graph`` (ONNX Runtime, CPU) with the float32 PyTorch ``model``."""
     session = _session(graph)
-    names = [o.name for o in session.get_outputs()]
-    report = ParityReport(tolerance)
-    for case in parity_cases(min_size, static_hw):
-        with torch.no_grad():
-            expected = [t.numpy() for t in model(torch.from_numpy(case.in0), torch.from_numpy(case.in1))]
-        actual = session.run(names, {"in0": case.in0, "in1": case.in1})
-        errors = [error_stats(e, a) for e, a in zip(expected, actual, strict=True)]
-        shapes = f"{list(case.in0.shape)} {list(case.in1.shape)}"
-        report.cases.append(CaseResult(case.name, shapes, max(e[0] for e in errors), max(e[1] for e in errors)))
     h, w = static_hw or (64, 64)
-    ref, candidates = triplet_candidates(h, w)
-    with torch.no_grad():
-        expected = model(torch.from_numpy(ref), torch.from_numpy(candidates))[0].numpy()
-    actual = session.run(["dist"], {"in0": ref, "in1": candidates})[0]
-    report.rank_agreement = rank_agreement(expected, actual)
-    abs_err, rel_err = error_stats(expected, actual)
-    report.cases.append(CaseResult("2AFC triplets: 1 ref vs 12", f"{list(ref.shape)} {list(candidates.shape)}",
-                                   abs_err, rel_err))
-    return report
+    triplets = [Case("2AFC triplets: 1 ref vs 12", *triplet_candidates(h, w))]
+    cases = parity_cases(min_size, static_hw)
+    expected = {c.name: reference_outputs(model, c) for c in cases + triplets}
+    outputs = [o.name for o in session.get_outputs()]
+    return compare(lambda in0, in1, names: session.run(names, {"in0": in0, "in1": in1}), outputs, cases, triplets,
+                   expected, tolerance)

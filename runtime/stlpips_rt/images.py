@@ -178,12 +178,26 @@ def _to_hwc(a: np.ndarray, name: str) -> np.ndarray:
     )
 
 
+def uint8_to_unit(u8: np.ndarray) -> np.ndarray:
+    """The reference normalisation, ``img / 127.5 - 1``, of uint8 data of any shape, as float32."""
+    return u8.astype(np.float32) / 127.5 - 1.0
+
+
+def to_model_input(u8: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` or ``[N, H, W, 3]`` -> the graph's float32 ``[N, 3, H, W]`` in [-1, 1]: what the
+    Scorer feeds for uint8 images, for callers that build batches themselves (parity checks, benchmarks)."""
+    if u8.dtype != np.uint8 or u8.ndim not in (3, 4) or u8.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [H, W, 3] or [N, H, W, 3], got {u8.dtype} {u8.shape}")
+    batch = u8[None] if u8.ndim == 3 else u8
+    return np.ascontiguousarray(uint8_to_unit(batch).transpose(0, 3, 1, 2))
+
+
 def _from_array(a: np.ndarray, name: str, opts: ImageOptions) -> np.ndarray:
     """Array in HWC or CHW -> float32 HWC RGB in [-1, 1]."""
     hwc = _to_hwc(a, name)
     _check_pixels(hwc.shape[0] * hwc.shape[1], name, opts.max_pixels)
     if hwc.dtype == np.uint8:
-        x = hwc.astype(np.float32) / 127.5 - 1.0  # the reference normalisation: img / 127.5 - 1
+        x = uint8_to_unit(hwc)
     elif hwc.dtype == np.uint16:
         x = hwc.astype(np.float32) / 32767.5 - 1.0
     elif np.issubdtype(hwc.dtype, np.floating):

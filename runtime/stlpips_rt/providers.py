@@ -16,6 +16,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from . import precision
 from .errors import ProviderError
 from .openvino_direct import OpenVinoSession, openvino_runtime_reason
 
@@ -27,7 +28,6 @@ ORT_NAMES = {
 }
 SHORT_NAMES = {v: k for k, v in ORT_NAMES.items()}
 AUTO_ORDER = ("tensorrt", "cuda", "openvino", "cpu")
-PRECISIONS = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def _profile(shape: tuple[int, int, int] | None) -> str | None:
 
 def provider_options(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str]]:
     """Provider options for the built-in providers (TensorRT, CUDA, CPU)."""
-    fast = cfg.precision == "fast"
+    fast = precision.runs_as(short, cfg.precision) != "fp32"
     if short == "tensorrt":
         t = cfg.tensorrt
         cache = Path(t.cache_dir or Path.home() / ".cache" / "stlpips" / "tensorrt").expanduser()
@@ -201,15 +201,6 @@ def provider_options(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str
     return ORT_NAMES[short], {}
 
 
-def precision_label(short: str, precision: str, model_precision: str) -> str:
-    """The arithmetic precision a provider runs with for a requested precision mode."""
-    if model_precision == "fp16":
-        return "fp16"
-    if precision == "exact":
-        return "fp32"
-    return {"tensorrt": "fp16", "cuda": "tf32", "openvino": "bf16"}.get(short, "fp32")
-
-
 def session_options(cfg: SessionConfig) -> ort.SessionOptions:
     """Full graph optimisation, the requested intra-op thread count, quiet logging."""
     opts = ort.SessionOptions()
@@ -222,8 +213,8 @@ def session_options(cfg: SessionConfig) -> ort.SessionOptions:
 
 def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.InferenceSession | OpenVinoSession:
     """Build the onnxruntime session for ``providers`` (short names, most preferred first)."""
-    if cfg.precision not in PRECISIONS:
-        raise ProviderError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.precision not in precision.MODES:
+        raise ProviderError(f"precision must be one of {', '.join(precision.MODES)}, got {cfg.precision!r}")
     opts = session_options(cfg)
     if "openvino" in providers[1:]:
         raise ProviderError("OpenVINO can only be the first provider (it is attached per device); "

@@ -10,17 +10,12 @@ from typing import Any
 import numpy as np
 
 from . import images
+from . import precision as precision_modes
 from .batching import plan_runs
+from .contract import ModelInfo
 from .errors import ImageSizeError, InferenceError, ModelError, NotAnStlpipsModelError, StlpipsError
-from .model import ModelInfo, resolve_model
-from .providers import (
-    SHORT_NAMES,
-    SessionConfig,
-    TensorRTOptions,
-    create_session,
-    precision_label,
-    resolve_providers,
-)
+from .model import info_from_session, resolve_model
+from .providers import SHORT_NAMES, SessionConfig, TensorRTOptions, create_session, resolve_providers
 
 ImageLike = Any  # path, PIL image, or numpy array (see stlpips_rt.images)
 
@@ -30,7 +25,7 @@ class Scorer:
 
     Args:
         model: path to an .onnx file, or a short name (``"alex-st"``, ``"vgg-lpips"``, ``"alex-st-spatial"``)
-            looked up in ``$STLPIPS_MODEL_DIR``, then ``./models``.
+            looked up in ``models_dir``, ``$STLPIPS_MODEL_DIR``, then ``./models``.
         providers: ``"auto"`` (TensorRT, CUDA, OpenVINO, CPU: the first available), a short name, a
             comma-separated list or a list. An explicit provider that is not available raises ProviderError.
         device_id: GPU index for CUDA / TensorRT.
@@ -46,6 +41,7 @@ class Scorer:
         cudnn_conv_algo_search: CUDA convolution algorithm search, EXHAUSTIVE, HEURISTIC or DEFAULT.
         openvino_device: OpenVINO device, ``"CPU"``, ``"GPU"`` or ``"NPU"``.
         io_binding: feed inputs/outputs through I/O binding (default: on for CUDA and TensorRT).
+        models_dir: a folder searched first for short model names.
 
     ``scorer.provider`` and ``scorer.precision`` say what actually runs. One Scorer may be used from many
     threads at once: it holds no mutable state after construction and onnxruntime's ``run`` is thread-safe.
@@ -66,6 +62,7 @@ class Scorer:
         cudnn_conv_algo_search: str = "EXHAUSTIVE",
         openvino_device: str = "CPU",
         io_binding: bool | None = None,
+        models_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -74,7 +71,7 @@ class Scorer:
         self.batch_size = int(batch_size)
         self.image_options = images.ImageOptions(float_range=float_range, max_pixels=max_pixels,
                                                  resize=tuple(resize) if resize else None)
-        path = resolve_model(model)
+        path = resolve_model(model, [models_dir] if models_dir else [])
         chosen = resolve_providers(providers)
         self.config = SessionConfig(device_id=device_id, threads=threads, precision=precision,
                                     cudnn_conv_algo_search=cudnn_conv_algo_search,
@@ -89,10 +86,10 @@ class Scorer:
                 raise NotAnStlpipsModelError(f"{path}: onnxruntime cannot load it as an ONNX model ({exc})") \
                     from None
             raise ModelError(f"{path}: onnxruntime could not build a session on {chosen[0]} ({exc})") from None
-        self.info: ModelInfo = ModelInfo.from_session(path, self._session)
+        self.info: ModelInfo = info_from_session(path, self._session)
         self.provider: str = SHORT_NAMES.get(self._session.get_providers()[0], chosen[0])
-        self.precision: str = getattr(self._session, "inference_precision", None) or precision_label(
-            self.provider, precision, self.info.precision)
+        self.precision: str = getattr(self._session, "inference_precision", None) or precision_modes.runs_as(
+            self.provider, self.config.precision, self.info.precision)
         self._io_binding = self.provider in ("cuda", "tensorrt") if io_binding is None else io_binding
 
     def __repr__(self) -> str:
@@ -165,14 +162,17 @@ class Scorer:
                     f"{'--spatial' if name == 'dist_map' else '--layers'}`"
                 )
 
-    def evaluate(self, x0: Sequence[np.ndarray], x1: Sequence[np.ndarray],
+    def evaluate(self, x0: Sequence[np.ndarray] | np.ndarray, x1: Sequence[np.ndarray],
                  outputs: Sequence[str] = ("dist",)) -> dict[str, np.ndarray]:
-        """Run prepared pairs (arrays from :meth:`load`, pairwise equal shapes) and return each output in input
-        order. Pairs are grouped by image size and split into runs of at most ``batch_size``."""
+        """Run prepared arrays (from :meth:`load`) and return each output in input order. ``x0`` is either a list
+        pairing with ``x1`` (pairwise equal shapes) or one reference ``[3, H, W]`` array scored against every
+        ``x1`` through the broadcast graph (in0 has batch 1: the reference's features are computed once per run).
+        Items are grouped by image size and split into runs of at most ``batch_size``."""
         self._check_outputs(outputs)
-        results: dict[str, list[Any]] = {name: [None] * len(x0) for name in outputs}
-        for run in plan_runs([x.shape for x in x0], self.batch_size):
-            in0 = np.stack([x0[i] for i in run])
+        reference = x0[None] if isinstance(x0, np.ndarray) and x0.ndim == 3 else None
+        results: dict[str, list[Any]] = {name: [None] * len(x1) for name in outputs}
+        for run in plan_runs([x.shape for x in x1], self.batch_size):
+            in0 = reference if reference is not None else np.stack([x0[i] for i in run])
             in1 = np.stack([x1[i] for i in run])
             for name, value in zip(outputs, self._infer(in0, in1, outputs), strict=True):
                 for j, i in enumerate(run):
@@ -181,17 +181,8 @@ class Scorer:
 
     def evaluate_many(self, ref: np.ndarray, candidates: Sequence[np.ndarray],
                       outputs: Sequence[str] = ("dist",)) -> dict[str, np.ndarray]:
-        """One prepared reference against many prepared candidates of its size: in0 has batch 1, so the
-        graph computes the reference's features once per run."""
-        self._check_outputs(outputs)
-        results: dict[str, list[Any]] = {name: [None] * len(candidates) for name in outputs}
-        in0 = ref[None]
-        for run in plan_runs([x.shape for x in candidates], self.batch_size):
-            in1 = np.stack([candidates[i] for i in run])
-            for name, value in zip(outputs, self._infer(in0, in1, outputs), strict=True):
-                for j, i in enumerate(run):
-                    results[name][i] = value[j]
-        return {name: _stack(values) for name, values in results.items()}
+        """One prepared reference against many prepared candidates of its size (broadcast graph)."""
+        return self.evaluate(ref, candidates, outputs)
 
     # --- public scoring ----------------------------------------------------------------------------------
     def score(self, a: ImageLike, b: ImageLike, float_range: str | None = None) -> float:

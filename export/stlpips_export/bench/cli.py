@@ -23,6 +23,8 @@ from typing import Any
 import click
 import numpy as np
 
+from stlpips_rt.cli_options import CONTEXT, models_dir_option, runtime_options
+
 UPSTREAM = "upstream"
 DEFAULT_SHAPES = "64:1,16,50;256:1,4"
 QUICK_SHAPES = "64:1,16;256:1"
@@ -68,11 +70,12 @@ class ColdStart:
 class Worker:
     """A side's long-lived worker process, spoken to in JSON lines."""
 
-    def __init__(self, side: str, threads: int, env: dict[str, str]) -> None:
+    def __init__(self, side: str, threads: int, models_dir: Path | None) -> None:
         self.side = side
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stlpips_export.bench.worker", side, str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            [sys.executable, "-m", "stlpips_export.bench.worker", side, str(threads),
+             *([str(models_dir)] if models_dir else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         ready = self._read()
         if ready.get("ready") != side:
@@ -111,14 +114,16 @@ def parse_shapes(text: str) -> list[tuple[int, list[int]]]:
     return shapes
 
 
-def default_sides() -> list[str]:
-    """upstream, reference, and the runtime on every available provider (fast too where it differs)."""
-    from stlpips_rt.providers import available_providers
+def default_sides(providers: str = "all") -> list[str]:
+    """upstream, reference, and the runtime on each of ``providers`` ("all": every available one), fast too where
+    it differs from exact."""
+    from stlpips_rt.precision import has_fast_mode
+    from stlpips_rt.providers import available_providers, resolve_providers
 
     sides = [UPSTREAM, "reference"]
-    for provider in available_providers():
+    for provider in available_providers() if providers == "all" else resolve_providers(providers):
         sides.append(f"runtime:{provider}:exact")
-        if provider != "cpu":  # the CPU provider has no reduced-precision mode: "fast" would be the same run
+        if has_fast_mode(provider):  # elsewhere "fast" runs float32: the same run as exact
             sides.append(f"runtime:{provider}:fast")
     return sides
 
@@ -142,7 +147,7 @@ _COLD_RUNTIME = """
 import json, resource, time
 import numpy as np
 from stlpips_rt import Scorer
-s = Scorer("{net}-st", providers="{provider}", precision="{precision}", threads={threads})
+s = Scorer("{net}-st", providers="{provider}", precision="{precision}", threads={threads}, models_dir={models_dir!r})
 rng = np.random.default_rng(0)
 a, b = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2))
 s.score(a, b)
@@ -152,10 +157,11 @@ _COLD_TORCH = """
 import json, resource, time
 import numpy as np
 import torch
+from stlpips_rt.images import to_model_input
 torch.set_num_threads({threads})
 {load}
 rng = np.random.default_rng(0)
-a, b = (torch.from_numpy(rng.integers(0, 256, (1, 3, 64, 64)).astype(np.float32) / 127.5 - 1) for _ in range(2))
+a, b = (torch.from_numpy(to_model_input(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))) for _ in range(2))
 with torch.inference_mode():
     model(a, b)
 print(json.dumps({{"t": time.time(), "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
@@ -166,15 +172,16 @@ _LOADERS = {
 }
 
 
-def cold_start(side: str, net: str, threads: int, env: dict[str, str]) -> tuple[float, float]:
+def cold_start(side: str, net: str, threads: int, models_dir: Path | None) -> tuple[float, float]:
     """Seconds from process launch to the first score returned, and peak RSS (MB), in a fresh process."""
     if side.startswith("runtime:"):
         _, provider, precision = side.split(":")
-        code = _COLD_RUNTIME.format(net=net, provider=provider, precision=precision, threads=threads)
+        code = _COLD_RUNTIME.format(net=net, provider=provider, precision=precision, threads=threads,
+                                    models_dir=str(models_dir) if models_dir else None)
     else:
         code = _COLD_TORCH.format(threads=threads, load=_LOADERS[side].format(net=net))
     start = time.time()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -204,7 +211,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.option("--quick", is_flag=True, help=f"a run under two minutes: shapes {QUICK_SHAPES}, 1 round, short timings.")
 @click.option("--nets", default="alex,vgg", show_default=True, help="backbones (the ST variant of each).")
 @click.option("--shapes", default=None, help=f"SIZE:BATCH,...;SIZE:... (default {DEFAULT_SHAPES}).")
@@ -216,15 +223,14 @@ def log(message: str) -> None:
 @click.option("--cold-runs", default=None, type=int, help="fresh processes per side and net for cold start "
                                                           "(default 3; quick 1; 0 skips).")
 @click.option("--no-broadcast", is_flag=True, help="skip the one-reference-many-candidates configurations.")
-@click.option("--threads", default=None, type=int, help="threads per side (default: all cores).")
-@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
-              help="folder of exported models (default $STLPIPS_MODEL_DIR, then ./models).")
+@runtime_options(providers="all", precision=False)
+@models_dir_option()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/bench"), show_default=True,
               help="folder for bench.md and bench.json.")
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="measure nothing: re-render bench.md from an earlier run's bench.json into --out.")
 def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: int | None, seconds: float | None,
-         cold_runs: int | None, no_broadcast: bool, threads: int | None, models_dir: Path | None,
+         cold_runs: int | None, no_broadcast: bool, providers: str, threads: int | None, models_dir: Path | None,
          out_dir: Path, from_json: Path | None) -> None:
     """Benchmark ST-LPIPS: upstream eager PyTorch, the project's PyTorch reference, the runtime per provider."""
     from .report import markdown
@@ -241,10 +247,8 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
     cold_runs = cold_runs if cold_runs is not None else (1 if quick else 3)
     shape_list = parse_shapes(shapes or (QUICK_SHAPES if quick else DEFAULT_SHAPES))
     net_list = [n.strip() for n in nets.split(",") if n.strip()]
-    side_list = [s.strip() for s in sides.split(",")] if sides else default_sides()
-    env = dict(os.environ)
-    if models_dir is not None:
-        env["STLPIPS_MODEL_DIR"] = str(models_dir.resolve())
+    side_list = [s.strip() for s in sides.split(",")] if sides else default_sides(providers)
+    models_dir = models_dir.resolve() if models_dir is not None else None
     for side in side_list:
         if side not in (UPSTREAM, "reference") and not side.startswith("runtime:"):
             raise click.BadParameter(f"unknown side {side!r}", param_hint="--sides")
@@ -269,7 +273,7 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
     try:
         for side in side_list:
             log(f"starting worker {side} ...")
-            workers[side] = Worker(side, threads, env)
+            workers[side] = Worker(side, threads, models_dir)
         flops: dict[str, int] = {}
         if "reference" in workers:
             for net in net_list:
@@ -321,7 +325,7 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
                 if entry.error:
                     continue
                 try:
-                    secs, rss = cold_start(side, net, threads, env)
+                    secs, rss = cold_start(side, net, threads, models_dir)
                 except RuntimeError as exc:
                     entry.error = str(exc)
                     continue

@@ -109,7 +109,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(r, 2)} | {bound:.2f} |")
     add("")
 
-    add("## Targets (issue 4)\n")
+    add("## Targets\n")
     add("| target | measured | met |")
     add("|---|---|---|")
     for precision, target in (("exact", EXACT_TARGET), ("fast", FAST_TARGET)):

@@ -1,6 +1,6 @@
 """A benchmark worker: one side in its own process, driven by JSON lines on stdin, answering on stdout.
 
-Run as ``python -m stlpips_export.bench.worker SIDE THREADS``. SIDE is ``upstream``, ``reference`` or
+Run as ``python -m stlpips_export.bench.worker SIDE THREADS [MODELS_DIR]``. SIDE is ``upstream``, ``reference`` or
 ``runtime:<provider>:<precision>``. Requests (one JSON object per line):
 
 - ``{"op": "time", "net": "alex", "size": 64, "batch": 16, "mode": "plain"|"broadcast", "seconds": 1.0,
@@ -77,8 +77,8 @@ class TorchSide:
 class RuntimeSide:
     """The torch-free runtime (`stlpips_rt.Scorer`) through its public score_batch / score_many."""
 
-    def __init__(self, provider: str, precision: str, threads: int) -> None:
-        self.provider, self.precision, self.threads = provider, precision, threads
+    def __init__(self, provider: str, precision: str, threads: int, models_dir: str | None = None) -> None:
+        self.provider, self.precision, self.threads, self.models_dir = provider, precision, threads, models_dir
         self.scorers: dict[str, Any] = {}
         self.detail = ""
 
@@ -90,7 +90,8 @@ class RuntimeSide:
         if net not in self.scorers:
             # A batch_size above every benchmark batch: one graph run per call, as on the torch sides.
             self.scorers[net] = s = Scorer(f"{net}-st", providers=self.provider, precision=self.precision,
-                                           threads=self.threads, batch_size=1024, float_range="-1,1")
+                                           threads=self.threads, batch_size=1024, float_range="-1,1",
+                                           models_dir=self.models_dir)
             engine = f"onnxruntime {onnxruntime.__version__}"
             if s.provider == "openvino":
                 engine = "OpenVINO through stlpips_rt"
@@ -105,13 +106,13 @@ class RuntimeSide:
         return lambda: scorer.score_batch(in0, in1)
 
 
-def make_side(side: str, threads: int) -> TorchSide | RuntimeSide:
+def make_side(side: str, threads: int, models_dir: str | None = None) -> TorchSide | RuntimeSide:
     """The side named ``upstream``, ``reference`` or ``runtime:<provider>:<precision>``."""
     if side in ("upstream", "reference"):
         return TorchSide(side, threads)
     parts = side.split(":")
     if len(parts) == 3 and parts[0] == "runtime":
-        return RuntimeSide(parts[1], parts[2], threads)
+        return RuntimeSide(parts[1], parts[2], threads, models_dir)
     raise ValueError(f"unknown side {side!r}: use upstream, reference or runtime:<provider>:<exact|fast>")
 
 
@@ -145,7 +146,7 @@ def handle(side: TorchSide | RuntimeSide, request: dict[str, Any]) -> dict[str, 
 
 def main() -> None:
     side_name, threads = sys.argv[1], int(sys.argv[2])
-    side = make_side(side_name, threads)
+    side = make_side(side_name, threads, sys.argv[3] if len(sys.argv) > 3 else None)
     out = sys.stdout
     sys.stdout = sys.stderr  # anything a library prints must not corrupt the protocol
     print(json.dumps({"ready": side_name}), file=out, flush=True)

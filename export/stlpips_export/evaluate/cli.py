@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from stlpips_rt.cli_options import CONTEXT, models_dir_option, runtime_options
+
 from .metrics import BACKENDS, CLASSIC, LEARNED, METRIC_NAMES, make_metric
 from .study import SetResult, log, markdown_tables, plot, save_raw, score_set, write_csv
 
@@ -40,7 +42,7 @@ def _parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
-@click.group()
+@click.group(context_settings=CONTEXT)
 def main() -> None:
     """Evidence for the deployed metric: shift tolerance (the paper's protocol) and BAPPS 2AFC."""
 
@@ -63,10 +65,8 @@ def main() -> None:
 @click.option("--bapps-limit", default=None, type=int, help="first N triplets of each BAPPS category.")
 @click.option("--no-builtin", is_flag=True, help="skip the built-in set (with --bapps).")
 @click.option("--quick", is_flag=True, help=f"small sets ({QUICK_SETS}) for a run of a minute or two.")
-@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
-              help="folder of exported .onnx models (default $STLPIPS_MODEL_DIR, then ./models).")
-@click.option("--providers", default="auto", show_default=True, help="runtime execution providers.")
-@click.option("--threads", default=None, type=int, help="threads for the runtime and PyTorch (default: all).")
+@models_dir_option()
+@runtime_options(precision=False)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/shift_eval"),
               show_default=True, help="folder for the report (.md, .csv, .png, raw .npz).")
 def shift(
@@ -96,10 +96,6 @@ def shift(
     if "onnx" not in backends and any(m in LEARNED for m in metric_names):
         raise click.BadParameter("the learned metrics are compared against the exact runtime: keep 'onnx'",
                                  param_hint="--backends")
-    if models_dir is not None:
-        if not models_dir.is_dir():
-            raise click.BadParameter(f"{models_dir} is not a folder", param_hint="--models")
-        os.environ["STLPIPS_MODEL_DIR"] = str(models_dir.resolve())
 
     # Build every metric first: a missing model fails now, not after an hour of scoring.
     log("loading metrics ...")
@@ -110,7 +106,7 @@ def shift(
             continue
         for backend in backends:
             try:
-                metric = make_metric(name, backend, providers=providers, threads=threads)
+                metric = make_metric(name, backend, providers=providers, threads=threads, models_dir=models_dir)
             except (StlpipsError, ValueError, OSError, ImportError) as exc:
                 raise click.ClickException(f"{name} [{backend}]: {exc}") from None
             metrics.append((metric, backend == "torch"))

@@ -8,17 +8,17 @@ reference's broadcast batch).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-#: Learned metrics: CLI name -> (runtime short model name, net, variant, display name).
-LEARNED = {
-    "lpips-alex": ("alex-lpips", "alex", "lpips", "LPIPS alex"),
-    "lpips-vgg": ("vgg-lpips", "vgg", "lpips", "LPIPS vgg"),
-    "st-alex": ("alex-st", "alex", "st", "ST-LPIPS alex"),
-    "st-vgg": ("vgg-st", "vgg", "st", "ST-LPIPS vgg"),
-}
+from stlpips_rt.images import to_model_input
+from stlpips_rt.precision import REDUCED, fast_providers
+from stlpips_rt.variants import RELEASED, VARIANTS, Variant
+
+#: Learned metrics: the registered variants with released weights, named by their key ("alex-st").
+LEARNED: dict[str, Variant] = {key: VARIANTS[key] for key in sorted(RELEASED, key=lambda k: (k.endswith("-st"), k))}
 CLASSIC = {"l2": "L2", "ssim": "SSIM"}
 #: Every metric name the CLI accepts, in table order (the paper's: classic first).
 METRIC_NAMES = (*CLASSIC, *LEARNED)
@@ -74,18 +74,18 @@ class SSIM:
 class RuntimeMetric:
     """A learned metric through the torch-free runtime (`stlpips_rt.Scorer`) on an exported ONNX graph."""
 
-    def __init__(self, key: str, precision: str = "exact", providers: str = "auto", threads: int | None = None):
+    def __init__(self, key: str, precision: str = "exact", providers: str = "auto", threads: int | None = None,
+                 models_dir: Path | None = None):
         from stlpips_rt import Scorer
 
-        short, _, _, display = LEARNED[key]
-        self.scorer = Scorer(short, providers=providers, threads=threads, precision=precision)
-        self.name = display
+        self.scorer = Scorer(key, providers=providers, threads=threads, precision=precision, models_dir=models_dir)
+        self.name = LEARNED[key].display_name
         self.backend = "fast" if precision == "fast" else "onnx"
         self.detail = f"{self.scorer.provider} {self.scorer.precision}"
         if precision == "fast" and self.scorer.precision == "fp32":
             raise ValueError(
                 f"no reduced-precision provider here: {self.scorer.provider} runs 'fast' as fp32, the same numbers "
-                "as 'onnx'; drop the 'fast' backend (it needs OpenVINO on an Intel CPU, CUDA or TensorRT)"
+                f"as 'onnx'; drop the 'fast' backend (it needs one of: {', '.join(REDUCED)})"
             )
 
     def distances(self, ref: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -101,11 +101,11 @@ class TorchMetric:
 
         from ..model import build_model
 
-        _, net, variant, display = LEARNED[key]
+        variant = LEARNED[key]
         if threads is not None:
             torch.set_num_threads(threads)
-        self.model = build_model(net, variant).eval()
-        self.name = display
+        self.model = build_model(variant.net, variant.variant).eval()
+        self.name = variant.display_name
         self.backend = "torch"
         self.detail = f"PyTorch {torch.__version__} CPU float32"
         self._torch = torch
@@ -114,16 +114,13 @@ class TorchMetric:
         _check(ref, candidates)
         torch = self._torch
 
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            # The reference normalisation img / 127.5 - 1, as the runtime applies to uint8 input.
-            return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
-
         with torch.inference_mode():
-            dist = self.model(tensor(ref[None]), tensor(candidates))[0]
+            dist = self.model(torch.from_numpy(to_model_input(ref)), torch.from_numpy(to_model_input(candidates)))[0]
         return dist.double().numpy()
 
 
-def make_metric(name: str, backend: str = "onnx", providers: str = "auto", threads: int | None = None) -> Metric:
+def make_metric(name: str, backend: str = "onnx", providers: str = "auto", threads: int | None = None,
+                models_dir: Path | None = None) -> Metric:
     """Build metric ``name`` (one of `METRIC_NAMES`) on ``backend`` (`BACKENDS`; ignored for L2 / SSIM)."""
     if name == "l2":
         return L2()
@@ -134,9 +131,9 @@ def make_metric(name: str, backend: str = "onnx", providers: str = "auto", threa
     if backend == "torch":
         return TorchMetric(name, threads=threads)
     if backend == "onnx":
-        return RuntimeMetric(name, precision="exact", providers=providers, threads=threads)
+        return RuntimeMetric(name, "exact", providers, threads, models_dir)
     if backend == "fast":
-        return RuntimeMetric(name, precision="fast", providers=_fast_providers(providers), threads=threads)
+        return RuntimeMetric(name, "fast", _fast_providers(providers), threads, models_dir)
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -146,5 +143,5 @@ def _fast_providers(providers: str) -> str:
         return providers
     from stlpips_rt.providers import available_providers
 
-    reduced = [p for p in available_providers() if p in ("tensorrt", "cuda", "openvino")]
+    reduced = fast_providers(available_providers())
     return reduced[0] if reduced else "cpu"  # cpu: RuntimeMetric then explains that 'fast' is not available

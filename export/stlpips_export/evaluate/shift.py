@@ -46,19 +46,30 @@ def sample_candidates(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
     return np.stack([shift_crop(d, k) for d in (d0, d1) for k in range(MAX_SHIFT + 1)])
 
 
-def rank_flips(dist: np.ndarray, k: int) -> np.ndarray:
-    """Equation 2's indicator per sample: ``(s0 < s1) != (ŝ0 < ŝ1)`` for shift k.
+#: Two-sided 95% normal quantile, for every interval of the study.
+Z_95 = 1.959964
 
-    ``dist`` is ``[N, 2, 4]``: distance of d0 / d1 (axis 1) to the reference at shift 0..3 (axis 2), as
-    laid out by `sample_candidates`. The comparison is strict as in the paper, so a tie ranks d1 first.
-    """
+
+def prefers_d0(dist: np.ndarray) -> np.ndarray:
+    """``[N, 4]``: whether d0 ranks closer to the reference than d1 at each shift 0..3 (strict, as the paper: a
+    tie ranks d1 first). ``dist`` is ``[N, 2, 4]``: distance of d0 / d1 (axis 1) at shift 0..3 (axis 2), as laid
+    out by `sample_candidates`."""
     if dist.ndim != 3 or dist.shape[1:] != (2, MAX_SHIFT + 1):
         raise ValueError(f"expected distances shaped [N, 2, {MAX_SHIFT + 1}], got {dist.shape}")
+    return dist[:, 0, :] < dist[:, 1, :]
+
+
+def all_rank_flips(dist: np.ndarray) -> np.ndarray:
+    """``[N, 3]``: equation 2's indicator ``(s0 < s1) != (ŝ0 < ŝ1)`` for shifts 1..3."""
+    ranks = prefers_d0(dist)
+    return ranks[:, :1] != ranks[:, 1:]
+
+
+def rank_flips(dist: np.ndarray, k: int) -> np.ndarray:
+    """Equation 2's indicator per sample for shift k (see `all_rank_flips`)."""
     if not 1 <= k <= MAX_SHIFT:
         raise ValueError(f"shift k={k} is outside 1..{MAX_SHIFT}")
-    unshifted = dist[:, 0, 0] < dist[:, 1, 0]
-    shifted = dist[:, 0, k] < dist[:, 1, k]
-    return unshifted != shifted
+    return all_rank_flips(dist)[:, k - 1]
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class Rate:
         return f"{100 * self.value:.2f} [{100 * self.low:.2f}, {100 * self.high:.2f}]"
 
 
-def wilson_interval(count: int, n: int, z: float = 1.959964) -> Rate:
+def wilson_interval(count: int, n: int, z: float = Z_95) -> Rate:
     """Wilson score interval of ``count`` successes in ``n`` trials (95% for the default z).
 
     Chosen over the normal approximation because rank-flip rates are often a few percent or zero, where the
@@ -92,7 +103,7 @@ def wilson_interval(count: int, n: int, z: float = 1.959964) -> Rate:
     return Rate(p, max(0.0, centre - half), min(1.0, centre + half), n)
 
 
-def category_mean_rate(indicators: list[np.ndarray], z: float = 1.959964) -> Rate:
+def category_mean_rate(indicators: list[np.ndarray], z: float = Z_95) -> Rate:
     """Mean over categories of per-category proportions (the paper's BAPPS averaging), with a normal CI.
 
     Each entry of ``indicators`` is one category's boolean vector. The interval uses the variance of a mean

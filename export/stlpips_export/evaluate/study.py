@@ -17,8 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
+from stlpips_rt.precision import error_stats
+
 from .metrics import Metric
-from .shift import MAX_SHIFT, SHIFTS, Rate, flip_rates, sample_candidates, shift_crop, two_afc_scores
+from .shift import (
+    MAX_SHIFT,
+    SHIFTS,
+    Z_95,
+    Rate,
+    all_rank_flips,
+    flip_rates,
+    prefers_d0,
+    rank_flips,
+    sample_candidates,
+    shift_crop,
+    two_afc_scores,
+)
 from .triplets import TripletSet
 
 
@@ -106,25 +120,21 @@ def agreement(exact: MetricRun, other: MetricRun) -> Agreement:
     """Compare ``other`` (PyTorch reference or fast runtime) with ``exact`` triplet by triplet."""
     n = min(len(exact.dist), len(other.dist))
     a, b = exact.dist[:n], other.dist[:n]
-    rel = np.abs(a - b) / np.maximum(np.abs(a), 1e-12)
-    ranks = (a[:, 0, :] < a[:, 1, :]) == (b[:, 0, :] < b[:, 1, :])
-    flips_a = (a[:, 0, :1] < a[:, 1, :1]) != (a[:, 0, 1:] < a[:, 1, 1:])
-    flips_b = (b[:, 0, :1] < b[:, 1, :1]) != (b[:, 0, 1:] < b[:, 1, 1:])
-    return Agreement(
-        exact.metric, other.backend, n, float(np.abs(a - b).max()), float(rel.max()), float(ranks.mean()),
-        int((flips_a != flips_b).sum()),
-    )
+    max_abs, max_rel = error_stats(a, b)
+    ranks = prefers_d0(a) == prefers_d0(b)
+    return Agreement(exact.metric, other.backend, n, max_abs, max_rel, float(ranks.mean()),
+                     int((all_rank_flips(a) != all_rank_flips(b)).sum()))
 
 
-def paired_difference(a: MetricRun, b: MetricRun, k: int, z: float = 1.959964) -> tuple[float, float, float]:
+def paired_difference(a: MetricRun, b: MetricRun, k: int, z: float = Z_95) -> tuple[float, float, float]:
     """r_rf(a) - r_rf(b) at shift k on the same triplets, with a 95% CI from the paired differences.
 
     Pairing removes the triplet-to-triplet variation both metrics share, so it resolves smaller differences
     than two separate intervals do.
     """
     n = min(len(a.dist), len(b.dist))
-    fa = ((a.dist[:n, 0, 0] < a.dist[:n, 1, 0]) != (a.dist[:n, 0, k] < a.dist[:n, 1, k])).astype(float)
-    fb = ((b.dist[:n, 0, 0] < b.dist[:n, 1, 0]) != (b.dist[:n, 0, k] < b.dist[:n, 1, k])).astype(float)
+    fa = rank_flips(a.dist[:n], k).astype(float)
+    fb = rank_flips(b.dist[:n], k).astype(float)
     d = fa - fb
     half = z * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
     return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half

@@ -1,0 +1,90 @@
+"""Precision modes, in one place: what "exact" and "fast" run as on each provider, and the parity tolerance of
+each arithmetic. The Scorer, ``stlpips-parity``, ``stlpips-eval`` and ``stlpips-bench`` all read this module.
+
+- ``exact``: float32 throughout, parity with the PyTorch reference.
+- ``fast``: the provider's reduced-precision arithmetic (:data:`REDUCED`): fp16 on TensorRT, TF32 on CUDA, bf16 on
+  OpenVINO's CPU runtime. The CPU provider has none, so ``fast`` there runs float32. A file exported with reduced
+  precision inside (``--fp16``) runs as that in both modes.
+
+Tolerances (max abs error of any output, and minimum 2AFC rank agreement against the reference) depend on the
+arithmetic that actually runs (``Scorer.precision``):
+
+- fp32: 1e-5 abs, 100% rank agreement.
+- fp16 (TensorRT fast, fp16 graphs) and tf32 (CUDA fast): 1e-2 abs, >= 98% rank agreement. Both keep a 10-bit
+  mantissa. The reference with a float16 backbone in PyTorch gives max abs 2.6e-4 (alex-st) and 9.6e-4 (vgg-st)
+  on the parity cases, rank agreement 100%; fp16 graphs measured < 2e-3 at export. 1e-2 leaves 5-10x margin for
+  larger images and other kernels without admitting a broken graph (a wrong graph is off by 1e-1 and more on
+  distances of 0.05..0.8).
+- bf16 (OpenVINO fast): 2e-2 abs, >= 98% rank agreement. bf16 keeps 7 mantissa bits, 8x coarser than fp16; the
+  reference with a bfloat16 backbone in PyTorch gives max abs 5.6e-3 (alex-st) and 4.0e-3 (vgg-st), rank
+  agreement 100%; 2e-2 bounds that emulated worst case with 3.5x margin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+MODES = ("exact", "fast")
+#: provider -> the arithmetic its "fast" mode runs. Providers not listed have no reduced-precision mode.
+REDUCED = {"tensorrt": "fp16", "cuda": "tf32", "openvino": "bf16"}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs: float
+    min_rank_agreement: float
+
+
+TOLERANCES = {
+    "fp32": Tolerance(1e-5, 1.0),
+    "tf32": Tolerance(1e-2, 0.98),
+    "fp16": Tolerance(1e-2, 0.98),
+    "bf16": Tolerance(2e-2, 0.98),
+}
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"precision must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def runs_as(provider: str, mode: str, file_precision: str = "fp32") -> str:
+    """The arithmetic ``provider`` runs a file of ``file_precision`` with in ``mode``."""
+    if file_precision != "fp32":
+        return file_precision
+    return REDUCED.get(provider, "fp32") if check_mode(mode) == "fast" else "fp32"
+
+
+def has_fast_mode(provider: str) -> bool:
+    return provider in REDUCED
+
+
+def fast_providers(available: Sequence[str]) -> list[str]:
+    """The providers among ``available`` whose "fast" mode differs from "exact", in preference order."""
+    return [p for p in available if has_fast_mode(p)]
+
+
+def tolerance(precision: str) -> Tolerance:
+    """The parity tolerance of an arithmetic; unknown ones get the loosest 10-bit bound (fp16)."""
+    return TOLERANCES.get(precision, TOLERANCES["fp16"])
+
+
+# --- comparing results -----------------------------------------------------------------------------------------
+def error_stats(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+    """(max abs, max relative) error of ``actual`` against ``expected``. Relative error counts only where
+    ``|expected| > 1e-4``: it is meaningless for distances near zero."""
+    expected = np.asarray(expected, dtype=np.float64)
+    diff = np.abs(expected - np.asarray(actual, dtype=np.float64))
+    significant = np.abs(expected) > 1e-4
+    rel = diff[significant] / np.abs(expected[significant]) if significant.any() else np.zeros(1)
+    return float(diff.max(initial=0.0)), float(rel.max(initial=0.0))
+
+
+def rank_agreement(reference: np.ndarray, other: np.ndarray) -> float:
+    """Share of candidate pairs (i, j) that both score vectors order the same way: a 2AFC judgment per pair."""
+    i, j = np.triu_indices(len(reference), k=1)
+    return float(np.mean(np.sign(reference[i] - reference[j]) == np.sign(other[i] - other[j])))
