@@ -53,10 +53,17 @@ def images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _in_process(model: Path, images_dir: Path) -> float:
+    from stlpips_rt import Scorer
+
+    return Scorer(model, providers="cpu").score(images_dir / "ref.png", images_dir / "shifted.png")
+
+
 def test_scorer_scores_real_files_without_torch(exported_model, images_dir: Path) -> None:
-    result = run(SCORE, str(exported_model("alex", "st")), str(images_dir / "ref.png"), str(images_dir / "shifted.png"))
+    model = exported_model("alex", "st")
+    result = run(SCORE, str(model), str(images_dir / "ref.png"), str(images_dir / "shifted.png"))
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout.strip()) > 0
+    assert float(result.stdout.strip()) == _in_process(model, images_dir)
 
 
 def test_scorer_reproduces_reference_numbers_without_torch(exported_model, shared_data: Path) -> None:
@@ -68,7 +75,22 @@ def test_scorer_reproduces_reference_numbers_without_torch(exported_model, share
 
 
 def test_score_cli_runs_without_torch(exported_model, images_dir: Path) -> None:
-    result = run(CLI, "--model", str(exported_model("alex", "st")), str(images_dir / "ref.png"),
-                 str(images_dir / "shifted.png"))
+    model = exported_model("alex", "st")
+    result = run(CLI, "--model", str(model), str(images_dir / "ref.png"), str(images_dir / "shifted.png"))
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout.strip()) > 0
+    assert result.stdout.strip() == f"{_in_process(model, images_dir):.7f}"
+
+
+@pytest.mark.parametrize("tool", ["stlpips-export", "stlpips-parity", "stlpips-eval", "stlpips-bench"])
+def test_torch_tools_name_the_missing_extra_in_a_runtime_only_install(tool: str) -> None:
+    """Where torch is absent, the export package's commands print one line naming the extra and exit 2."""
+    code = BLOCKER.replace("'stlpips_export', ", "") + f"""
+from stlpips_export.entry import TOOLS, _launcher
+sys.argv = [{tool!r}]
+_launcher({tool!r})()
+"""
+    result = run(code)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tool}: error: needs torch"), result.stderr
+    assert "pip install 'stlpips-deploy[" in lines[0]

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from .architectures import ARCHITECTURES
+from stlpips_rt.cli_options import CONTEXT, fail, models_dir_option
+from stlpips_rt.variants import NETS, RELEASED, VARIANT_NAMES
+
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, ExportOptions, export_model
-from .weights import REGISTRY
 
-NETS = sorted({a.net for a in ARCHITECTURES.values()})
-VARIANTS = sorted({a.variant for a in ARCHITECTURES.values()})
+TOOL = "stlpips-export"
 
 
 def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -29,13 +29,13 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     return h, w
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.option("--net", type=click.Choice(NETS), default="alex", show_default=True, help="Backbone.")
-@click.option("--variant", type=click.Choice(VARIANTS), default="st", show_default=True,
+@click.option("--variant", type=click.Choice(VARIANT_NAMES), default="st", show_default=True,
               help="st: ST-LPIPS; lpips: LPIPS v0.1; aa/scratch: upstream architectures for --weights.")
-@click.option("--all", "export_all", is_flag=True, help="Export every net-variant whose weights are installed.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models"),
-              show_default=True, help="Output folder.")
+@click.option("--all", "export_all", is_flag=True,
+              help=f"Export every variant with released weights ({', '.join(RELEASED)}).")
+@models_dir_option(writing=True)
 @click.option("--opset", type=click.IntRange(13, 23), default=DEFAULT_OPSET, show_default=True)
 @click.option("--fp16", is_flag=True, help="float16 backbone inside; float32 inputs and outputs.")
 @click.option("--spatial", is_flag=True, help="Add the dist_map [N,1,H,W] output.")
@@ -46,19 +46,22 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--weights", type=click.Path(dir_okay=False), help="Your own upstream-format checkpoint (.pth).")
 @click.option("--tolerance", type=float, help="Override the parity tolerance (max abs) for this export.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the written paths.")
-def main(net: str, variant: str, export_all: bool, out_dir: Path, opset: int, fp16: bool, spatial: bool,
+def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int, fp16: bool, spatial: bool,
          layers: bool, static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool, weights: str | None,
          tolerance: float | None, quiet: bool) -> None:
     """Export an ST-LPIPS / LPIPS model to ONNX, proving float32 parity with PyTorch before writing it."""
     if export_all and weights:
         raise click.UsageError("--all exports the registered weights; drop --weights or --all")
-    targets = [tuple(key.split("-")) for key in REGISTRY] if export_all else [(net, variant)]
+    targets = [tuple(key.split("-")) for key in RELEASED] if export_all else [(net, variant)]
     failures = 0
     for target_net, target_variant in targets:
-        options = ExportOptions(net=target_net, variant=target_variant, out_dir=out_dir, opset=opset, fp16=fp16,
+        options = ExportOptions(net=target_net, variant=target_variant, out_dir=models_dir, opset=opset, fp16=fp16,
                                 spatial=spatial, layers=layers, static_hw=static_hw, simplify=not no_simplify,
                                 fuse=not no_fuse, weights=weights, tolerance=tolerance)
-        name = options.file_name
+        try:
+            name = options.file_name
+        except ExportError as exc:
+            fail(TOOL, str(exc))
 
         def progress(message: str, name: str = name) -> None:
             if not quiet:
@@ -67,9 +70,9 @@ def main(net: str, variant: str, export_all: bool, out_dir: Path, opset: int, fp
         start = time.perf_counter()
         try:
             result = export_model(options, progress)
-        except (ExportError, ValueError, RuntimeError) as exc:
+        except ExportError as exc:  # a user-fixable problem; anything else is a bug and stays a traceback
             failures += 1
-            click.echo(f"error: {name}: {exc}", err=True)
+            click.echo(f"{TOOL}: error: {name}: {exc}", err=True)
             if not export_all:
                 sys.exit(1)
             continue

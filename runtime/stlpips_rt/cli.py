@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,56 +12,67 @@ import click
 import numpy as np
 
 from . import heatmap, images
+from .cli_options import CONTEXT, fail, model_option, models_dir_option, runtime_options
 from .errors import InferenceError, StlpipsError
 from .output import ERROR, FIELDS, OK, Progress, RowWriter, read_done
 from .pairs import Pair, from_csv, from_dirs, from_ref
 from .scorer import Scorer
 
-Loaded = tuple[Pair, np.ndarray | None, np.ndarray | None, str]  # pair, ref array, dist array, error
+
+@dataclass
+class LoadedPair:
+    """One pair after decoding: its arrays, or the error that stopped it."""
+
+    pair: Pair
+    ref: np.ndarray | None = None
+    dist: np.ndarray | None = None
+    error: str = ""
 
 
-def _load_pair(scorer: Scorer, pair: Pair, ref: np.ndarray | None = None) -> Loaded:
+def error_row(pair: Pair, message: str) -> dict[str, Any]:
+    return {"ref": pair.ref, "dist": pair.dist, "distance": None, "status": ERROR, "error": message}
+
+
+def _load_pair(scorer: Scorer, pair: Pair, ref: np.ndarray | None = None) -> LoadedPair:
     """Read and check one pair; a problem becomes the row's error message instead of an exception."""
     if pair.problem:
-        return pair, None, None, pair.problem
+        return LoadedPair(pair, error=pair.problem)
     try:
         x0 = ref if ref is not None else scorer.load(pair.ref_path, pair.ref)
         x1 = scorer.load(pair.dist_path, pair.dist)
         images.check_pair(x0, x1, pair.ref, pair.dist)
     except StlpipsError as exc:
-        return pair, None, None, str(exc)
-    return pair, x0, x1, ""
+        return LoadedPair(pair, error=str(exc))
+    return LoadedPair(pair, x0, x1)
 
 
 def _heatmap_name(pair: Pair) -> str:
     return f"{pair.index:06d}_{Path(pair.ref).stem}_vs_{Path(pair.dist).stem}.png"
 
 
-def _score_chunk(scorer: Scorer, loaded: list[Loaded], outputs: tuple[str, ...], broadcast: bool,
+def _score_chunk(scorer: Scorer, loaded: list[LoadedPair], outputs: tuple[str, ...], broadcast: bool,
                  heatmap_dir: Path | None) -> list[dict[str, Any]]:
-    good = [item for item in loaded if not item[3]]
+    good = [item for item in loaded if not item.error]
     results: dict[str, np.ndarray] = {}
     failure = ""
     if good:
         try:
-            if broadcast:
-                results = scorer.evaluate_many(good[0][1], [g[2] for g in good], outputs)
-            else:
-                results = scorer.evaluate([g[1] for g in good], [g[2] for g in good], outputs)
+            x0 = good[0].ref if broadcast else [g.ref for g in good]
+            results = scorer.evaluate(x0, [g.dist for g in good], outputs)
         except InferenceError as exc:
             failure = str(exc)
     rows, k = [], 0
-    for pair, x0, x1, error in loaded:
-        row: dict[str, Any] = {"ref": pair.ref, "dist": pair.dist, "distance": None, "status": ERROR,
-                               "error": error or failure}
-        if not error:
-            if not failure:
-                row.update(distance=round(float(results["dist"][k]), 7), status=OK, error="")
-                if heatmap_dir is not None:
-                    out = heatmap_dir / _heatmap_name(pair)
-                    heatmap.save(out, x0, x1, results["dist_map"][k][0])
-                    row["heatmap"] = str(out)
-            k += 1
+    for item in loaded:
+        if item.error or failure:
+            rows.append(error_row(item.pair, item.error or failure))
+            k += 0 if item.error else 1
+            continue
+        row = {**error_row(item.pair, ""), "distance": round(float(results["dist"][k]), 7), "status": OK}
+        if heatmap_dir is not None:
+            out = heatmap_dir / _heatmap_name(item.pair)
+            heatmap.save(out, item.ref, item.dist, results["dist_map"][k][0])
+            row["heatmap"] = str(out)
+        k += 1
         rows.append(row)
     return rows
 
@@ -76,11 +88,11 @@ def _run(scorer: Scorer, pairs: list[Pair], writer: RowWriter, progress: Progres
             ref_array = scorer.load(pairs[0].ref_path, pairs[0].ref)
         except StlpipsError as exc:
             for p in pairs:
-                writer.write({"ref": p.ref, "dist": p.dist, "distance": None, "status": ERROR, "error": str(exc)})
+                writer.write(error_row(p, str(exc)))
             writer.flush()
             return
 
-    def load(chunk: list[Pair]) -> list[Loaded]:
+    def load(chunk: list[Pair]) -> list[LoadedPair]:
         return [_load_pair(scorer, p, ref_array) for p in chunk]
 
     done = 0
@@ -98,12 +110,10 @@ def _run(scorer: Scorer, pairs: list[Pair], writer: RowWriter, progress: Progres
             progress.update(done)
 
 
-def _fail(message: str) -> None:
-    click.echo(f"stlpips-score: error: {message}", err=True)
-    sys.exit(2)
+TOOL = "stlpips-score"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.argument("ref", required=False, type=click.Path(path_type=Path))
 @click.argument("dist", required=False, type=click.Path(path_type=Path))
 @click.option("--pairs", "pairs_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -114,14 +124,10 @@ def _fail(message: str) -> None:
               help="Folder of references, matched with --dist-dir by file name.")
 @click.option("--dist-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of distorted images.")
-@click.option("-m", "--model", default="alex-st", show_default=True,
-              help="Short name (alex-st, vgg-lpips, ...; looked up in $STLPIPS_MODEL_DIR then ./models) or .onnx path.")
-@click.option("--providers", default="auto", show_default=True,
-              help="auto, or a comma list of tensorrt, cuda, openvino, cpu.")
-@click.option("--precision", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
-              help="exact: float32 parity; fast: bf16 (OpenVINO) / fp16 (TensorRT) / TF32 (CUDA).")
+@model_option()
+@models_dir_option()
+@runtime_options()
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
 @click.option("--resize", type=click.IntRange(min=1), default=None,
               help="Bicubic-resize every image to SIZE x SIZE first (off by default).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -133,9 +139,9 @@ def _fail(message: str) -> None:
               help="Write a PNG per pair showing where the images differ (needs a spatial model).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None, ref_dir: Path | None,
-         dist_dir: Path | None, model: str, providers: str, precision: str, batch_size: int, threads: int | None,
-         resize: int | None, output: Path | None, fmt: str | None, resume: bool, heatmap_dir: Path | None,
-         quiet: bool) -> None:
+         dist_dir: Path | None, model: str, models_dir: Path | None, providers: str, precision: str,
+         threads: int | None, batch_size: int, resize: int | None, output: Path | None, fmt: str | None,
+         resume: bool, heatmap_dir: Path | None, quiet: bool) -> None:
     """Score REF against DIST, or many pairs (--pairs, --ref-dir/--dist-dir, --ref/--dist-dir).
 
     Prints the distance for one pair; otherwise one row per pair (ref, dist, distance, status, error). Exits 1
@@ -156,11 +162,11 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
 
     try:
         scorer = Scorer(model, providers=providers, threads=threads, precision=precision, batch_size=batch_size,
-                        resize=resize)
+                        resize=resize, models_dir=models_dir)
     except StlpipsError as exc:
-        _fail(str(exc))
+        fail(TOOL, str(exc))
     if heatmap_dir is not None and not scorer.info.has_spatial:
-        _fail(f"--heatmap needs a spatial model; {scorer.info.path.name} has outputs "
+        fail(TOOL, f"--heatmap needs a spatial model; {scorer.info.path.name} has outputs "
               f"{', '.join(scorer.info.outputs)}. Export one with `stlpips-export --net {scorer.info.net} "
               f"--variant {scorer.info.variant} --spatial` and pass --model {scorer.info.short_name}-spatial")
 
@@ -168,8 +174,7 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
         try:
             click.echo(f"{scorer.score(ref, dist):.7f}")
         except StlpipsError as exc:
-            click.echo(f"stlpips-score: {exc}", err=True)
-            sys.exit(1)
+            fail(TOOL, str(exc), code=1)
         return
 
     if pairs_csv:
