@@ -140,8 +140,17 @@ def test_size_errors_name_the_items(scorer: Scorer) -> None:
 
 
 def test_resize_option_scores_images_of_different_sizes(exported_model) -> None:
+    """resize=64 scores what the images look like after a bicubic resize to 64x64: the same number as resizing
+    them first and scoring at that size, and not the number of a plain crop."""
+    from stlpips_rt import images
+
     s = Scorer(exported_model("alex", "st"), providers="cpu", resize=64)
-    assert s.score(smooth_image(80, 96), smooth_image(50, 70, seed=1)) > 0
+    plain = Scorer(exported_model("alex", "st"), providers="cpu")
+    a, b = smooth_image(80, 96), smooth_image(50, 70, seed=1)
+    resized = [images.load(x, "x", images.ImageOptions(resize=(64, 64))) for x in (a, b)]
+    expected = float(plain.evaluate([resized[0]], [resized[1]])["dist"][0])
+    assert s.score(a, b) == expected
+    assert s.score(a, b) != pytest.approx(plain.score(a[:48, :64], b[:48, :64]), abs=1e-3)
 
 
 def test_concurrent_calls_from_many_threads_match_single_thread(scorer: Scorer) -> None:

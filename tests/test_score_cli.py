@@ -80,7 +80,8 @@ def test_short_model_name_is_resolved_in_models_folder(model: Path, folders, mon
     monkeypatch.delenv("STLPIPS_MODEL_DIR", raising=False)
     refs, dists = folders
     code, out, _ = invoke("--model", "alex-st", refs / "img1.png", dists / "img1.png")
-    assert code == 0 and float(out) > 0
+    expected = Scorer(model, providers="cpu").score(refs / "img1.png", dists / "img1.png")
+    assert code == 0 and out.strip() == f"{expected:.7f}"
 
 
 def test_folders_are_matched_by_name_and_a_missing_partner_is_an_error_row(model: Path, folders, tmp_path) -> None:
