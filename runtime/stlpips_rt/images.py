@@ -6,6 +6,7 @@ the bad value is first seen and raises a typed :mod:`stlpips_rt.errors` error th
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from .errors import (
     ImageSizeError,
     ImageTooLargeError,
     ImageValueError,
+    NotAnImageError,
 )
 
 FLOAT_RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0)}
@@ -129,11 +131,24 @@ def _check_pixels(pixels: int, name: str, max_pixels: int) -> None:
 def _open(path: Path, name: str, max_pixels: int) -> Image.Image:
     if not path.is_file():
         raise ImageReadError(name, "file does not exist; check the path")
+    return ImageOps.exif_transpose(_decode(path, name, max_pixels))
+
+
+def open_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an encoded image (PNG, JPEG, ... bytes) with the checks a file gets: the pixel limit (checked
+    from the header, before decoding), truncation, and :class:`NotAnImageError` for data that is no image.
+    EXIF orientation is applied later by :func:`load`, as for any PIL image."""
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Image:
     try:
-        img = Image.open(path)
+        img = Image.open(source)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(name, f"{exc} (decompression-bomb guard)") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except UnidentifiedImageError as exc:
+        raise NotAnImageError(name, f"cannot decode it as an image ({exc}); is it a PNG/JPEG/...?") from None
+    except OSError as exc:
         raise ImageReadError(name, f"cannot decode it as an image ({exc}); is it a PNG/JPEG/...?") from None
     _check_pixels(img.width * img.height, name, max_pixels)
     try:
@@ -142,7 +157,7 @@ def _open(path: Path, name: str, max_pixels: int) -> Image.Image:
             img.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(name, f"file is truncated or corrupt ({exc}); re-create or re-download it") from None
-    return ImageOps.exif_transpose(img)
+    return img
 
 
 def _from_pil(img: Image.Image, name: str, opts: ImageOptions) -> np.ndarray:

@@ -1,0 +1,74 @@
+"""``stlpips-serve``: start the scoring service (stlpips_rt.scale.service) on a local or existing Ray cluster."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from ..errors import StlpipsError
+from .http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, Limits
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-m", "--model", default="alex-st", show_default=True, help="Short name or .onnx path.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 exposes the service to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Serve replicas, each with its own model.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most concurrent /v1/score requests gathered into one batch (1: no dynamic batching).")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Longest a request waits for others to join its batch.")
+@click.option("--stack/--no-stack", default=None,
+              help="Run a gathered batch as one stacked graph run (default: on CUDA/TensorRT only; on CPU each pair "
+                   "runs alone, which keeps answers bit-identical to Scorer.score).")
+@click.option("--providers", default="auto", show_default=True, help="auto, or a comma list of tensorrt, cuda, "
+                                                                     "openvino, cpu.")
+@click.option("--precision", type=click.Choice(["exact", "fast"]), default="exact", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads per replica (each replica reserves as many CPUs from Ray).")
+@click.option("--gpus", "gpus_per_replica", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs per replica (fractions share one GPU).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=DEFAULT_MAX_BODY_BYTES / 2**20,
+              show_default=True, help="Largest request body (413 above).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest image, from its header (413 above; decompression bombs).")
+@click.option("--address", default=None, help="A running Ray cluster (auto, HOST:PORT); default: start a local one.")
+def main(model: str, host: str, port: int, replicas: int, max_batch: int, batch_wait_ms: float, stack: bool | None,
+         providers: str, precision: str, threads: int, gpus_per_replica: float, max_body_mb: float,
+         max_pixels: int, address: str | None) -> None:
+    """Serve perceptual distances over HTTP on Ray Serve, until interrupted (Ctrl-C).
+
+    POST /v1/score (multipart ref, dist), POST /v1/score_many (ref, dist, dist, ...), GET /v1/models, GET /healthz.
+    See docs/at_scale.md."""
+    try:
+        from . import ray_env
+
+        ray_env.require_ray()
+        from . import service
+    except ImportError as exc:
+        click.echo(f"stlpips-serve: error: {exc}", err=True)
+        sys.exit(2)
+    limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels,
+                    max_request_pixels=max(2 * max_pixels, Limits().max_request_pixels))
+    config = service.ServiceConfig(model=model, providers=providers, precision=precision, threads=threads,
+                                   replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, stack=stack,
+                                   gpus_per_replica=gpus_per_replica, limits=limits)
+    with ray_env.cluster(address, cpus_needed=int(replicas * config.cpus + 0.999)):
+        try:
+            service.start(config, host=host, port=port)
+        except StlpipsError as exc:
+            click.echo(f"stlpips-serve: error: {exc}", err=True)
+            sys.exit(2)
+        click.echo(f"stlpips-serve: {model} on http://{host}:{port} ({replicas} replica(s), max batch {max_batch}); "
+                   "Ctrl-C stops", err=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            service.stop()
