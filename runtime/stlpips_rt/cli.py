@@ -227,7 +227,9 @@ def _main_ray(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_o
     if heatmap_dir is not None:
         raise click.UsageError("--heatmap is not available with --engine ray")
     try:
-        from .scale import job
+        from .scale import job, ray_env
+
+        ray_env.require_ray()
     except ImportError as exc:
         fail(TOOL, str(exc))
     if pairs_csv:

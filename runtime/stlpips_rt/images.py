@@ -147,7 +147,8 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(name, f"{exc} (decompression-bomb guard)") from None
     except UnidentifiedImageError as exc:
-        raise NotAnImageError(name, f"cannot decode it as an image ({exc}); is it a PNG/JPEG/...?") from None
+        why = exc if isinstance(source, Path) else "no known image format in its bytes"  # not a BytesIO repr
+        raise NotAnImageError(name, f"cannot decode it as an image ({why}); is it a PNG/JPEG/...?") from None
     except OSError as exc:
         raise ImageReadError(name, f"cannot decode it as an image ({exc}); is it a PNG/JPEG/...?") from None
     _check_pixels(img.width * img.height, name, max_pixels)

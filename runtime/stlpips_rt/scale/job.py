@@ -1,10 +1,11 @@
 """``stlpips-score --engine ray``: the pairs ``stlpips-score`` reads, scored on Ray, written to Parquet as the
 results stream back, resumable.
 
-Output: ``-o out.parquet`` is one file, assembled at the end from shards kept in ``out.parquet.parts/`` while
-the job runs; ``-o folder/`` is a folder of shards (``part-*.parquet``). Each shard is written to a temporary
-name and renamed, so an interrupted job leaves only whole shards, and ``--resume`` scores only the pairs
-without an ``ok`` row in them (error rows are retried, as with CSV output).
+Output: ``-o out.parquet`` is one file (columns ref, dist, distance, status, error; in input order),
+assembled at the end from shards kept in ``out.parquet.parts/`` while the job runs; ``-o folder/`` is a folder
+of shards (``part-*.parquet``, rows in completion order, with an ``index`` column: the pair's input row).
+Each shard is written to a temporary name and renamed, so an interrupted job leaves only whole shards, and
+``--resume`` scores only the pairs without an ``ok`` row in them (error rows are retried, as with CSV output).
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ SHARD_ROWS = 512  # rows per shard: what an interruption can cost, at most
 SHARD_SECONDS = 10.0  # ... or this long since the last shard, whichever comes first
 
 
-def _schema() -> Any:
+SHARD_FIELDS = ["index", *FIELDS]  # index: the pair's row in the input (the final single file is sorted by it)
+
+
+def _schema(fields: list[str] = SHARD_FIELDS) -> Any:
     import pyarrow as pa
 
-    return pa.schema([("ref", pa.string()), ("dist", pa.string()), ("distance", pa.float32()),
-                      ("status", pa.string()), ("error", pa.string())])
+    types = {"index": pa.int64(), "ref": pa.string(), "dist": pa.string(), "distance": pa.float32(),
+             "status": pa.string(), "error": pa.string()}
+    return pa.schema([(f, types[f]) for f in fields])
 
 
 class ParquetOutput:
@@ -78,14 +83,14 @@ class ParquetOutput:
         old = self._existing()
         self.shards.mkdir(parents=True, exist_ok=True)
         if kept:
-            self._write_shard(pa.Table.from_pylist([{k: r.get(k) for k in FIELDS} for r in kept], _schema()))
+            self._write_shard(pa.Table.from_pylist([{k: r.get(k) for k in SHARD_FIELDS} for r in kept], _schema()))
         for path in old:
             path.unlink(missing_ok=True)
 
     def write(self, table: Any) -> None:
         import pyarrow.compute as pc
 
-        table = table.select(FIELDS).cast(_schema())
+        table = table.select(SHARD_FIELDS).cast(_schema())
         self.written += table.num_rows
         self.failed += int(pc.sum(pc.equal(table.column("status"), ERROR)).as_py() or 0)
         self._pending.append(table)
@@ -109,7 +114,7 @@ class ParquetOutput:
         pq.write_table(table, tmp)
         os.replace(tmp, self.shards / name)
 
-    def finish(self, order: dict[tuple[str, str], int]) -> None:
+    def finish(self) -> None:
         """Flush; for one file, join the shards in input order into ``target`` and remove the shard folder."""
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -119,9 +124,9 @@ class ParquetOutput:
             return
         parts = sorted(self.shards.glob("part-*.parquet"))
         table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else _schema().empty_table()
-        rows = sorted(table.to_pylist(), key=lambda r: order.get((r["ref"], r["dist"]), len(order)))
+        table = table.sort_by("index").select(FIELDS)
         tmp = self.target.with_name(f".tmp-{self.target.name}")
-        pq.write_table(pa.Table.from_pylist(rows, _schema()), tmp)
+        pq.write_table(table, tmp)
         os.replace(tmp, self.target)
         shutil.rmtree(self.shards, ignore_errors=True)
 
@@ -147,10 +152,12 @@ def run_job(pairs: list[Pair], output: Path, options: ScoringOptions, *, broadca
     called as results arrive."""
     out = ParquetOutput(output)
     kept = out.read_done() if resume else []
+    index_of = {p.key: p.index for p in pairs}
+    kept = [{**r, "index": index_of[(r["ref"], r["dist"])]} for r in kept if (r["ref"], r["dist"]) in index_of]
     done_keys = {(r["ref"], r["dist"]) for r in kept}
     todo = [p for p in pairs if p.key not in done_keys]
     out.start(kept)
-    rows = [{"ref": p.ref, "dist": p.dist, "ref_path": _location(p.ref, p.ref_path),
+    rows = [{"index": p.index, "ref": p.ref, "dist": p.dist, "ref_path": _location(p.ref, p.ref_path),
              "dist_path": _location(p.dist, p.dist_path), "error": p.problem} for p in todo]
     with cluster(address, cpus_needed=int(options.workers * options.cpus + 0.999), quiet=quiet) as ray:
         if quiet:
@@ -169,7 +176,7 @@ def run_job(pairs: list[Pair], output: Path, options: ScoringOptions, *, broadca
                         progress(done, len(todo))
         finally:
             out.flush()
-    out.finish({p.key: p.index for p in pairs})
+    out.finish()
     return JobResult(total=len(pairs), scored=out.written, failed=out.failed, skipped=len(pairs) - len(todo))
 
 
