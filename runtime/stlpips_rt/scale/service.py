@@ -5,7 +5,8 @@ HTTP API (docs/at_scale.md has examples):
 - ``POST /v1/score``: multipart fields ``ref`` and ``dist`` (image files) -> ``{"distance", "model", "provider"}``
 - ``POST /v1/score_many``: ``ref`` and one or more ``dist`` -> ``{"distances": [...], "model", "provider"}``,
   one reference through the broadcast graph
-- ``GET /v1/models``: the model's metadata, the limits and the batching; ``GET /healthz``: ``{"status": "ok"}``
+- ``GET /v1/models``: the model's metadata, the limits, the batching and the answering replica's batch counts;
+  ``GET /healthz``: ``{"status": "ok"}``
 
 Errors are ``{"error": {"type": <the runtime's error class>, "message": ...}}`` with 400 (bad image, size
 mismatch, malformed request), 413 (body or image over the limits, decompression bombs), 415 (not an image).
@@ -84,6 +85,7 @@ class ScoringService:
             "batching": {"max_batch": config.max_batch, "batch_wait_ms": config.batch_wait_ms, "stacked": self.stack},
         }
         self._answer = {"model": info.short_name, "provider": self.scorer.provider}
+        self.stats = {"batches": 0, "pairs": 0, "largest_batch": 0}  # this replica's /v1/score batches
 
     async def __call__(self, request: Request) -> JSONResponse:
         route = (request.method, request.url.path.rstrip("/") or "/")
@@ -91,7 +93,7 @@ class ScoringService:
             if route == ("GET", "/healthz"):
                 return JSONResponse({"status": "ok"})
             if route == ("GET", "/v1/models"):
-                return JSONResponse(self.card)
+                return JSONResponse({**self.card, "replica_stats": self.stats})
             if route == ("POST", "/v1/score"):
                 return JSONResponse(await self._score(request))
             if route == ("POST", "/v1/score_many"):
@@ -156,6 +158,9 @@ class ScoringService:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _score_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+        self.stats["batches"] += 1
+        self.stats["pairs"] += len(pairs)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(pairs))
         return await asyncio.to_thread(self._run_pairs, pairs)
 
     def _run_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
