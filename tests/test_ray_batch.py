@@ -292,3 +292,9 @@ def test_without_ray_the_engine_names_the_extra(model, images) -> None:
                              str(images / "x.parquet")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "pip install 'stlpips-deploy[ray]'" in result.stderr
+
+
+def test_ray_options_need_the_ray_engine(model, images) -> None:
+    result = CliRunner().invoke(score_cli, ["--model", str(model), "--workers", "2", str(images / "refs" / "p000.png"),
+                                            str(images / "dists" / "p000.png")])
+    assert result.exit_code == 2 and "need --engine ray" in result.output

@@ -198,3 +198,16 @@ def test_32_concurrent_clients_mixing_good_and_bad(client: Client, scorer: Score
     assert client.request("GET", "/healthz")[0] == 200  # the replica survived all of it
     stats = client.request("GET", "/v1/models")[1]["replica_stats"]
     assert stats["largest_batch"] >= 2  # concurrent requests were gathered (and still answered exactly)
+
+
+def test_serve_run_and_rayservice_arguments_become_a_config() -> None:
+    pytest.importorskip("ray", reason="ray is not installed: pip install 'stlpips-deploy[ray]'")
+    from stlpips_rt.scale import service
+
+    config = service.config_from_args({"model": "vgg-st", "max_batch": "4", "stack": "false", "max_pixels": "1000",
+                                       "batch_wait_ms": "2.5", "threads": "none"})
+    assert (config.model, config.max_batch, config.stack, config.batch_wait_ms, config.threads) == \
+        ("vgg-st", 4, False, 2.5, None)
+    assert config.limits.max_pixels == 1000
+    with pytest.raises(ValueError, match="unknown argument"):
+        service.config_from_args({"max_batchsize": "4"})

@@ -144,10 +144,13 @@ TOOL = "stlpips-score"
                                               "default: start a local one.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --engine ray: scoring actors, each with its own model and --threads CPU threads.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0,
+              help="With --engine ray: GPUs each actor reserves (use with --providers cuda or auto).")
 def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None, ref_dir: Path | None,
          dist_dir: Path | None, model: str, models_dir: Path | None, providers: str, precision: str,
          threads: int | None, batch_size: int, resize: int | None, output: Path | None, fmt: str | None,
-         resume: bool, heatmap_dir: Path | None, quiet: bool, engine: str, address: str | None, workers: int) -> None:
+         resume: bool, heatmap_dir: Path | None, quiet: bool, engine: str, address: str | None, workers: int,
+         gpus_per_worker: float) -> None:
     """Score REF against DIST, or many pairs (--pairs, --ref-dir/--dist-dir, --ref/--dist-dir).
 
     Prints the distance for one pair; otherwise one row per pair (ref, dist, distance, status, error). Exits 1
@@ -165,9 +168,9 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
         raise click.UsageError("--resume needs --output FILE")
     if engine == "ray":
         _main_ray(ref, dist, pairs_csv, ref_one, ref_dir, dist_dir, model, models_dir, providers, precision,
-                  batch_size, threads, resize, output, resume, heatmap_dir, quiet, address, workers)
-    if address is not None or workers != 1:
-        raise click.UsageError("--address and --workers need --engine ray")
+                  batch_size, threads, resize, output, resume, heatmap_dir, quiet, address, workers, gpus_per_worker)
+    if address is not None or workers != 1 or gpus_per_worker:
+        raise click.UsageError("--address, --workers and --gpus-per-worker need --engine ray")
     if output is not None and fmt is None:
         fmt = "jsonl" if output.suffix.lower() in (".jsonl", ".json") else "csv"
 
@@ -222,7 +225,8 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
 def _main_ray(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None,
               ref_dir: Path | None, dist_dir: Path | None, model: str, models_dir: Path | None, providers: str,
               precision: str, batch_size: int, threads: int | None, resize: int | None, output: Path | None,
-              resume: bool, heatmap_dir: Path | None, quiet: bool, address: str | None, workers: int) -> None:
+              resume: bool, heatmap_dir: Path | None, quiet: bool, address: str | None, workers: int,
+              gpus_per_worker: float) -> None:
     """``--engine ray``: the same inputs, scored on Ray (stlpips_rt.scale.job); exits."""
     if heatmap_dir is not None:
         raise click.UsageError("--heatmap is not available with --engine ray")
@@ -243,4 +247,4 @@ def _main_ray(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_o
         pairs = [Pair(0, str(ref), str(dist), ref, dist)]
     sys.exit(job.main_ray(pairs, output, model=model, models_dir=models_dir, providers=providers, precision=precision,
                           batch_size=batch_size, threads=threads, resize=resize, workers=workers, address=address,
-                          broadcast=bool(ref_one), resume=resume, quiet=quiet))
+                          gpus_per_worker=gpus_per_worker, broadcast=bool(ref_one), resume=resume, quiet=quiet))

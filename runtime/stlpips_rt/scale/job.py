@@ -211,7 +211,7 @@ def pairs_from_parquet(path: Path) -> list[Pair]:
 
 def main_ray(pairs: list[Pair], output: Path | None, *, model: str, models_dir: Path | None, providers: str,
              precision: str, batch_size: int, threads: int | None, resize: int | None, workers: int,
-             address: str | None, broadcast: bool, resume: bool, quiet: bool) -> int:
+             address: str | None, gpus_per_worker: float, broadcast: bool, resume: bool, quiet: bool) -> int:
     """The ``--engine ray`` branch of ``stlpips-score``; returns the exit status (0, 1 if any pair failed)."""
     import click
 
@@ -227,7 +227,7 @@ def main_ray(pairs: list[Pair], output: Path | None, *, model: str, models_dir: 
         click.echo(f"stlpips-score: error: {exc}", err=True)
         return 2
     options = ScoringOptions(model=model_path, providers=providers, precision=precision, threads=threads or 1,
-                             batch_size=batch_size, resize=resize, workers=workers)
+                             batch_size=batch_size, resize=resize, workers=workers, gpus_per_worker=gpus_per_worker)
     result = run_job(pairs, output, options, broadcast=broadcast, address=address, resume=resume, quiet=quiet)
     if not quiet:
         skipped = f", {result.skipped} already done" if resume else ""

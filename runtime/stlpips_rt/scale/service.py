@@ -180,6 +180,38 @@ def build_app(config: ServiceConfig) -> Any:
     return deployment.bind(spec, config)
 
 
+def app_builder(args: dict[str, str]) -> Any:
+    """For ``serve run stlpips_rt.scale.service:app_builder model=alex-st max_batch=16`` and KubeRay's RayService
+    (``import_path`` + ``args``): ServiceConfig fields as strings; limits as max_body_bytes, max_pixels."""
+    return build_app(config_from_args(args))
+
+
+def config_from_args(args: dict[str, str]) -> ServiceConfig:
+    """A ServiceConfig from string arguments (ServiceConfig and Limits field names)."""
+    fields = {f.name: f.type for f in ServiceConfig.__dataclass_fields__.values()}
+    limits, kwargs = {}, {}
+    for key, value in args.items():
+        if key in Limits.__dataclass_fields__:
+            limits[key] = int(value)
+        elif key in fields and key != "limits":
+            kwargs[key] = _parse(str(value), str(fields[key]))
+        else:
+            raise ValueError(f"unknown argument {key!r}; use ServiceConfig or Limits field names")
+    return ServiceConfig(**kwargs, limits=Limits(**limits))
+
+
+def _parse(value: str, annotation: str) -> Any:
+    if value.lower() in ("none", "null", ""):
+        return None
+    if annotation.startswith("bool"):
+        return value.lower() in ("1", "true", "yes")
+    if annotation.startswith("int"):
+        return int(value)
+    if annotation.startswith("float"):
+        return float(value)
+    return value
+
+
 def start(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000) -> Any:
     """Start Serve's HTTP proxy on ``host:port`` and deploy the service; returns its handle. Needs a connected
     Ray (``ray.init`` or :func:`stlpips_rt.scale.ray_env.cluster`)."""
