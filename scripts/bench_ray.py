@@ -100,14 +100,14 @@ def bench_batch(args: argparse.Namespace, pairs_csv: Path) -> dict:
         order = names if r % 2 == 0 else names[::-1]  # alternate, so drift in the machine's load evens out
         for name in order:
             times[name].append(configs[name]())
-            print(f"  round {r + 1} {name}: {times[name][-1]:.1f} s", flush=True)
+            print(f"  round {r + 1} {name}: {times[name][-1]:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
     ray.shutdown()
 
     reference = read_csv_distances(out / "plain_t1.csv")
     for workers in (1, 2):
         rows = pq.read_table(out / f"ray_w{workers}.parquet").to_pylist()
         assert len(rows) == len(pairs)
-        assert all(f"{round(r['distance'], 7):.7f}" == reference[(r["ref"], r["dist"])] for r in rows), \
+        assert all(round(r["distance"], 7) == float(reference[(r["ref"], r["dist"])]) for r in rows), \
             "Ray distances differ from the plain run's"
 
     cold_target = out / "ray_cold.parquet"

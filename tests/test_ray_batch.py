@@ -298,3 +298,16 @@ def test_ray_options_need_the_ray_engine(model, images) -> None:
     result = CliRunner().invoke(score_cli, ["--model", str(model), "--workers", "2", str(images / "refs" / "p000.png"),
                                             str(images / "dists" / "p000.png")])
     assert result.exit_code == 2 and "need --engine ray" in result.output
+
+
+def test_a_worker_without_the_model_file_gets_a_copy_from_the_object_store(ray_cluster, model) -> None:
+    import dataclasses
+
+    from stlpips_rt.scale.ray_env import ModelPayload
+
+    payload = ModelPayload.put(model)
+    assert payload.local_path() == model.resolve()  # same machine: the driver's file
+    elsewhere = dataclasses.replace(payload, path=f"/nonexistent-{os.getpid()}/{model.name}")
+    copy = elsewhere.local_path()
+    assert copy.name == model.name and copy.read_bytes() == model.read_bytes()
+    assert Scorer(copy, providers="cpu").info.short_name == "alex-st"
