@@ -71,4 +71,4 @@ def main(model: str, host: str, port: int, replicas: int, max_batch: int, batch_
         except KeyboardInterrupt:
             pass
         finally:
-            service.stop()
+            service.stop(keep_serve=address is not None)

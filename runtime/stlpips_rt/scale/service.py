@@ -219,7 +219,9 @@ def start(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000) -> A
     return serve.run(build_app(config), name=APP_NAME, route_prefix="/")
 
 
-def stop() -> None:
-    """Remove the service and Serve's proxy from the cluster."""
+def stop(keep_serve: bool = False) -> None:
+    """Remove the service from the cluster, and Serve's proxy with it unless ``keep_serve`` (a shared cluster
+    whose Serve may run other applications)."""
     serve.delete(APP_NAME)
-    serve.shutdown()
+    if not keep_serve:
+        serve.shutdown()
