@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from types import FrameType
 
 import click
 
@@ -40,7 +42,7 @@ from .http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, Limits
 def main(model: str, host: str, port: int, replicas: int, max_batch: int, batch_wait_ms: float, stack: bool | None,
          providers: str, precision: str, threads: int, gpus_per_replica: float, max_body_mb: float,
          max_pixels: int, address: str | None) -> None:
-    """Serve perceptual distances over HTTP on Ray Serve, until interrupted (Ctrl-C).
+    """Serve perceptual distances over HTTP on Ray Serve, until interrupted (Ctrl-C or SIGTERM).
 
     POST /v1/score (multipart ref, dist), POST /v1/score_many (ref, dist, dist, ...), GET /v1/models, GET /healthz.
     See docs/at_scale.md."""
@@ -65,6 +67,8 @@ def main(model: str, host: str, port: int, replicas: int, max_batch: int, batch_
             sys.exit(2)
         click.echo(f"stlpips-serve: {model} on http://{host}:{port} ({replicas} replica(s), max batch {max_batch}); "
                    "Ctrl-C stops", err=True)
+        # SIGTERM (kill, docker stop, Kubernetes) stops as Ctrl-C does, so the local cluster is shut down too.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             while True:
                 time.sleep(3600)
@@ -72,3 +76,7 @@ def main(model: str, host: str, port: int, replicas: int, max_batch: int, batch_
             pass
         finally:
             service.stop(keep_serve=address is not None)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
