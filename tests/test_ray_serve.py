@@ -211,3 +211,14 @@ def test_serve_run_and_rayservice_arguments_become_a_config() -> None:
     assert config.limits.max_pixels == 1000
     with pytest.raises(ValueError, match="unknown argument"):
         service.config_from_args({"max_batchsize": "4"})
+
+
+def test_serve_command_refuses_a_missing_model_before_starting_anything(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="ray is not installed: pip install 'stlpips-deploy[ray]'")
+    from click.testing import CliRunner
+
+    from stlpips_rt.scale.serve_cli import main
+
+    result = CliRunner().invoke(main, ["--model", str(tmp_path / "nothing.onnx")])
+    assert result.exit_code == 2
+    assert "stlpips-serve: error:" in result.stderr and "nothing.onnx" in result.stderr

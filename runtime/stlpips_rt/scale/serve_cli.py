@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import signal
-import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import click
 
+from ..cli_options import CONTEXT, fail, model_option, models_dir_option, runtime_options
 from ..errors import StlpipsError
+from ..model import resolve_model
 from .http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, Limits
 
+TOOL = "stlpips-serve"
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-m", "--model", default="alex-st", show_default=True, help="Short name or .onnx path.")
+
+@click.command(context_settings=CONTEXT)
+@model_option()
+@models_dir_option()
+@runtime_options()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 exposes the service to the network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -27,11 +33,6 @@ from .http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, Limits
 @click.option("--stack/--no-stack", default=None,
               help="Run a gathered batch as one stacked graph run (default: on CUDA/TensorRT only; on CPU each pair "
                    "runs alone, which keeps answers bit-identical to Scorer.score).")
-@click.option("--providers", default="auto", show_default=True, help="auto, or a comma list of tensorrt, cuda, "
-                                                                     "openvino, cpu.")
-@click.option("--precision", type=click.Choice(["exact", "fast"]), default="exact", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="CPU threads per replica (each replica reserves as many CPUs from Ray).")
 @click.option("--gpus", "gpus_per_replica", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="GPUs per replica (fractions share one GPU).")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=DEFAULT_MAX_BODY_BYTES / 2**20,
@@ -39,32 +40,34 @@ from .http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, Limits
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Largest image, from its header (413 above; decompression bombs).")
 @click.option("--address", default=None, help="A running Ray cluster (auto, HOST:PORT); default: start a local one.")
-def main(model: str, host: str, port: int, replicas: int, max_batch: int, batch_wait_ms: float, stack: bool | None,
-         providers: str, precision: str, threads: int, gpus_per_replica: float, max_body_mb: float,
-         max_pixels: int, address: str | None) -> None:
+def main(model: str, models_dir: Path | None, providers: str, precision: str, threads: int | None, host: str,
+         port: int, replicas: int, max_batch: int, batch_wait_ms: float, stack: bool | None, gpus_per_replica: float,
+         max_body_mb: float, max_pixels: int, address: str | None) -> None:
     """Serve perceptual distances over HTTP on Ray Serve, until interrupted (Ctrl-C or SIGTERM).
 
     POST /v1/score (multipart ref, dist), POST /v1/score_many (ref, dist, dist, ...), GET /v1/models, GET /healthz.
-    See docs/at_scale.md."""
+    --threads is per replica (each reserves that many CPUs from Ray, at least one). See docs/at_scale.md."""
     try:
         from . import ray_env
 
         ray_env.require_ray()
         from . import service
     except ImportError as exc:
-        click.echo(f"stlpips-serve: error: {exc}", err=True)
-        sys.exit(2)
+        fail(TOOL, str(exc))
+    try:
+        model_path = resolve_model(model, [models_dir] if models_dir else [])
+    except StlpipsError as exc:
+        fail(TOOL, str(exc))
     limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels,
                     max_request_pixels=max(2 * max_pixels, Limits().max_request_pixels))
-    config = service.ServiceConfig(model=model, providers=providers, precision=precision, threads=threads,
+    config = service.ServiceConfig(model=str(model_path), providers=providers, precision=precision, threads=threads,
                                    replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, stack=stack,
                                    gpus_per_replica=gpus_per_replica, limits=limits)
     with ray_env.cluster(address, cpus_needed=int(replicas * config.cpus + 0.999)):
         try:
             service.start(config, host=host, port=port)
         except StlpipsError as exc:
-            click.echo(f"stlpips-serve: error: {exc}", err=True)
-            sys.exit(2)
+            fail(TOOL, str(exc))
         click.echo(f"stlpips-serve: {model} on http://{host}:{port} ({replicas} replica(s), max batch {max_batch}); "
                    "Ctrl-C stops", err=True)
         # SIGTERM (kill, docker stop, Kubernetes) stops as Ctrl-C does, so the local cluster is shut down too.
