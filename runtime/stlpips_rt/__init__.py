@@ -6,8 +6,10 @@
 """
 
 from .contract import ModelInfo, ModelSpec
+from .device_tensors import DeviceArray
 from .errors import (
     ChannelError,
+    DeviceTensorError,
     ImageError,
     ImageRangeError,
     ImageReadError,
@@ -20,6 +22,7 @@ from .errors import (
     NotAnImageError,
     NotAnStlpipsModelError,
     ProviderError,
+    ProviderFallbackWarning,
     RequestError,
     RequestTooLargeError,
     StlpipsError,
@@ -33,6 +36,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelError",
+    "DeviceArray",
+    "DeviceTensorError",
     "ImageError",
     "ImageRangeError",
     "ImageReadError",
@@ -47,6 +52,7 @@ __all__ = [
     "NotAnImageError",
     "NotAnStlpipsModelError",
     "ProviderError",
+    "ProviderFallbackWarning",
     "RequestError",
     "RequestTooLargeError",
     "Scorer",

@@ -32,6 +32,10 @@ class InferenceError(StlpipsError):
     """onnxruntime failed while running the graph (out of memory, driver error, ...)."""
 
 
+class ProviderFallbackWarning(UserWarning):
+    """A requested execution provider could not be used and a slower one runs instead (the message says why)."""
+
+
 # --- images ------------------------------------------------------------------------------------------------
 class ImageError(StlpipsError):
     """Base class of input image errors; ``item`` names the offending input."""
@@ -67,6 +71,11 @@ class ChannelError(ImageError):
 
 class ImageSizeError(ImageError):
     """The two images of a pair differ in size, or an image is below the model's minimum size."""
+
+
+class DeviceTensorError(ImageError):
+    """A GPU tensor (``__cuda_array_interface__`` or DLPack) that cannot be bound without a copy: wrong dtype,
+    layout or device, or a Scorer that does not run on that device."""
 
 
 # --- the scoring service (stlpips-serve) ---------------------------------------------------------------------

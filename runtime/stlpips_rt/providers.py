@@ -56,6 +56,10 @@ class SessionConfig:
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
     openvino_device: str = "CPU"
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+    # CUDA's fast arithmetic: "fp16" (the --fp16 export beside the model) or "tf32"; None: gpu_session's default.
+    cuda_fast: str | None = None
+    # Extra CUDA provider options (e.g. prefer_nhwc); use_tf32 belongs to ``precision``.
+    cuda_options: dict[str, str] = field(default_factory=dict)
 
 
 # --- OpenVINO plugin -----------------------------------------------------------------------------------------
@@ -192,11 +196,14 @@ def provider_options(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str
         opts.update({k: v for k, v in shapes.items() if v})
         return ORT_NAMES[short], opts
     if short == "cuda":
+        if "use_tf32" in cfg.cuda_options:
+            raise ProviderError("cuda_options may not set use_tf32: precision='exact' keeps it off, 'fast' on")
         return ORT_NAMES[short], {
             "device_id": str(cfg.device_id),
             "cudnn_conv_algo_search": cfg.cudnn_conv_algo_search,
             # TF32 convolutions lose ~3 decimal digits: only in fast mode.
             "use_tf32": "1" if fast else "0",
+            **{str(k): str(v) for k, v in cfg.cuda_options.items()},
         }
     return ORT_NAMES[short], {}
 
@@ -239,5 +246,7 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
     entries = [provider_options(p, cfg) for p in providers]
     if "cpu" not in providers:
         entries.append(provider_options("cpu", cfg))
+    # enable_fallback=0: onnxruntime's own fallback would rebuild a failed TensorRT session on CUDA without these
+    # options (TF32 on); gpu_session.py falls back itself, with them.
     return ort.InferenceSession(str(path), opts, providers=[e[0] for e in entries],
-                                provider_options=[e[1] for e in entries])
+                                provider_options=[e[1] for e in entries], enable_fallback=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,9 +13,19 @@ from . import images
 from . import precision as precision_modes
 from .batching import plan_runs
 from .contract import ModelInfo
-from .errors import ImageSizeError, InferenceError, ModelError, NotAnStlpipsModelError, StlpipsError
+from .device_run import DeviceRunner, check_float_range, device_pair
+from .device_tensors import DeviceArray
+from .errors import (
+    DeviceTensorError,
+    ImageSizeError,
+    InferenceError,
+    ModelError,
+    NotAnStlpipsModelError,
+    StlpipsError,
+)
+from .gpu_session import build_session
 from .model import info_from_session, resolve_model
-from .providers import SHORT_NAMES, SessionConfig, TensorRTOptions, create_session, resolve_providers
+from .providers import SHORT_NAMES, SessionConfig, TensorRTOptions, resolve_providers
 
 ImageLike = Any  # path, PIL image, or numpy array (see stlpips_rt.images)
 
@@ -28,6 +38,8 @@ class Scorer:
             looked up in ``models_dir``, ``$STLPIPS_MODEL_DIR``, then ``./models``.
         providers: ``"auto"`` (TensorRT, CUDA, OpenVINO, CPU: the first available), a short name, a
             comma-separated list or a list. An explicit provider that is not available raises ProviderError.
+            TensorRT and CUDA are tried as one chain (TensorRT, CUDA, CPU); a GPU provider named here never
+            silently becomes the CPU (gpu_session.py, docs/gpu.md).
         device_id: GPU index for CUDA / TensorRT.
         threads: intra-op CPU threads (None: onnxruntime's default, one per core).
         precision: ``"exact"`` (float32, parity with PyTorch) or ``"fast"`` (bf16 on OpenVINO, fp16 on
@@ -42,6 +54,15 @@ class Scorer:
         openvino_device: OpenVINO device, ``"CPU"``, ``"GPU"`` or ``"NPU"``.
         io_binding: feed inputs/outputs through I/O binding (default: on for CUDA and TensorRT).
         models_dir: a folder searched first for short model names.
+        cuda_fast: what ``precision="fast"`` runs on CUDA: ``"fp16"`` (the ``--fp16`` export beside the model
+            file), ``"tf32"`` (the float32 graph with TF32), or None (gpu_session.CUDA_FAST_DEFAULT, TF32 where
+            no fp16 export is there).
+        cuda_options: extra CUDA provider options, e.g. ``{"prefer_nhwc": "1"}``.
+
+    GPU tensors (PyTorch, CuPy, JAX, ... through ``__cuda_array_interface__`` or DLPack) passed to
+    :meth:`score_batch`, :meth:`score_many` or :meth:`run_arrays` are bound on the device without a copy; they must
+    be float32 NCHW RGB in [-1, 1]. ``device_output=True`` leaves the distances on the device (a
+    :class:`~stlpips_rt.device_tensors.DeviceArray`, readable through DLPack or ``__cuda_array_interface__``).
 
     ``scorer.provider`` and ``scorer.precision`` say what actually runs. One Scorer may be used from many
     threads at once: it holds no mutable state after construction and onnxruntime's ``run`` is thread-safe.
@@ -63,6 +84,8 @@ class Scorer:
         openvino_device: str = "CPU",
         io_binding: bool | None = None,
         models_dir: str | os.PathLike[str] | None = None,
+        cuda_fast: str | None = None,
+        cuda_options: Mapping[str, str] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -76,9 +99,11 @@ class Scorer:
         self.config = SessionConfig(device_id=device_id, threads=threads, precision=precision,
                                     cudnn_conv_algo_search=cudnn_conv_algo_search,
                                     openvino_device=openvino_device.upper(),
-                                    tensorrt=tensorrt or TensorRTOptions())
+                                    tensorrt=tensorrt or TensorRTOptions(), cuda_fast=cuda_fast,
+                                    cuda_options=dict(cuda_options or {}))
         try:
-            self._session = create_session(path, chosen, self.config)
+            built = build_session(path, chosen, self.config, explicit=not _is_auto(providers))
+            self._session, path = built.session, built.path
         except StlpipsError:
             raise
         except Exception as exc:  # onnxruntime's exception types are private
@@ -91,6 +116,8 @@ class Scorer:
         self.precision: str = getattr(self._session, "inference_precision", None) or precision_modes.runs_as(
             self.provider, self.config.precision, self.info.precision)
         self._io_binding = self.provider in ("cuda", "tensorrt") if io_binding is None else io_binding
+        self._device = DeviceRunner(self._session, self.provider, device_id, self.info.min_size,
+                                    self.info.static_hw, self.info.num_layers)
 
     def __repr__(self) -> str:
         return (f"Scorer(model={self.info.path.name!r}, provider={self.provider!r}, "
@@ -129,11 +156,18 @@ class Scorer:
         return x0, x1
 
     # --- prepared arrays ---------------------------------------------------------------------------------
-    def run_arrays(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str] = ("dist",)) -> list[np.ndarray]:
+    def run_arrays(self, in0: Any, in1: Any, outputs: Sequence[str] = ("dist",),
+                   device_output: bool = False) -> list[np.ndarray] | list[DeviceArray]:
         """Run the graph once on raw batches: float32 ``[N0, 3, H, W]`` and ``[N1, 3, H, W]`` in [-1, 1] with
         N0 == N1 or either 1 (broadcast). No conversion, no checks of values and no chunking: for callers that
-        prepare tensors themselves (benchmarks, parity checks)."""
+        prepare tensors themselves (benchmarks, parity checks). GPU tensors are bound without a copy (in runs of
+        ``batch_size``)."""
         self._check_outputs(outputs)
+        pair = device_pair(in0, in1, ("in0", "in1"))
+        if pair is not None:
+            return self._run_device(pair, outputs, None, device_output, ("in0", "in1"))
+        if device_output:
+            raise DeviceTensorError("in0", "device_output=True needs GPU tensors as inputs")
         in0 = np.ascontiguousarray(in0, dtype=np.float32)
         in1 = np.ascontiguousarray(in1, dtype=np.float32)
         return self._infer(in0, in1, outputs)
@@ -184,6 +218,12 @@ class Scorer:
         """One prepared reference against many prepared candidates of its size (broadcast graph)."""
         return self.evaluate(ref, candidates, outputs)
 
+    def _run_device(self, pair: Any, outputs: Sequence[str], float_range: str | None, device_output: bool,
+                    names: tuple[str, str] = ("a", "b")) -> list[Any]:
+        """Run GPU tensors (``pair``, from device_pair) through the session without a host round trip."""
+        check_float_range(float_range if float_range is not None else self.image_options.float_range, names[0])
+        return self._device.run(pair[0], pair[1], outputs, self.batch_size, device_output, names)
+
     # --- public scoring ----------------------------------------------------------------------------------
     def score(self, a: ImageLike, b: ImageLike, float_range: str | None = None) -> float:
         """Distance between two images (0 = identical; larger = more different)."""
@@ -192,15 +232,33 @@ class Scorer:
         images.check_pair(x0, x1, str(a) if images.is_path(a) else "a", str(b) if images.is_path(b) else "b")
         return float(self.evaluate([x0], [x1])["dist"][0])
 
-    def score_batch(self, a: Any, b: Any, float_range: str | None = None) -> np.ndarray:
-        """Distances of pairs ``(a[i], b[i])``; ``a`` and ``b`` are lists or 4-D batches of equal length.
-        Returns float32 ``[N]``."""
+    def score_batch(self, a: Any, b: Any, float_range: str | None = None,
+                    device_output: bool = False) -> np.ndarray | DeviceArray:
+        """Distances of pairs ``(a[i], b[i])``; ``a`` and ``b`` are lists or 4-D batches of equal length, or two
+        GPU tensors ``[N, 3, H, W]`` (bound without a copy). Returns float32 ``[N]``, on the device with
+        ``device_output=True``."""
+        pair = device_pair(a, b)
+        if pair is not None:
+            return self._run_device(pair, ("dist",), float_range, device_output)[0]
+        if device_output:
+            raise DeviceTensorError("a", "device_output=True needs GPU tensors as inputs")
         x0, x1 = self._load_pairs(a, b, float_range)
         return self.evaluate(x0, x1)["dist"].reshape(len(x0))
 
-    def score_many(self, ref: ImageLike, candidates: Any, float_range: str | None = None) -> np.ndarray:
+    def score_many(self, ref: ImageLike, candidates: Any, float_range: str | None = None,
+                   device_output: bool = False) -> np.ndarray | DeviceArray:
         """Distances of every candidate to one reference, through the broadcast graph (the reference's
-        features are computed once per run). Returns float32 ``[N]``."""
+        features are computed once per run). GPU tensors (ref ``[3, H, W]`` or ``[1, 3, H, W]``, candidates
+        ``[N, 3, H, W]``) are bound without a copy. Returns float32 ``[N]``, on the device with
+        ``device_output=True``."""
+        pair = device_pair(ref, candidates, ("ref", "candidates"))
+        if pair is not None:
+            if pair[0].with_batch_axis().shape[0] != 1:
+                raise ImageSizeError("ref", f"GPU tensor of shape {pair[0].shape}; one reference is [3, H, W] or "
+                                            "[1, 3, H, W] (score_batch scores pairs)")
+            return self._run_device(pair, ("dist",), float_range, device_output, ("ref", "candidates"))[0]
+        if device_output:
+            raise DeviceTensorError("ref", "device_output=True needs GPU tensors as inputs")
         r = self.load(ref, "ref", float_range)
         xs, names = self._load_all(candidates, "candidates", float_range)
         ref_name = str(ref) if images.is_path(ref) else "ref"
@@ -230,6 +288,11 @@ class Scorer:
         self._check_outputs(("dist_layers",))
         x0, x1 = self._load_pairs(a, b, float_range)
         return self.evaluate(x0, x1, ("dist_layers",))["dist_layers"]
+
+
+def _is_auto(spec: str | Sequence[str]) -> bool:
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    return [n.strip().lower() for n in names if n.strip()] in ([], ["auto"])
 
 
 def _stack(values: list[Any]) -> np.ndarray:
