@@ -97,6 +97,7 @@ class ParityReport:
     tolerance: float
     cases: list[CaseResult] = field(default_factory=list)
     rank_agreement: float = 1.0
+    real_rank_agreement: float | None = None  # pooled over the triplet sets named "real ..."; None: there were none
 
     @property
     def max_abs(self) -> float:
@@ -152,7 +153,7 @@ def compare(run: Run, outputs: list[str], cases: list[Case], triplets: list[Case
     error of every output against ``expected`` (case name -> reference outputs), and the 2AFC rank agreement of
     ``dist`` on the triplet sets (one reference against several candidates; the worst set counts)."""
     report = ParityReport(tolerance)
-    agreements = []
+    agreements, real = [], []
     for case in cases + triplets:
         got = run(case.in0, case.in1, outputs)
         errors = [error_stats(e, a) for e, a in zip(expected[case.name], got, strict=True)]
@@ -160,7 +161,12 @@ def compare(run: Run, outputs: list[str], cases: list[Case], triplets: list[Case
         report.cases.append(CaseResult(case.name, shapes, max(e[0] for e in errors), max(e[1] for e in errors)))
         if case in triplets:
             agreements.append(rank_agreement(expected[case.name][0], got[0]))
+            if case.name.startswith("real "):
+                judgments = len(case.in1) * (len(case.in1) - 1) / 2
+                real.append((agreements[-1] * judgments, judgments))
     report.rank_agreement = min(agreements, default=1.0)
+    if real:
+        report.real_rank_agreement = sum(a for a, _ in real) / sum(n for _, n in real)
     return report
 
 

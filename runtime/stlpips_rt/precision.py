@@ -15,6 +15,9 @@ arithmetic that actually runs (``Scorer.precision``):
   on the parity cases, rank agreement 100%; fp16 graphs measured < 2e-3 at export. 1e-2 leaves 5-10x margin for
   larger images and other kernels without admitting a broken graph (a wrong graph is off by 1e-1 and more on
   distances of 0.05..0.8).
+- A GPU's reduced precision (tf32, fp16) must also keep >= 99.5% of the 2AFC judgments on real photos, pooled
+  over all real-photo triplet sets (``min_real_rank_agreement``): a fast mode must rank real images as the exact
+  model does (docs/gpu.md).
 - bf16 (OpenVINO fast): 2e-2 abs, >= 98% rank agreement. bf16 keeps 7 mantissa bits, 8x coarser than fp16; the
   reference with a bfloat16 backbone in PyTorch gives max abs 5.6e-3 (alex-st) and 4.0e-3 (vgg-st), rank
   agreement 100%; 2e-2 bounds that emulated worst case with 3.5x margin.
@@ -35,13 +38,14 @@ REDUCED = {"tensorrt": "fp16", "cuda": "tf32", "openvino": "bf16"}
 @dataclass(frozen=True)
 class Tolerance:
     max_abs: float
-    min_rank_agreement: float
+    min_rank_agreement: float  # the worst triplet set
+    min_real_rank_agreement: float | None = None  # pooled over real-photo triplet sets; None: no extra bound
 
 
 TOLERANCES = {
     "fp32": Tolerance(1e-5, 1.0),
-    "tf32": Tolerance(1e-2, 0.98),
-    "fp16": Tolerance(1e-2, 0.98),
+    "tf32": Tolerance(1e-2, 0.98, 0.995),
+    "fp16": Tolerance(1e-2, 0.98, 0.995),
     "bf16": Tolerance(2e-2, 0.98),
 }
 
