@@ -15,6 +15,7 @@ TOOLS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "stlpips-parity": ("stlpips_export.parity", ("torch",), "export"),
     "stlpips-eval": ("stlpips_export.evaluate.cli", ("torch", "skimage"), "export,eval"),
     "stlpips-bench": ("stlpips_export.bench.cli", ("torch",), "export"),
+    "stlpips-bench-gpu": ("stlpips_export.bench.gpu", ("torch", "stlpips_pytorch"), "export,gpu"),
 }
 
 
@@ -46,3 +47,4 @@ export = _launcher("stlpips-export")
 parity = _launcher("stlpips-parity")
 evaluate = _launcher("stlpips-eval")
 bench = _launcher("stlpips-bench")
+bench_gpu = _launcher("stlpips-bench-gpu")
