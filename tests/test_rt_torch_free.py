@@ -81,7 +81,8 @@ def test_score_cli_runs_without_torch(exported_model, images_dir: Path) -> None:
     assert result.stdout.strip() == f"{_in_process(model, images_dir):.7f}"
 
 
-@pytest.mark.parametrize("tool", ["stlpips-export", "stlpips-parity", "stlpips-eval", "stlpips-bench"])
+@pytest.mark.parametrize("tool", ["stlpips-export", "stlpips-parity", "stlpips-eval", "stlpips-bench",
+                                  "stlpips-bench-gpu"])
 def test_torch_tools_name_the_missing_extra_in_a_runtime_only_install(tool: str) -> None:
     """Where torch is absent, the export package's commands print one line naming the extra and exit 2."""
     code = BLOCKER.replace("'stlpips_export', ", "") + f"""
