@@ -116,10 +116,11 @@ def test_onnxruntime_own_fallback_is_switched_off(model: Path, monkeypatch) -> N
 
 
 def test_cuda_options_are_merged_but_cannot_switch_tf32() -> None:
-    _, opts = provider_options("cuda", SessionConfig(cuda_options={"prefer_nhwc": "1"}))
+    _, opts = provider_options("cuda", SessionConfig(cuda_options=(("prefer_nhwc", "1"),)))
     assert opts["prefer_nhwc"] == "1" and opts["use_tf32"] == "0"
     with pytest.raises(ProviderError, match="use_tf32"):
-        provider_options("cuda", SessionConfig(cuda_options={"use_tf32": "1"}))
+        provider_options("cuda", SessionConfig(cuda_options=(("use_tf32", "1"),)))
+    hash(SessionConfig(cuda_options=(("prefer_nhwc", "1"),)))  # a frozen config stays hashable
 
 
 # --- CUDA's fast mode ------------------------------------------------------------------------------------------

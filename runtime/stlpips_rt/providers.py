@@ -58,8 +58,8 @@ class SessionConfig:
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     # CUDA's fast arithmetic: "fp16" (the --fp16 export beside the model) or "tf32"; None: gpu_session's default.
     cuda_fast: str | None = None
-    # Extra CUDA provider options (e.g. prefer_nhwc); use_tf32 belongs to ``precision``.
-    cuda_options: dict[str, str] = field(default_factory=dict)
+    # Extra CUDA provider options as (key, value) pairs (e.g. prefer_nhwc); use_tf32 belongs to ``precision``.
+    cuda_options: tuple[tuple[str, str], ...] = ()
 
 
 # --- OpenVINO plugin -----------------------------------------------------------------------------------------
@@ -196,14 +196,15 @@ def provider_options(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str
         opts.update({k: v for k, v in shapes.items() if v})
         return ORT_NAMES[short], opts
     if short == "cuda":
-        if "use_tf32" in cfg.cuda_options:
+        extra = dict(cfg.cuda_options)
+        if "use_tf32" in extra:
             raise ProviderError("cuda_options may not set use_tf32: precision='exact' keeps it off, 'fast' on")
         return ORT_NAMES[short], {
             "device_id": str(cfg.device_id),
             "cudnn_conv_algo_search": cfg.cudnn_conv_algo_search,
             # TF32 convolutions lose ~3 decimal digits: only in fast mode.
             "use_tf32": "1" if fast else "0",
-            **{str(k): str(v) for k, v in cfg.cuda_options.items()},
+            **extra,
         }
     return ORT_NAMES[short], {}
 

@@ -100,7 +100,7 @@ class Scorer:
                                     cudnn_conv_algo_search=cudnn_conv_algo_search,
                                     openvino_device=openvino_device.upper(),
                                     tensorrt=tensorrt or TensorRTOptions(), cuda_fast=cuda_fast,
-                                    cuda_options=dict(cuda_options or {}))
+                                    cuda_options=tuple((str(k), str(v)) for k, v in (cuda_options or {}).items()))
         try:
             built = build_session(path, chosen, self.config, explicit=not _is_auto(providers))
             self._session, path = built.session, built.path
