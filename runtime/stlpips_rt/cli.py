@@ -17,6 +17,7 @@ from .errors import InferenceError, StlpipsError
 from .output import ERROR, FIELDS, OK, Progress, RowWriter, read_done
 from .pairs import Pair, from_csv, from_dirs, from_ref
 from .scorer import Scorer
+from .video_cli import refuse_video_options, run_video, video_options
 
 
 @dataclass
@@ -132,8 +133,9 @@ TOOL = "stlpips-score"
               help="Bicubic-resize every image to SIZE x SIZE first (off by default).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write rows to this file (default: stdout).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
-              help="Row format (default csv; a single pair without --format prints just the distance).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), default=None,
+              help="Row format (default csv; a single pair without --format prints just the distance; parquet: "
+                   "--video only).")
 @click.option("--resume", is_flag=True, help="Skip pairs already scored in --output.")
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write a PNG per pair showing where the images differ (needs a spatial model).")
@@ -146,15 +148,20 @@ TOOL = "stlpips-score"
               help="With --engine ray: scoring actors, each with its own model and --threads CPU threads.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0,
               help="With --engine ray: GPUs each actor reserves (use with --providers cuda or auto).")
+@video_options
 def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None, ref_dir: Path | None,
          dist_dir: Path | None, model: str, models_dir: Path | None, providers: str, precision: str,
          threads: int | None, batch_size: int, resize: int | None, output: Path | None, fmt: str | None,
          resume: bool, heatmap_dir: Path | None, quiet: bool, engine: str, address: str | None, workers: int,
-         gpus_per_worker: float) -> None:
+         gpus_per_worker: float, **video_args: Any) -> None:
     """Score REF against DIST, or many pairs (--pairs, --ref-dir/--dist-dir, --ref/--dist-dir).
 
     Prints the distance for one pair; otherwise one row per pair (ref, dist, distance, status, error). Exits 1
-    when any pair failed, 2 on a usage or set-up error."""
+    when any pair failed, 2 on a usage or set-up error. With --video, REF and DIST are videos (docs/video.md)."""
+    if video_args["video"]:
+        run_video(click.get_current_context().params)
+        return
+    refuse_video_options(video_args)
     modes = [bool(ref or dist), bool(pairs_csv), bool(ref_dir), bool(ref_one)]
     if sum(modes) != 1:
         raise click.UsageError("give exactly one of: REF DIST, --pairs FILE, --ref-dir/--dist-dir, --ref/--dist-dir")
@@ -171,6 +178,8 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
                   batch_size, threads, resize, output, resume, heatmap_dir, quiet, address, workers, gpus_per_worker)
     if address is not None or workers != 1 or gpus_per_worker:
         raise click.UsageError("--address, --workers and --gpus-per-worker need --engine ray")
+    if fmt == "parquet":
+        raise click.UsageError("--format parquet is for --video rows (--engine ray writes Parquet by -o's suffix)")
     if output is not None and fmt is None:
         fmt = "jsonl" if output.suffix.lower() in (".jsonl", ".json") else "csv"
 

@@ -85,3 +85,25 @@ class RequestError(StlpipsError):
 
 class RequestTooLargeError(RequestError):
     """A request body over the service's size limit."""
+
+
+# --- videos ------------------------------------------------------------------------------------------------
+class VideoError(StlpipsError):
+    """Base class of video input errors; ``item`` names the offending file (and frame, where there is one)."""
+
+    def __init__(self, item: str, message: str) -> None:
+        super().__init__(f"{item}: {message}")
+        self.item = item
+
+
+class VideoReadError(VideoError):
+    """A video that does not exist, is not a video (text, a single image, audio only), or cannot be decoded."""
+
+
+class VideoMismatchError(VideoError):
+    """Two videos that cannot be paired as asked: frame sizes, frame counts or frame rates differ."""
+
+
+# --- optional dependencies ---------------------------------------------------------------------------------
+class MissingExtraError(StlpipsError):
+    """A feature needs an optional dependency that is not installed; the message names the extra."""

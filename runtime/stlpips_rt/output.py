@@ -90,8 +90,9 @@ class RowWriter:
 class Progress:
     """A one-line progress bar on stderr, shown only on a terminal and only once a run takes over a second."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, unit: str = "pairs") -> None:
         self.total = total
+        self.unit = unit
         self.enabled = enabled and sys.stderr.isatty() and total > 0
         self.start = time.monotonic()
         self.shown = False
@@ -107,7 +108,7 @@ class Progress:
         width = 30
         filled = int(width * done / self.total)
         rate = done / max(now - self.start, 1e-9)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} pairs {rate:.1f}/s")
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {self.unit} {rate:.1f}/s")
         sys.stderr.flush()
         self.shown = True
 
@@ -115,3 +116,54 @@ class Progress:
         if self.shown:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+PARQUET_EXTRA = "pip install 'stlpips-deploy[parquet]'"
+
+
+class ParquetRowWriter:
+    """RowWriter's interface for Parquet: rows are buffered and written as row groups of ``group_rows``.
+
+    A Parquet file is readable only once closed (its footer comes last), so ``flush`` writes no partial row
+    group; ``close`` (also on errors and Ctrl-C, from a ``finally``) writes the rest and the footer. Use CSV or
+    JSON Lines where a run may be killed outright. ``types`` maps each field to an Arrow type name
+    (``"string"``, ``"int64"``, ``"float64"``, ``"float32"``)."""
+
+    def __init__(self, target: Path, fields: list[str], types: dict[str, str], group_rows: int = 10_000) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            from .errors import MissingExtraError
+
+            raise MissingExtraError(f"Parquet output needs pyarrow, which is not installed: {PARQUET_EXTRA}") \
+                from None
+        self._pa = pa
+        self.fields = fields
+        self.schema = pa.schema([(name, getattr(pa, types[name])()) for name in fields])
+        self.group_rows = group_rows
+        self.failed = 0
+        self.written = 0
+        self._rows: list[dict[str, Any]] = []
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(str(target), self.schema)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if row["status"] != OK:
+            self.failed += 1
+        self.written += 1
+        self._rows.append({k: row.get(k) for k in self.fields})
+        if len(self._rows) >= self.group_rows:
+            self._write_group()
+
+    def _write_group(self) -> None:
+        if self._rows:
+            self._writer.write_table(self._pa.Table.from_pylist(self._rows, schema=self.schema))
+            self._rows = []
+
+    def flush(self) -> None:
+        """Nothing to do until a row group is full: a Parquet file cannot be read before it is closed."""
+
+    def close(self) -> None:
+        self._write_group()
+        self._writer.close()

@@ -289,6 +289,15 @@ class Scorer:
         x0, x1 = self._load_pairs(a, b, float_range)
         return self.evaluate(x0, x1, ("dist_layers",))["dist_layers"]
 
+    def score_video(self, ref: str | os.PathLike[str], dist: Any, **options: Any) -> np.ndarray:
+        """Per-frame distances between a reference video and one distorted video (float32 ``[N]``) or a list of
+        them (``[M, N]``, the reference decoded once, broadcast graph). Decoded as a stream with PyAV (extra
+        ``video``); options are :class:`stlpips_rt.video.VideoOptions` fields (``align="index"|"time"``,
+        ``stride``, ``start``, ``end``, ...). For rows with frame times, use :func:`stlpips_rt.video.iter_scores`."""
+        from .video import VideoOptions, score_video
+
+        return score_video(self, ref, dist, VideoOptions(**options))
+
 
 def _is_auto(spec: str | Sequence[str]) -> bool:
     names = spec.split(",") if isinstance(spec, str) else list(spec)
