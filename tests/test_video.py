@@ -196,9 +196,11 @@ def test_stride_start_end_select_reference_frames(scorer: Scorer, videos) -> Non
 
 
 def test_batches_are_sized_by_pixels() -> None:
-    assert frames_per_run(16, 256, 256, VideoOptions().max_batch_pixels) == 16
-    assert frames_per_run(16, 720, 1280, VideoOptions().max_batch_pixels) == 1
-    assert frames_per_run(4, 64, 64, VideoOptions().max_batch_pixels) == 4
+    budget = VideoOptions().max_batch_pixels
+    assert frames_per_run(16, 64, 96, budget) == 16
+    assert frames_per_run(16, 256, 256, budget) == 4
+    assert frames_per_run(16, 720, 1280, budget) == 1
+    assert frames_per_run(3, 64, 64, budget) == 3
 
 
 def test_small_batches_give_the_same_distances(exported_model, videos) -> None:

@@ -34,9 +34,11 @@ if TYPE_CHECKING:
 
 VIDEO_EXTRA = "pip install 'stlpips-deploy[video]'"
 ALIGNMENTS = ("index", "time")
-# One run through the graph holds at most this many pixels per side (frames of 256x256: 16 pairs; 720p and
-# larger: one pair). ST-LPIPS alex keeps conv1 at full resolution, 64 float32 channels: ~240 MB per 720p frame.
-DEFAULT_MAX_BATCH_PIXELS = 16 * 256 * 256
+# One run through the graph holds at most this many pixels per side (frames of 128x128 or less: batch_size
+# pairs; 256x256: 4; 720p and larger: 1). ST-LPIPS alex keeps conv1 at full resolution, 64 float32 channels:
+# 16 MB per 256x256 frame, 240 MB per 720p frame, so a run of 16 256x256 pairs peaks near 2 GB. Larger runs
+# are not faster on CPU at these sizes (stlpips-bench: alex-st 256x256 batch 1 and 4 give the same pairs/s).
+DEFAULT_MAX_BATCH_PIXELS = 4 * 256 * 256
 # FFmpeg demuxers that "decode" things that are not videos: text files as ANSI art, single images.
 _NOT_VIDEO_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
 _FPS_RELATIVE_TOLERANCE = 1e-3

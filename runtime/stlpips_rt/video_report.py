@@ -118,39 +118,46 @@ def _plot_worst(plt: Any, path: Path, frames_dir: Path, scorer: Scorer, ref: str
                 dist_frames: Mapping[int, np.ndarray]) -> None:
     spatial = scorer.info.has_spatial
     rows = []
+    frames_dir.mkdir(parents=True, exist_ok=True)
     for p in chosen:
         x0 = scorer.load(ref_frames[p.frame], f"{ref} frame {p.frame}")
         x1 = scorer.load(dist_frames[p.dist_frame], f"{dist} frame {p.dist_frame}")
         dist_map = scorer.evaluate([x0], [x1], ("dist_map",))["dist_map"][0, 0] if spatial else None
-        rows.append((p, x0, x1, dist_map))
-        frames_dir.mkdir(parents=True, exist_ok=True)
+        rows.append((p, heatmap._to_uint8(x0), heatmap._to_uint8(x1), dist_map))
         panel = heatmap.render(x0, x1, dist_map) if dist_map is not None else Image.fromarray(
-            np.concatenate([heatmap._to_uint8(x0), heatmap._to_uint8(x1)], axis=1))
+            np.concatenate([rows[-1][1], rows[-1][2]], axis=1))
         panel.save(frames_dir / f"frame{p.frame:06d}.png")
     vmax = max((float(r[3].max()) for r in rows if r[3] is not None), default=0.0) or 1.0
-    h, w = rows[0][1].shape[1:]
+    h, w = rows[0][1].shape[:2]
     cols = 3 if spatial else 2
-    panel_h = _PANEL_WIDTH_IN * h / w
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * _PANEL_WIDTH_IN + (0.9 if spatial else 0.2),
-                                                       len(rows) * (panel_h + 0.45) + 0.5),
-                             squeeze=False, layout="constrained")
+    # A fixed grid in inches (a layout engine costs seconds per figure): panels, a title line above each
+    # row, a colour bar on the right of spatial reports.
+    panel_w, gap, title_h, head_h, bar_w = _PANEL_WIDTH_IN, 0.08, 0.32, 0.45, (1.0 if spatial else 0.0)
+    panel_h = panel_w * h / w
+    fig_w = cols * panel_w + (cols + 1) * gap + bar_w
+    fig_h = head_h + len(rows) * (title_h + panel_h) + gap
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    interpolation = "nearest" if h < 128 else "antialiased"  # small frames as pixels, not blurred
     image = None
-    for (p, x0, x1, dist_map), ax in zip(rows, axes, strict=True):
-        small = h < 128  # show small frames as pixels, not blurred
-        ax[0].imshow(heatmap._to_uint8(x0), interpolation="nearest" if small else "antialiased")
-        ax[0].set_title(f"reference, frame {p.frame} ({p.time:.2f} s)", fontsize=9)
-        ax[1].imshow(heatmap._to_uint8(x1), interpolation="nearest" if small else "antialiased")
-        ax[1].set_title(f"{_label(dist)}, frame {p.dist_frame}: distance {_fmt(p.distance)}", fontsize=9)
-        if spatial:
-            image = ax[2].imshow(dist_map, cmap=_heat_colormap(), vmin=0.0, vmax=vmax,
-                                 interpolation="nearest" if small else "antialiased")
-            ax[2].set_title("where they differ (distance map)", fontsize=9)
-        for a in ax:
-            a.set_axis_off()
+    for r, (p, ref_rgb, dist_rgb, dist_map) in enumerate(rows):
+        bottom = fig_h - head_h - (r + 1) * (title_h + panel_h)
+        titles = [f"reference, frame {p.frame} ({p.time:.2f} s)",
+                  f"{_label(dist)}, frame {p.dist_frame}: distance {_fmt(p.distance)}",
+                  "where they differ (distance map)"]
+        for c in range(cols):
+            ax = fig.add_axes(((gap + c * (panel_w + gap)) / fig_w, bottom / fig_h, panel_w / fig_w, panel_h / fig_h))
+            ax.set_axis_off()
+            ax.set_title(titles[c], fontsize=9, pad=3)
+            if c < 2:
+                ax.imshow(ref_rgb if c == 0 else dist_rgb, interpolation=interpolation)
+            else:
+                image = ax.imshow(dist_map, cmap=_heat_colormap(), vmin=0.0, vmax=vmax, interpolation=interpolation)
     if image is not None:
-        fig.colorbar(image, ax=axes[:, 2], shrink=0.8, label="per-pixel distance (one scale for all rows)")
+        bar = fig.add_axes(((fig_w - bar_w + 0.15) / fig_w, 0.12, 0.16 / fig_w, 1 - 0.12 - (head_h + 0.3) / fig_h))
+        fig.colorbar(image, cax=bar, label="per-pixel distance (one scale for all rows)")
     note = "" if spatial else " (export with --spatial for heat maps)"
-    fig.suptitle(f"{_label(dist)}: worst frames against {_label(ref)}{note}", fontsize=11)
+    fig.suptitle(f"{_label(dist)}: worst frames against {_label(ref)}{note}", fontsize=11,
+                 y=1 - 0.12 / fig_h, va="top")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
