@@ -114,6 +114,15 @@ def bench_speed(scorer: Scorer, folder: Path, h: int, w: int, frames: int, round
 
 
 # --- memory ------------------------------------------------------------------------------------------------
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: on Linux that keeps the peak of the
+    forked copy of the parent across exec, so a child of a big parent would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: no such file
+
+
 def child(mode: str, model: str, ref: str, dist: str, stride: int) -> None:
     """Runs in a fresh process: prints peak RSS after set-up and after scoring, in MiB."""
     with VideoReader(ref) as a, VideoReader(dist) as b:
@@ -121,7 +130,7 @@ def child(mode: str, model: str, ref: str, dist: str, stride: int) -> None:
         per_run = frames_per_run(16, a.info.height, a.info.width, VideoOptions().max_batch_pixels)
     scorer = Scorer(model, providers="cpu", batch_size=per_run)  # both modes run the graph on the same batches
     scorer.score_batch([first[0]] * per_run, [first[1]] * per_run)  # session warmed at that batch size
-    setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    setup = peak_rss_mib()
     if mode == "stream":
         scored = sum(1 for _ in iter_scores(scorer, ref, dist, VideoOptions(stride=stride)))
     else:  # the usual hand-written loop: every frame decoded into memory first
@@ -129,7 +138,7 @@ def child(mode: str, model: str, ref: str, dist: str, stride: int) -> None:
             ra = [f.rgb() for f in a.frames()]
             rb = [f.rgb() for f in b.frames()]
         scored = len(scorer.score_batch(ra[::stride], rb[::stride]))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(json.dumps({"setup_mib": setup, "peak_mib": peak, "scored": scored}))
 
 

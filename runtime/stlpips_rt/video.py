@@ -389,7 +389,7 @@ def iter_scores(scorer: Scorer, ref: str | Path, dists: str | Path | Sequence[st
 
     One distorted video: consecutive pairs run as batches (``Scorer.evaluate``). Several: each reference frame
     is decoded and prepared once and runs against all candidates through the broadcast graph
-    (``Scorer.evaluate_many``)."""
+    (``Scorer.evaluate_many``), in runs of at most :func:`frames_per_run` candidates."""
     opts = options or VideoOptions()
     paths = [dists] if isinstance(dists, str | Path) else list(dists)
     names = [str(p) for p in paths]
@@ -403,9 +403,7 @@ def iter_scores(scorer: Scorer, ref: str | Path, dists: str | Path | Sequence[st
                 active.discard(names.index(unit.dist))
             yield unit
             continue
-        items = [it for it in unit if it.candidate in active]
-        if not items:
-            continue
+        items = unit
         try:
             if broadcast:
                 out = scorer.evaluate_many(items[0].x0, [it.x1 for it in items])["dist"]
@@ -506,11 +504,14 @@ def _pair_frames(scorer: Scorer, ref: VideoReader, followers: dict[int, _Followe
                     events.append(stop(c, exc))
                     continue
                 pending.append(_Item(c, frame, partner, x0, x1))
-            if events or broadcast or len(pending) >= per_run:
-                if pending:
-                    yield pending
-                    pending = []
-                yield from events
+            if broadcast:  # this frame against every candidate, in runs of at most per_run candidates
+                for i in range(0, len(pending), per_run):
+                    yield pending[i:i + per_run]
+                pending = []
+            elif pending and (events or len(pending) >= per_run):
+                yield pending
+                pending = []
+            yield from events
             if not followers:
                 return
         if pending:
