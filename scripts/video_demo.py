@@ -5,7 +5,8 @@ A 2-second pan over a photograph (256x256, 25 fps, lossless FFV1 reference) agai
   - bitrate_dip.mp4:  H.264 at CRF 22, except frames 20-29, JPEG-crushed (quality 8) first: a transient glitch;
   - shifted_1px.mkv:  the same pan one pixel to the right, lossless (what ST-LPIPS is built to tolerate).
 Scored with ST-LPIPS alex (spatial export, for the heat maps) into a report, then the means under LPIPS alex
-beside ST-LPIPS alex.
+beside ST-LPIPS alex. The worst-frames figures are then colour-quantised (256 colours) to keep the repository
+small; the full-resolution panels in report/frames/ are not committed (.gitignore).
 
     python scripts/video_demo.py --models models --out docs/video
 """
@@ -73,9 +74,12 @@ def run(out: Path, models: Path) -> None:
     st_model = models / "stlpips_alex_st_spatial.onnx"
     command = ["--video", str(ref), *[a for d in dists for a in ("--dist", str(d))], "--model", str(st_model),
                "--providers", "cpu", "--report", str(out / "report"), "-o", str(out / "rows.csv"),
-               "--worst", "3", "--worst-gap", "0.4"]
+               "--worst", "2", "--worst-gap", "0.4"]
     print("stlpips-score " + " ".join(command), file=sys.stderr)
     stlpips_score(command, standalone_mode=False)
+    for figure in (out / "report").glob("worst_*.png"):
+        Image.open(figure).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
+                                                   dither=Image.Dither.NONE).save(figure, optimize=True)
     with (out / "rows.csv").open(newline="") as f:
         st = {Path(k).name: s.stats() for k, s in summarize(list(csv.DictReader(f))).items()}
     lp_scorer = Scorer(models / "stlpips_alex_lpips.onnx", providers="cpu")
