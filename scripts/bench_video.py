@@ -13,7 +13,8 @@
    decoding and the pipeline are what could grow with length; the graph's memory depends on the batch only.
 
     python scripts/bench_video.py --model models/stlpips_alex_st.onnx --out docs
-    python scripts/bench_video.py --model models/stlpips_alex_st.onnx --quick     # smaller, ~2 minutes
+    python scripts/bench_video.py --model models/stlpips_alex_st.onnx --quick     # smaller, ~5 minutes here
+    python scripts/bench_video.py --from-json docs/video_bench.json --out docs     # re-render the Markdown
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for s in result["speed"]:
         m, b = s["pairs_per_s_median"], s["pairs_per_s_best"]
-        cells = [f"{m[k]:.1f} ({b[k]:.1f})" for k in ("decode", "prepare", "graph", "score")]
+        cells = [f"{m[k]:.3g} ({b[k]:.3g})" for k in ("decode", "prepare", "graph", "score")]
         lines.append(f"| {s['size']} | {s['batch']} | " + " | ".join(cells) + f" | {m['score'] / m['decode']:.1%} |")
     lines += ["", "Peak RSS of a fresh process (MiB): set-up (imports, session, two warm runs at the batch size) and "
               "the peak after scoring; every frame decoded, every `stride`-th scored.", "",
@@ -197,7 +198,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for the generated videos (default: temp)")
     parser.add_argument("--quick", action="store_true", help="fewer frames and rounds, shorter videos")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--from-json", type=Path, default=None, help="re-render the Markdown of a run's JSON")
     args = parser.parse_args()
+    if args.from_json:
+        text = markdown(json.loads(args.from_json.read_text()))
+        print(text)
+        if args.out:
+            (args.out / "video_bench.md").write_text(text)
+        return
     quick = args.quick
     rounds = args.rounds or (2 if quick else 3)
     speed_sizes = [(256, 256, 32 if quick else 64), (720, 1280, 4 if quick else 8)]

@@ -36,8 +36,9 @@ VIDEO_EXTRA = "pip install 'stlpips-deploy[video]'"
 ALIGNMENTS = ("index", "time")
 # One run through the graph holds at most this many pixels per side (frames of 128x128 or less: batch_size
 # pairs; 256x256: 4; 720p and larger: 1). ST-LPIPS alex keeps conv1 at full resolution, 64 float32 channels:
-# 16 MB per 256x256 frame, 240 MB per 720p frame, so a run of 16 256x256 pairs peaks near 2 GB. Larger runs
-# are not faster on CPU at these sizes (stlpips-bench: alex-st 256x256 batch 1 and 4 give the same pairs/s).
+# 16 MB per 256x256 frame, 240 MB per 720p frame: warm runs of 16 256x256 pairs peak at 1.5 GB, of 4 at 0.46 GB
+# (docs/video.md). Larger runs are not faster on CPU at these sizes (stlpips-bench, alex-st 256x256: batch 1 11.2,
+# batch 4 10.3 pairs/s).
 DEFAULT_MAX_BATCH_PIXELS = 4 * 256 * 256
 # FFmpeg demuxers that "decode" things that are not videos: text files as ANSI art, single images.
 _NOT_VIDEO_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
