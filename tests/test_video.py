@@ -25,6 +25,7 @@ from stlpips_rt.cli import main
 from stlpips_rt.errors import MissingExtraError, VideoMismatchError, VideoReadError
 from stlpips_rt.video import (
     ROW_FIELDS,
+    VIDEO_PAIR_COLUMNS,
     Failure,
     FrameScore,
     Notice,
@@ -32,6 +33,7 @@ from stlpips_rt.video import (
     frames_per_run,
     iter_scores,
     score_pair_rows,
+    video_pair_task,
 )
 
 av = pytest.importorskip("av", reason="video tests need the 'video' extra (PyAV)")
@@ -316,6 +318,33 @@ def test_pair_rows_run_in_another_process(exported_model, scorer: Scorer, videos
     expected = scorer.score_batch(ref[::2], dist[::2])
     np.testing.assert_array_equal(np.array([r["distance"] for r in rows], dtype=np.float32), expected)
     assert len(bad) == 1 and bad[0]["status"] == "error" and "notes.txt" in bad[0]["error"]
+
+
+def test_video_pair_task_summarises_one_pair(scorer: Scorer, videos) -> None:
+    out = video_pair_task(scorer, {"ref": str(videos["ref"]), "dist": str(videos["h264"])}, VideoOptions(stride=2))
+    assert set(out) == set(VIDEO_PAIR_COLUMNS)
+    expected = scorer.score_video(videos["ref"], videos["h264"], stride=2)
+    np.testing.assert_array_equal(np.array(out["distances"], dtype=np.float32), expected)
+    assert out["frames"] == N // 2 and out["max"] == float(expected.max())
+    assert out["worst_frame"] == 2 * int(np.argmax(expected))
+    with pytest.raises(VideoReadError, match="notes.txt"):
+        video_pair_task(scorer, {"ref": str(videos["ref"]), "dist": str(videos["text"])})
+
+
+@pytest.mark.ray
+def test_video_pairs_on_ray_one_pair_per_task(ray_cluster, scorer: Scorer, videos) -> None:
+    from stlpips_rt.scale import map_pairs, pairs_dataset
+
+    rows = [{"ref": str(videos["ref"]), "dist": str(videos[k])} for k in ("h264", "text", "shifted")]
+    out = map_pairs(pairs_dataset(rows, rows_per_block=1), video_pair_task, VIDEO_PAIR_COLUMNS,
+                    model=str(scorer.info.path), providers="cpu").to_pandas()
+    by_dist = {Path(r["dist"]).name: r for r in out.to_dict("records")}
+    assert by_dist["notes.txt"]["status"] == "error" and "not a video" in by_dist["notes.txt"]["error"]
+    for key in ("h264", "shifted"):
+        got = by_dist[videos[key].name]
+        assert got["status"] == "ok"
+        np.testing.assert_array_equal(np.asarray(got["distances"], dtype=np.float32),
+                                      scorer.score_video(videos["ref"], videos[key]))
 
 
 # --- command line --------------------------------------------------------------------------------------------

@@ -717,3 +717,23 @@ def score_pair_rows(ref: str, dist: str, model: str = "alex-st", options: VideoO
     except StlpipsError as exc:
         return [to_row(ref, Failure(dist, exc))]
     return [to_row(ref, r) for r in iter_scores(scorer, ref, dist, options) if not isinstance(r, Notice)]
+
+
+# Columns :func:`video_pair_task` returns: the pair's summary and its per-frame distances.
+VIDEO_PAIR_COLUMNS = ("frames", "mean", "median", "p95", "max", "worst_frame", "worst_time", "distances")
+
+
+def video_pair_task(scorer: Scorer, row: Mapping[str, Any], options: VideoOptions | None = None) -> dict[str, Any]:
+    """One video pair (``row["ref"]``, ``row["dist"]``) -> :data:`VIDEO_PAIR_COLUMNS`, for
+    ``stlpips_rt.scale.map_pairs`` (Ray: one pair per task with ``pairs_dataset(rows, rows_per_block=1)``, frames
+    streamed inside it, the actor's Scorer reused). Other options through ``functools.partial(video_pair_task,
+    options=VideoOptions(...))``, which pickles. A bad pair raises its typed error, which map_pairs turns into
+    that row's error; the other pairs go on."""
+    summary = VideoSummary(str(row["dist"]))
+    for record in iter_scores(scorer, str(row["ref"]), str(row["dist"]), options):
+        if isinstance(record, Failure):
+            raise record.error
+        summary.add(record)
+    worst = summary.worst(1)
+    return {**summary.stats(), "worst_frame": worst[0].frame if worst else None,
+            "worst_time": worst[0].time if worst else None, "distances": [s.distance for s in summary.scores]}
