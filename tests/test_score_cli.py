@@ -237,3 +237,11 @@ def test_progress_bar_is_drawn_on_a_terminal_once_the_run_takes_a_moment(monkeyp
     quiet.start -= 2.0
     quiet.update(5)
     assert term.getvalue().count("\r[") == 1
+
+
+def test_parquet_output_without_ray_is_refused_not_written_as_csv(model: Path, folders, tmp_path: Path) -> None:
+    refs, dists = folders
+    out = tmp_path / "rows.parquet"
+    code, _, err = invoke("--model", model, "--ref-dir", refs, "--dist-dir", dists, "-o", out)
+    assert code == 2 and "Parquet rows come from --engine ray" in err
+    assert not out.exists()

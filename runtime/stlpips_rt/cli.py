@@ -180,6 +180,8 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
         raise click.UsageError("--address, --workers and --gpus-per-worker need --engine ray")
     if fmt == "parquet":
         raise click.UsageError("--format parquet is for --video rows (--engine ray writes Parquet by -o's suffix)")
+    if output is not None and output.suffix.lower() == ".parquet":
+        raise click.UsageError("Parquet rows come from --engine ray (or --video); write .csv or .jsonl here")
     if output is not None and fmt is None:
         fmt = "jsonl" if output.suffix.lower() in (".jsonl", ".json") else "csv"
 
