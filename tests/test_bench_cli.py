@@ -66,7 +66,7 @@ def fake_report(runtime_pairs_per_s: float) -> dict:
 @pytest.mark.parametrize(("runtime", "met"), [(25.0, "yes"), (15.0, "no")])
 def test_report_states_ratios_to_upstream_and_whether_targets_are_met(runtime, met):
     md = markdown(fake_report(runtime))
-    assert f"| {runtime / 10:.2f}x (worst batch; best {runtime / 10:.2f}x) | {met} |" in md
+    assert f"| runtime:cpu:exact >= 1.7x upstream, alex-st 64x64 batch 16 | {runtime / 10:.2f}x | {met} |" in md
     assert f"| {2 * runtime:.1f} | {runtime:.1f} | 2.00 | 1.88 |" in md  # broadcast / plain, bound 32/17
     assert "broadcast >= 1.8x plain (batches >= 9) | 2.00x worst, 2.00x best | yes |" in md
     r = runtime

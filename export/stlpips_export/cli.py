@@ -38,6 +38,13 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @models_dir_option(writing=True)
 @click.option("--opset", type=click.IntRange(13, 23), default=DEFAULT_OPSET, show_default=True)
 @click.option("--fp16", is_flag=True, help="float16 backbone inside; float32 inputs and outputs.")
+@click.option("--int8", is_flag=True, help="int8 backbone (post-training static quantization), written only if it "
+                                           "passes its ranking gate against the float32 graph (docs/int8.md).")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="--int8: a folder of your own images, calibrated on with scikit-image's photos.")
+@click.option("--calibration-only", is_flag=True, help="--int8: calibrate on --calibration alone.")
+@click.option("--gate-triplets", type=click.IntRange(min=50), default=2000, show_default=True,
+              help="--int8: real-photo triplets the gate scores (4 2AFC decisions each).")
 @click.option("--spatial", is_flag=True, help="Add the dist_map [N,1,H,W] output.")
 @click.option("--layers", is_flag=True, help="Add the dist_layers [N,L] output.")
 @click.option("--static", "static_hw", callback=_parse_hw, metavar="HxW", help="Fix H and W (batch stays dynamic).")
@@ -46,8 +53,9 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--weights", type=click.Path(dir_okay=False), help="Your own upstream-format checkpoint (.pth).")
 @click.option("--tolerance", type=float, help="Override the parity tolerance (max abs) for this export.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the written paths.")
-def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int, fp16: bool, spatial: bool,
-         layers: bool, static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool, weights: str | None,
+def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int, fp16: bool, int8: bool,
+         calibration: Path | None, calibration_only: bool, gate_triplets: int, spatial: bool, layers: bool,
+         static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool, weights: str | None,
          tolerance: float | None, quiet: bool) -> None:
     """Export an ST-LPIPS / LPIPS model to ONNX, proving float32 parity with PyTorch before writing it."""
     if export_all and weights:
@@ -57,7 +65,9 @@ def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int,
     for target_net, target_variant in targets:
         options = ExportOptions(net=target_net, variant=target_variant, out_dir=models_dir, opset=opset, fp16=fp16,
                                 spatial=spatial, layers=layers, static_hw=static_hw, simplify=not no_simplify,
-                                fuse=not no_fuse, weights=weights, tolerance=tolerance)
+                                fuse=not no_fuse, weights=weights, tolerance=tolerance, int8=int8,
+                                calibration=calibration, calibration_only=calibration_only,
+                                gate_triplets=gate_triplets)
         try:
             name = options.file_name
         except ExportError as exc:

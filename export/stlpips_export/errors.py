@@ -35,3 +35,11 @@ class CheckpointMismatchError(ExportError):
 
 class ParityError(ExportError):
     """ONNX Runtime disagrees with the PyTorch reference beyond the tolerance."""
+
+
+class CalibrationError(ExportError):
+    """No usable calibration images for --int8 (empty or unreadable --calibration folder, scikit-image missing)."""
+
+
+class GateError(ExportError):
+    """An int8 graph ranks image pairs differently from its float32 graph beyond the gate; nothing was written."""

@@ -46,13 +46,19 @@ class ExportOptions:
     fuse: bool = True  # exact conv+BlurPool fusion (fusion.py); verified like everything else
     weights: str | None = None
     tolerance: float | None = None  # None: the precision's default
+    int8: bool = False  # quantized backbone, written only when it passes its gate (int8.py)
+    calibration: Path | None = None  # the user's calibration images for int8, added to the built-in photos
+    calibration_only: bool = False  # calibrate on ``calibration`` alone
+    gate_triplets: int = 2000
 
     @property
     def spec(self) -> ModelSpec:
         """What the graph will be; its file name and short name."""
+        if self.fp16 and self.int8:
+            raise InvalidOptionError("--fp16 and --int8 are two precisions; choose one")
+        precision = "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
         try:
-            return ModelSpec(self.net, self.variant, "fp16" if self.fp16 else "fp32", self.spatial, self.layers,
-                             self.static_hw, self.fuse)
+            return ModelSpec(self.net, self.variant, precision, self.spatial, self.layers, self.static_hw, self.fuse)
         except ValueError as exc:
             raise UnknownModelError(str(exc)) from None
 
@@ -64,8 +70,9 @@ class ExportOptions:
     def parity_tolerance(self) -> float:
         if self.tolerance is not None:
             return self.tolerance
-        # Per arithmetic, as for every provider: stlpips_rt.precision says why each bound is what it is.
-        return tolerance(self.spec.precision).max_abs
+        # Per arithmetic, as for every provider: stlpips_rt.precision says why each bound is what it is. An int8
+        # file is quantized from a float32 graph that passes the float32 bound first.
+        return tolerance("fp32" if self.int8 else self.spec.precision).max_abs
 
 
 @dataclass
@@ -96,6 +103,9 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
             options.net, options.variant, weights=options.weights, spatial=options.spatial, layers=options.layers
         )
         min_size = find_min_size(model)
+        if options.int8 and options.static_hw:
+            raise InvalidOptionError("--int8 gates on the shift study's cropped triplets, which a --static graph "
+                                     "cannot run; export --int8 without --static")
         if options.static_hw and min(options.static_hw) < min_size:
             raise InvalidOptionError(f"--static {options.static_hw[0]}x{options.static_hw[1]} is below this "
                                      f"model's minimum input size {min_size}x{min_size}")
@@ -138,10 +148,34 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         report.raise_if_failed(options.file_name)
     metadata[Key.PARITY_MAX_ABS] = f"{report.max_abs:.3g}"
     metadata[Key.PARITY_MAX_REL] = f"{report.max_rel:.3g}"
+    if options.int8:
+        graph, int8_metadata = quantize_int8(graph, model, min_size, options, progress, timings)
+        metadata.update(int8_metadata)
     set_metadata(graph, metadata)
     with _step("write", timings, progress):
         path = write_atomically(graph, Path(options.out_dir) / options.file_name)
     return ExportResult(path, min_size, report, metadata, timings)
+
+
+def quantize_int8(fp32_graph: onnx.ModelProto, model: PerceptualDistance, min_size: int, options: ExportOptions,
+                  progress: Progress, timings: dict[str, float]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The verified float32 graph -> the int8 graph and its metadata, or GateError (int8.py)."""
+    from . import int8
+
+    with _step("calibrate", timings, progress):
+        calibration = int8.calibration_set(options.calibration, options.calibration_only, progress)
+    with _step("quantize", timings, progress):
+        graph, metadata = int8.quantize_and_gate(fp32_graph, calibration, options.gate_triplets,
+                                                 options.file_name, progress)
+    # Parity against PyTorch too, at the int8 bound (stlpips_rt.precision): it catches a broken graph, the gate
+    # above decides rankings.
+    bound = tolerance("int8").max_abs
+    report = verify_parity(graph, model, min_size, bound)
+    progress(report.summary())
+    report.raise_if_failed(options.file_name)
+    metadata.update({Key.PARITY_TOLERANCE: f"{bound:g}", Key.PARITY_MAX_ABS: f"{report.max_abs:.3g}",
+                     Key.PARITY_MAX_REL: f"{report.max_rel:.3g}"})
+    return graph, metadata
 
 
 def trace_to_onnx(model: PerceptualDistance, options: ExportOptions, min_size: int) -> onnx.ModelProto:

@@ -59,6 +59,16 @@ class Key:
     PARITY_TOLERANCE = "stlpips.parity_tolerance"
     PARITY_MAX_ABS = "stlpips.parity_max_abs"
     PARITY_MAX_REL = "stlpips.parity_max_rel"
+    # int8 files only (stlpips-export --int8; docs/int8.md): how they were quantized and what their gate measured
+    # against the float32 graph they came from.
+    QUANTIZER = "stlpips.quantizer"
+    CALIBRATION = "stlpips.calibration"
+    FLOAT_NODES = "stlpips.float_nodes"
+    GATE = "stlpips.gate"
+    GATE_TRIPLETS = "stlpips.gate_triplets"
+    GATE_RANK_AGREEMENT = "stlpips.gate_rank_agreement"
+    GATE_MEDIAN_REL = "stlpips.gate_median_rel"
+    GATE_FLIP_RATES = "stlpips.gate_flip_rates"
 
     @classmethod
     def all(cls) -> tuple[str, ...]:
@@ -117,6 +127,17 @@ class ModelSpec:
     @property
     def file_name(self) -> str:
         return "stlpips_" + "_".join([self.net, self.variant, *self._suffixes()]) + ".onnx"
+
+    @classmethod
+    def from_file_name(cls, file_name: str) -> ModelSpec | None:
+        """The inverse of :attr:`file_name`, or None for a name this contract does not give out."""
+        if not (file_name.startswith("stlpips_") and file_name.endswith(".onnx")):
+            return None
+        try:
+            spec = cls.parse(file_name[len("stlpips_") : -len(".onnx")].replace("_", "-"))
+        except (ModelNotFoundError, ValueError):
+            return None
+        return spec if spec.file_name == file_name else None
 
     @classmethod
     def parse(cls, short_name: str) -> ModelSpec:

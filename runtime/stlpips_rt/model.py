@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,16 @@ def resolve_model(model: str | os.PathLike[str], search: Sequence[str | os.PathL
         f"`stlpips-export --net {spec.net} --variant {spec.variant}{' ' + flags if flags else ''}`, or point "
         f"--models / ${MODEL_DIR_ENV} at the folder that holds it"
     )
+
+
+def int8_sibling(path: Path) -> Path | None:
+    """The int8 file exported beside a float32 file (``stlpips_alex_st.onnx`` -> ``stlpips_alex_st_int8.onnx``),
+    when there is one."""
+    spec = ModelSpec.from_file_name(path.name)
+    if spec is None or spec.precision != "fp32":
+        return None
+    sibling = path.with_name(dataclasses.replace(spec, precision="int8").file_name)
+    return sibling if sibling.is_file() else None
 
 
 def info_from_session(path: Path, session: ort.InferenceSession) -> ModelInfo:

@@ -12,7 +12,7 @@ import numpy as np
 from . import images
 from . import precision as precision_modes
 from .batching import plan_runs
-from .contract import ModelInfo
+from .contract import ModelInfo, ModelSpec
 from .device_run import DeviceRunner, check_float_range, device_pair
 from .device_tensors import DeviceArray
 from .errors import (
@@ -25,7 +25,7 @@ from .errors import (
 )
 from .gpu_session import build_session
 from .model import info_from_session, resolve_model
-from .providers import SHORT_NAMES, SessionConfig, TensorRTOptions, resolve_providers
+from .providers import SHORT_NAMES, SessionConfig, TensorRTOptions
 
 ImageLike = Any  # path, PIL image, or numpy array (see stlpips_rt.images)
 
@@ -95,14 +95,18 @@ class Scorer:
         self.image_options = images.ImageOptions(float_range=float_range, max_pixels=max_pixels,
                                                  resize=tuple(resize) if resize else None)
         path = resolve_model(model, [models_dir] if models_dir else [])
-        chosen = resolve_providers(providers)
+        # "fast" may pick another file (the model's int8 sibling) and provider: stlpips_rt.precision decides.
+        path, chosen = precision_modes.route(path, providers, precision)
+        spec = ModelSpec.from_file_name(path.name)
         self.config = SessionConfig(device_id=device_id, threads=threads, precision=precision,
                                     cudnn_conv_algo_search=cudnn_conv_algo_search,
                                     openvino_device=openvino_device.upper(),
                                     tensorrt=tensorrt or TensorRTOptions(), cuda_fast=cuda_fast,
                                     cuda_options=tuple((str(k), str(v)) for k, v in (cuda_options or {}).items()))
         try:
-            built = build_session(path, chosen, self.config, explicit=not _is_auto(providers))
+            mode = precision_modes.session_mode(precision, spec.precision if spec else "fp32")
+            built = build_session(path, chosen, dataclasses.replace(self.config, precision=mode),
+                                  explicit=not _is_auto(providers))
             self._session, path = built.session, built.path
         except StlpipsError:
             raise
@@ -113,8 +117,9 @@ class Scorer:
             raise ModelError(f"{path}: onnxruntime could not build a session on {chosen[0]} ({exc})") from None
         self.info: ModelInfo = info_from_session(path, self._session)
         self.provider: str = SHORT_NAMES.get(self._session.get_providers()[0], chosen[0])
-        self.precision: str = getattr(self._session, "inference_precision", None) or precision_modes.runs_as(
-            self.provider, self.config.precision, self.info.precision)
+        self.precision: str = precision_modes.runs_as(self.provider, self.config.precision, self.info.precision)
+        if self.info.precision == "fp32":  # OpenVINO says what it computes in (a CPU without bf16 runs f32)
+            self.precision = getattr(self._session, "inference_precision", None) or self.precision
         self._io_binding = self.provider in ("cuda", "tensorrt") if io_binding is None else io_binding
         self._device = DeviceRunner(self._session, self.provider, device_id, self.info.min_size,
                                     self.info.static_hw, self.info.num_layers)

@@ -25,7 +25,11 @@ import numpy as np
 
 from stlpips_rt.cli_options import CONTEXT, models_dir_option, runtime_options
 
+from .worker import TORCH_SIDES
+
 UPSTREAM = "upstream"
+#: The tuned PyTorch peer: upstream's model on channels_last tensors (worker.py).
+TUNED = "tuned"
 DEFAULT_SHAPES = "64:1,16,50;256:1,4"
 QUICK_SHAPES = "64:1,16;256:1"
 
@@ -114,18 +118,31 @@ def parse_shapes(text: str) -> list[tuple[int, list[int]]]:
     return shapes
 
 
-def default_sides(providers: str = "all") -> list[str]:
-    """upstream, reference, and the runtime on each of ``providers`` ("all": every available one), fast too where
-    it differs from exact."""
-    from stlpips_rt.precision import has_fast_mode
+def default_sides(providers: str = "all", int8_files: bool = False) -> list[str]:
+    """upstream, the tuned PyTorch peer, reference, and the runtime on each of ``providers`` ("all": every
+    available one), fast too where it differs from exact (with ``int8_files``, fast on a CPU engine runs them)."""
+    from stlpips_rt.precision import INT8_ENGINES, has_fast_mode
     from stlpips_rt.providers import available_providers, resolve_providers
 
-    sides = [UPSTREAM, "reference"]
+    sides = [UPSTREAM, TUNED, "reference"]
     for provider in available_providers() if providers == "all" else resolve_providers(providers):
         sides.append(f"runtime:{provider}:exact")
-        if has_fast_mode(provider):  # elsewhere "fast" runs float32: the same run as exact
-            sides.append(f"runtime:{provider}:fast")
+        if has_fast_mode(provider) or (int8_files and provider in INT8_ENGINES):
+            sides.append(f"runtime:{provider}:fast")  # elsewhere "fast" runs float32: the same run as exact
     return sides
+
+
+def int8_files_exist(nets: list[str], models_dir: Path | None) -> bool:
+    """Whether every benchmarked net has an int8 file where the runtime looks."""
+    from stlpips_rt import resolve_model
+    from stlpips_rt.errors import ModelNotFoundError
+
+    try:
+        for net in nets:
+            resolve_model(f"{net}-st-int8", [models_dir] if models_dir else [])
+    except ModelNotFoundError:
+        return False
+    return True
 
 
 def matmul_peak(n: int, repeats: int) -> float:
@@ -168,6 +185,8 @@ print(json.dumps({{"t": time.time(), "rss_kb": resource.getrusage(resource.RUSAG
 """
 _LOADERS = {
     UPSTREAM: 'from stlpips_export.upstream import load_upstream\nmodel = load_upstream("{net}", "shift_tolerant")',
+    TUNED: 'from stlpips_export.upstream import load_upstream\nmodel = load_upstream("{net}", "shift_tolerant")'
+           '.to(memory_format=torch.channels_last)',
     "reference": 'from stlpips_export.model import build_model\nmodel = build_model("{net}", "st").eval()',
 }
 
@@ -216,7 +235,8 @@ def log(message: str) -> None:
 @click.option("--nets", default="alex,vgg", show_default=True, help="backbones (the ST variant of each).")
 @click.option("--shapes", default=None, help=f"SIZE:BATCH,...;SIZE:... (default {DEFAULT_SHAPES}).")
 @click.option("--sides", default=None,
-              help="comma-separated: upstream, reference, runtime:<provider>:<exact|fast> (default: all available).")
+              help="comma-separated: upstream, tuned, tuned-compiled, reference, runtime:<provider>:<exact|fast> "
+                   "(provider auto: as Scorer picks it; default: all available).")
 @click.option("--rounds", default=None, type=int, help="alternating rounds per configuration (default 3; quick 1).")
 @click.option("--seconds", default=None, type=float,
               help="timed seconds per side, configuration and round (default 1.5; quick 0.3).")
@@ -247,10 +267,11 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
     cold_runs = cold_runs if cold_runs is not None else (1 if quick else 3)
     shape_list = parse_shapes(shapes or (QUICK_SHAPES if quick else DEFAULT_SHAPES))
     net_list = [n.strip() for n in nets.split(",") if n.strip()]
-    side_list = [s.strip() for s in sides.split(",")] if sides else default_sides(providers)
+    side_list = ([s.strip() for s in sides.split(",")] if sides
+                 else default_sides(providers, int8_files_exist(net_list, models_dir)))
     models_dir = models_dir.resolve() if models_dir is not None else None
     for side in side_list:
-        if side not in (UPSTREAM, "reference") and not side.startswith("runtime:"):
+        if side not in TORCH_SIDES and not side.startswith("runtime:"):
             raise click.BadParameter(f"unknown side {side!r}", param_hint="--sides")
 
     report: dict[str, Any] = {
@@ -274,6 +295,10 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
         for side in side_list:
             log(f"starting worker {side} ...")
             workers[side] = Worker(side, threads, models_dir)
+        torch_side = next((s for s in side_list if s in TORCH_SIDES), None)
+        if torch_side is not None:
+            report["peaks_gops"] = workers[torch_side].ask(op="peaks", n=n, repeats=3 if quick else 5)["peaks"]
+            log("peaks (torch matmul, GOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["peaks_gops"].items()))
         flops: dict[str, int] = {}
         if "reference" in workers:
             for net in net_list:
@@ -316,7 +341,7 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
             worker.close()
 
     colds: list[ColdStart] = []
-    cold_sides = [s for s in side_list if s == UPSTREAM or s.startswith("runtime:")]
+    cold_sides = [s for s in side_list if s in (UPSTREAM, TUNED) or s.startswith("runtime:")]
     for net in net_list if cold_runs else []:
         entries = {side: ColdStart(side, net) for side in cold_sides}
         for rep in range(cold_runs):

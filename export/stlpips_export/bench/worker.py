@@ -1,7 +1,10 @@
 """A benchmark worker: one side in its own process, driven by JSON lines on stdin, answering on stdout.
 
-Run as ``python -m stlpips_export.bench.worker SIDE THREADS [MODELS_DIR]``. SIDE is ``upstream``, ``reference`` or
-``runtime:<provider>:<precision>``. Requests (one JSON object per line):
+Run as ``python -m stlpips_export.bench.worker SIDE THREADS [MODELS_DIR]``. SIDE is ``upstream`` (eager, contiguous
+NCHW tensors: as its users run it), ``tuned`` (the same upstream model on ``channels_last`` tensors: the one-line
+PyTorch tuning), ``tuned-compiled`` (``tuned`` under ``torch.compile``), ``reference`` or
+``runtime:<provider>:<precision>`` (provider ``auto`` lets the runtime choose, as ``Scorer`` does). Requests (one
+JSON object per line):
 
 - ``{"op": "time", "net": "alex", "size": 64, "batch": 16, "mode": "plain"|"broadcast", "seconds": 1.0,
   "warmup": 2, "min_calls": 3}`` -> ``{"latencies": [s, ...], "detail": "..."}``: warm-up calls, then calls
@@ -31,30 +34,48 @@ def make_inputs(size: int, batch: int, mode: str) -> tuple[np.ndarray, np.ndarra
     return in0, in1
 
 
+#: PyTorch sides: upstream as its users run it, the tuned peer (channels_last, optionally compiled), the reference.
+TORCH_SIDES = ("upstream", "tuned", "tuned-compiled", "reference")
+
+
 class TorchSide:
-    """Upstream ``stlpips_pytorch`` (eager, as its users run it) or the project's PyTorch reference."""
+    """Upstream ``stlpips_pytorch`` (eager, as its users run it, or tuned), or the project's PyTorch reference."""
 
     def __init__(self, kind: str, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
         self.torch, self.kind, self.models = torch, kind, {}
-        self.detail = f"PyTorch {torch.__version__} eager, float32, {threads} threads, inference_mode"
+        layout = "channels_last model and inputs" if kind.startswith("tuned") else "contiguous NCHW"
+        mode = "torch.compile (default mode)" if kind == "tuned-compiled" else "eager"
+        self.detail = f"PyTorch {torch.__version__} {mode}, float32, {layout}, {threads} threads, inference_mode"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.kind.startswith("tuned")
 
     def model(self, net: str) -> Any:
         if net not in self.models:
-            if self.kind == "upstream":
-                from ..upstream import load_upstream
-
-                self.models[net] = load_upstream(net, "shift_tolerant")
-            else:
+            if self.kind == "reference":
                 from ..model import build_model
 
-                self.models[net] = build_model(net, "st").eval()
+                model = build_model(net, "st").eval()
+            else:
+                from ..upstream import load_upstream
+
+                model = load_upstream(net, "shift_tolerant")
+            if self.channels_last:
+                model = model.to(memory_format=self.torch.channels_last)
+            if self.kind == "tuned-compiled":
+                model = self.torch.compile(model)
+            self.models[net] = model
         return self.models[net]
 
     def prepare(self, net: str, in0: np.ndarray, in1: np.ndarray) -> Any:
         model, t0, t1 = self.model(net), self.torch.from_numpy(in0), self.torch.from_numpy(in1)
+        if self.channels_last:  # the user's tensors arrive in that layout; converting them is not timed
+            t0 = t0.contiguous(memory_format=self.torch.channels_last)
+            t1 = t1.contiguous(memory_format=self.torch.channels_last)
 
         def call() -> np.ndarray:
             with self.torch.inference_mode():
@@ -63,6 +84,21 @@ class TorchSide:
             return out.reshape(-1).numpy()
 
         return call
+
+    def peaks(self, n: int, repeats: int) -> dict[str, float]:
+        """Best GOP/s of an ``n x n`` matrix product in float32, bfloat16 and int8 (``torch._int_mm``: u8/s8 dot
+        products, VNNI where the CPU has it), with this side's threads: the machine's arithmetic peaks."""
+        torch = self.torch
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        pairs = {"fp32": (a, b, torch.mm), "bf16": (a.bfloat16(), b.bfloat16(), torch.mm),
+                 "int8": (torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen),
+                          torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen), torch._int_mm)}
+        out = {}
+        for name, (x, y, mm) in pairs.items():
+            mm(x, y)  # warm-up
+            out[name] = 2 * n**3 / min(_seconds(lambda: mm(x, y)) for _ in range(repeats)) / 1e9  # noqa: B023
+        return out
 
     def flops(self, net: str, size: int) -> int:
         from torch.utils.flop_counter import FlopCounterMode
@@ -95,8 +131,8 @@ class RuntimeSide:
             engine = f"onnxruntime {onnxruntime.__version__}"
             if s.provider == "openvino":
                 engine = "OpenVINO through stlpips_rt"
-            self.detail = (f"{engine}, provider {s.provider}, {s.precision}, {self.threads} threads, public "
-                           "score_batch / score_many on float32 arrays")
+            self.detail = (f"{engine}, provider {s.provider}, {s.precision} ({s.info.path.name}), {self.threads} "
+                           "threads, public score_batch / score_many on float32 arrays")
         return self.scorers[net]
 
     def prepare(self, net: str, in0: np.ndarray, in1: np.ndarray) -> Any:
@@ -108,12 +144,18 @@ class RuntimeSide:
 
 def make_side(side: str, threads: int, models_dir: str | None = None) -> TorchSide | RuntimeSide:
     """The side named ``upstream``, ``reference`` or ``runtime:<provider>:<precision>``."""
-    if side in ("upstream", "reference"):
+    if side in TORCH_SIDES:
         return TorchSide(side, threads)
     parts = side.split(":")
     if len(parts) == 3 and parts[0] == "runtime":
         return RuntimeSide(parts[1], parts[2], threads, models_dir)
-    raise ValueError(f"unknown side {side!r}: use upstream, reference or runtime:<provider>:<exact|fast>")
+    raise ValueError(f"unknown side {side!r}: use {', '.join(TORCH_SIDES)} or runtime:<provider>:<exact|fast>")
+
+
+def _seconds(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def time_calls(call: Any, seconds: float, warmup: int, min_calls: int = 3) -> list[float]:
@@ -137,6 +179,10 @@ def handle(side: TorchSide | RuntimeSide, request: dict[str, Any]) -> dict[str, 
         call = side.prepare(request["net"], in0, in1)
         latencies = time_calls(call, request["seconds"], request["warmup"], request.get("min_calls", 3))
         return {"latencies": latencies, "detail": side.detail}
+    if op == "peaks":
+        if not isinstance(side, TorchSide):
+            raise ValueError("peaks are measured on a PyTorch side")
+        return {"peaks": side.peaks(request["n"], request["repeats"])}
     if op == "flops":
         if not isinstance(side, TorchSide):
             raise ValueError("FLOPs are counted on the PyTorch reference")

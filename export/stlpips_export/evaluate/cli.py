@@ -55,7 +55,7 @@ def main() -> None:
               help="metrics to compare.")
 @click.option("--backends", "backends_text", default="onnx,torch", show_default=True,
               help="backends of the learned metrics: onnx (runtime, exact), torch (PyTorch reference), "
-                   "fast (runtime, reduced precision).")
+                   "fast (runtime, the fastest reduced-precision path), int8 (the model's int8 file).")
 @click.option("--torch-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="share of each set (its first triplets, at least one) scored by the PyTorch reference too.")
 @click.option("--bapps", "bapps_dir", type=click.Path(path_type=Path), default=None,

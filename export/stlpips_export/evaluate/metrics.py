@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from stlpips_rt.images import to_model_input
-from stlpips_rt.precision import REDUCED, fast_providers
+from stlpips_rt.precision import INT8_ENGINES, REDUCED
 from stlpips_rt.variants import RELEASED, VARIANTS, Variant
 
 #: Learned metrics: the registered variants with released weights, named by their key ("alex-st").
@@ -22,8 +22,9 @@ LEARNED: dict[str, Variant] = {key: VARIANTS[key] for key in sorted(RELEASED, ke
 CLASSIC = {"l2": "L2", "ssim": "SSIM"}
 #: Every metric name the CLI accepts, in table order (the paper's: classic first).
 METRIC_NAMES = (*CLASSIC, *LEARNED)
-#: How a learned metric is computed: runtime exact, runtime fast (reduced precision), PyTorch reference.
-BACKENDS = ("onnx", "fast", "torch")
+#: How a learned metric is computed: runtime exact, runtime fast (the fastest reduced-precision path,
+#: stlpips_rt.precision), the model's int8 file (stlpips-export --int8), PyTorch reference.
+BACKENDS = ("onnx", "fast", "int8", "torch")
 
 
 class Metric(Protocol):
@@ -75,12 +76,13 @@ class RuntimeMetric:
     """A learned metric through the torch-free runtime (`stlpips_rt.Scorer`) on an exported ONNX graph."""
 
     def __init__(self, key: str, precision: str = "exact", providers: str = "auto", threads: int | None = None,
-                 models_dir: Path | None = None):
+                 models_dir: Path | None = None, int8: bool = False):
         from stlpips_rt import Scorer
 
-        self.scorer = Scorer(key, providers=providers, threads=threads, precision=precision, models_dir=models_dir)
+        self.scorer = Scorer(f"{key}-int8" if int8 else key, providers=providers, threads=threads,
+                             precision=precision, models_dir=models_dir)
         self.name = LEARNED[key].display_name
-        self.backend = "fast" if precision == "fast" else "onnx"
+        self.backend = "int8" if int8 else "fast" if precision == "fast" else "onnx"
         self.detail = f"{self.scorer.provider} {self.scorer.precision}"
         if precision == "fast" and self.scorer.precision == "fp32":
             raise ValueError(
@@ -132,16 +134,19 @@ def make_metric(name: str, backend: str = "onnx", providers: str = "auto", threa
         return TorchMetric(name, threads=threads)
     if backend == "onnx":
         return RuntimeMetric(name, "exact", providers, threads, models_dir)
-    if backend == "fast":
-        return RuntimeMetric(name, "fast", _fast_providers(providers), threads, models_dir)
+    if backend == "fast":  # stlpips_rt.precision picks the path, the int8 file included where it exists
+        return RuntimeMetric(name, "fast", providers, threads, models_dir)
+    if backend == "int8":
+        return RuntimeMetric(name, "exact", _int8_providers(providers), threads, models_dir, int8=True)
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _fast_providers(providers: str) -> str:
-    """For "auto", the first available provider with a reduced-precision mode (the CPU provider has none)."""
+def _int8_providers(providers: str) -> str:
+    """For "auto", the engine "fast" runs an int8 file on (stlpips_rt.precision)."""
     if providers != "auto":
         return providers
+    from stlpips_rt.precision import fast_path
     from stlpips_rt.providers import available_providers
 
-    reduced = fast_providers(available_providers())
-    return reduced[0] if reduced else "cpu"  # cpu: RuntimeMetric then explains that 'fast' is not available
+    cpu_side = [p for p in available_providers() if p in INT8_ENGINES]
+    return fast_path(cpu_side or ["cpu"], int8_file=True).provider

@@ -117,7 +117,7 @@ class Agreement:
 
 
 def agreement(exact: MetricRun, other: MetricRun) -> Agreement:
-    """Compare ``other`` (PyTorch reference or fast runtime) with ``exact`` triplet by triplet."""
+    """Compare ``other`` (PyTorch reference, fast runtime or int8 file) with ``exact`` triplet by triplet."""
     n = min(len(exact.dist), len(other.dist))
     a, b = exact.dist[:n], other.dist[:n]
     max_abs, max_rel = error_stats(a, b)
@@ -191,7 +191,7 @@ def agreement_rows(res: SetResult) -> list[tuple[Agreement, float]]:
     backend's scoring time."""
     exact = {r.metric: r for r in res.runs if r.backend == "onnx"}
     return [(agreement(exact[r.metric], r), r.seconds) for r in res.runs
-            if r.backend in ("torch", "fast") and r.metric in exact]
+            if r.backend in ("torch", "fast", "int8") and r.metric in exact]
 
 
 def paired_rows(res: SetResult) -> list[tuple[str, list[tuple[float, float, float]]]]:

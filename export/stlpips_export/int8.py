@@ -1,0 +1,303 @@
+"""int8 backbones (``stlpips-export --int8``): post-training static quantization and the gate an int8 file must pass.
+
+What is quantized: every backbone convolution except the first (the one fed the image): per-channel symmetric int8
+weights, per-tensor uint8 activations (the u8 x s8 products of AVX-512 VNNI), in ONNX QDQ form by onnxruntime's
+quantizer. The scaling layer, unit normalisation, squared difference, linear layers and the spatial mean stay
+float32. The first convolution stays float32 because quantizing its input (the image, after the scaling layer's
+per-channel affine map, on a grid that a per-tensor uint8 scale cannot match) was the largest single error source
+measured (docs/int8.md); it is about 13% (alex) and 0.2% (vgg) of the backbone's multiply-adds.
+
+Calibration: activation ranges (min/max) from real photographs: patches of scikit-image's bundled photos
+(``skimage.data``) and distorted copies of them (the built-in triplet set's distortions), optionally with the
+user's own images (``--calibration DIR``) or those alone (``--calibration-only``).
+
+The gate, against the float32 graph the file was quantized from, on ``gate_triplets`` real-photo triplets of the
+shift study's set (another seed than the calibration patches and the study's default): every triplet is scored as
+the paper's shift protocol scores it (the cropped reference against d0 and d1 shifted by 0..3 pixels), and
+
+- 2AFC rank agreement: the share of (triplet, shift) decisions d(ref, d0) < d(ref, d1) that the int8 graph makes
+  as the float32 graph does, must be >= :data:`MIN_RANK_AGREEMENT`;
+- the rank-flip rates r_rf at 1, 2 and 3 pixels (paper eq. 2) must each lie inside the float32 rate's 95% Wilson
+  interval.
+
+A graph that misses either is not written (:class:`~stlpips_export.errors.GateError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from stlpips_rt.contract import Key
+from stlpips_rt.images import to_model_input
+
+from .errors import CalibrationError, GateError
+
+MIN_RANK_AGREEMENT = 0.995
+DEFAULT_GATE_TRIPLETS = 2000
+GATE_SIZE = 64
+#: Seeds of the built-in triplet set: the gate's (2022), the calibration patches' (1) and the shift study's
+#: default (0) are three disjoint sets of the same distribution.
+GATE_SEED = 2022
+CALIBRATION_SEED = 1
+CALIBRATION_TRIPLETS = 96
+CALIBRATION_SIZE = 64
+CALIBRATION_BATCH = 8
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Crops taken from each of the user's calibration images.
+CROPS_PER_IMAGE = 4
+
+Progress = Callable[[str], None]
+
+
+# --- calibration -----------------------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """Images ``[N, H, W, 3]`` uint8 whose activations set the quantization ranges, and a one-line description for
+    the file's metadata."""
+
+    images: np.ndarray
+    description: str
+
+    def batches(self) -> list[dict[str, np.ndarray]]:
+        """Model feeds: both inputs go through the backbone, so each batch carries 2 x 4 images."""
+        half = CALIBRATION_BATCH // 2
+        x = to_model_input(self.images)
+        return [{"in0": x[i : i + half], "in1": x[i + half : i + CALIBRATION_BATCH]}
+                for i in range(0, len(x) - CALIBRATION_BATCH + 1, CALIBRATION_BATCH)]
+
+
+def builtin_calibration(size: int = CALIBRATION_SIZE, count: int = CALIBRATION_TRIPLETS) -> Calibration:
+    """``count`` patches of scikit-image's photos and one distorted copy of each (the triplet set's seed 1)."""
+    try:
+        import skimage
+    except ImportError:
+        raise CalibrationError("--int8 calibrates on scikit-image's bundled photos: pip install "
+                               "'stlpips-deploy[eval]' (or pass --calibration DIR --calibration-only)") from None
+    from .evaluate.triplets import make_triplets
+
+    triplets = make_triplets(count, size, seed=CALIBRATION_SEED)
+    distorted = np.where(np.arange(count)[:, None, None, None] % 2 == 0, triplets.d0, triplets.d1)
+    images = np.stack([triplets.ref, distorted], axis=1).reshape(-1, size, size, 3)
+    return Calibration(images, f"scikit-image {skimage.__version__} photos: {count} {size}x{size} patches "
+                               f"(triplet seed {CALIBRATION_SEED}) and a distorted copy of each")
+
+
+def folder_calibration(folder: Path, size: int = CALIBRATION_SIZE, progress: Progress = lambda _: None
+                       ) -> Calibration:
+    """Crops of the images in ``folder``: each downscaled so its short side is ``2 * size``, then the centre and
+    three seeded random ``size`` x ``size`` crops. Unreadable files are skipped and named."""
+    from PIL import Image
+
+    if not folder.is_dir():
+        raise CalibrationError(f"--calibration {folder}: not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    crops, skipped = [], []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                scale = 2 * size / min(im.size)
+                if scale < 1:
+                    im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))),
+                                   Image.Resampling.BOX)
+                u8 = np.asarray(im, dtype=np.uint8)
+        except (OSError, ValueError) as exc:
+            skipped.append(f"{path.name} ({exc})")
+            continue
+        h, w = u8.shape[:2]
+        if h < size or w < size:
+            skipped.append(f"{path.name} ({w}x{h} is below {size}x{size})")
+            continue
+        corners = [((h - size) // 2, (w - size) // 2)]
+        corners += [(int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1)))
+                    for _ in range(CROPS_PER_IMAGE - 1)]
+        crops += [u8[y : y + size, x : x + size] for y, x in corners]
+    if skipped:
+        progress(f"calibration: skipped {len(skipped)} file(s): {'; '.join(skipped)}")
+    if len(crops) < CALIBRATION_BATCH:
+        raise CalibrationError(f"--calibration {folder}: {len(crops)} usable {size}x{size} crops from "
+                               f"{len(files) - len(skipped)} image(s); give at least 2 images of at least "
+                               f"{size}x{size} pixels ({', '.join(IMAGE_SUFFIXES)})")
+    return Calibration(np.stack(crops), f"{len(files) - len(skipped)} user image(s) from {folder.name}/: "
+                                        f"{len(crops)} {size}x{size} crops")
+
+
+def calibration_set(folder: Path | None = None, only_folder: bool = False,
+                    progress: Progress = lambda _: None) -> Calibration:
+    """The built-in photos, the images of ``folder``, or both."""
+    if only_folder and folder is None:
+        raise CalibrationError("--calibration-only needs --calibration DIR")
+    parts = [] if only_folder else [builtin_calibration()]
+    if folder is not None:
+        parts.append(folder_calibration(folder, progress=progress))
+    return Calibration(np.concatenate([p.images for p in parts]), "; ".join(p.description for p in parts))
+
+
+# --- quantization ----------------------------------------------------------------------------------------------
+def backbone_convs(graph: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(quantized, kept float32) backbone Conv node names. The exporter names backbone nodes ``/net/...``; the
+    first convolution (3 input channels: it sees the image) stays float32."""
+    weights = {init.name: init for init in graph.graph.initializer}
+    quantized, kept = [], []
+    for node in graph.graph.node:
+        if node.op_type != "Conv" or not node.name.startswith("/net/"):
+            continue
+        weight = weights.get(node.input[1])
+        (kept if weight is None or weight.dims[1] == 3 else quantized).append(node.name)
+    return quantized, kept
+
+
+def quantizer_description() -> str:
+    import onnxruntime
+
+    return (f"onnxruntime {onnxruntime.__version__} quantize_static: QDQ, per-channel symmetric int8 weights, "
+            "per-tensor uint8 activations, MinMax calibration")
+
+
+def quantize_backbone(graph: onnx.ModelProto, calibration: Calibration) -> onnx.ModelProto:
+    """The QDQ int8 graph of ``graph`` (see the module docstring for what is quantized)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(calibration.batches())
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    quantized, _ = backbone_convs(graph)
+    quant_logger = logging.getLogger()  # the quantizer warns about pre-processing through the root logger
+    level = quant_logger.level
+    quant_logger.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            onnx.save(graph, str(src))
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["Conv"], nodes_to_quantize=quantized, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            return onnx.load(str(dst))
+    finally:
+        quant_logger.setLevel(level)
+
+
+# --- the gate --------------------------------------------------------------------------------------------------
+Run = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def shift_distances(run: Run, triplets) -> np.ndarray:  # noqa: ANN001 - a TripletSet
+    """``[N, 2, 4]`` distances as the shift study lays them out: the cropped reference against d0 / d1 at shifts
+    0..3, one broadcast run per triplet."""
+    from .evaluate.shift import MAX_SHIFT, sample_candidates, shift_crop
+
+    out = np.empty((len(triplets), 2, MAX_SHIFT + 1))
+    for i in range(len(triplets)):
+        ref = to_model_input(np.ascontiguousarray(shift_crop(triplets.ref[i], 0)))
+        candidates = to_model_input(sample_candidates(triplets.d0[i], triplets.d1[i]))
+        out[i] = np.asarray(run(ref, candidates), dtype=np.float64).reshape(2, -1)
+    return out
+
+
+@dataclass
+class GateReport:
+    """The int8 graph against its float32 graph on the gate's triplets."""
+
+    triplets: int
+    rank_agreement: float
+    median_rel: float
+    flips_fp32: dict
+    flips_int8: dict
+
+    @property
+    def flips_unchanged(self) -> bool:
+        return all(self.flips_fp32[k].low <= self.flips_int8[k].value <= self.flips_fp32[k].high
+                   for k in self.flips_fp32)
+
+    @property
+    def passed(self) -> bool:
+        return self.rank_agreement >= MIN_RANK_AGREEMENT and self.flips_unchanged
+
+    def flip_text(self) -> str:
+        """``1px 1.70 [1.25, 2.31] -> 1.75; ...`` (percent: float32 rate [its 95% CI] -> int8 rate)."""
+        return "; ".join(f"{k}px {self.flips_fp32[k].percent()} -> {100 * self.flips_int8[k].value:.2f}"
+                         for k in self.flips_fp32)
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"int8 gate {verdict} on {self.triplets} real-photo triplets ({GATE_SIZE}x{GATE_SIZE}, "
+                f"{4 * self.triplets} 2AFC decisions): rank agreement {100 * self.rank_agreement:.2f}% "
+                f"(needs >= {100 * MIN_RANK_AGREEMENT:.1f}%), median relative error {self.median_rel:.2%}; "
+                f"rank-flip rates, float32 [95% CI] -> int8 (each must stay inside): {self.flip_text()}")
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            Key.GATE: (f">= {100 * MIN_RANK_AGREEMENT:g}% 2AFC rank agreement with the float32 graph and r_rf at "
+                       "1-3 px inside the float32 95% intervals, on the built-in real-photo triplets, seed "
+                       f"{GATE_SEED}, {GATE_SIZE}x{GATE_SIZE}"),
+            Key.GATE_TRIPLETS: str(self.triplets),
+            Key.GATE_RANK_AGREEMENT: f"{self.rank_agreement:.5f}",
+            Key.GATE_MEDIAN_REL: f"{self.median_rel:.4g}",
+            Key.GATE_FLIP_RATES: self.flip_text(),
+        }
+
+
+def gate_report(fp32: np.ndarray, int8: np.ndarray) -> GateReport:
+    """Compare the shift-layout distances ``[N, 2, 4]`` of the int8 graph with the float32 graph's."""
+    from .evaluate.shift import flip_rates, prefers_d0
+
+    rel = np.abs(int8 - fp32) / np.maximum(np.abs(fp32), 1e-12)
+    return GateReport(len(fp32), float(np.mean(prefers_d0(fp32) == prefers_d0(int8))), float(np.median(rel)),
+                      flip_rates(fp32), flip_rates(int8))
+
+
+def _session_run(graph: onnx.ModelProto) -> Run:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda in0, in1: session.run(["dist"], {"in0": in0, "in1": in1})[0]
+
+
+def run_gate(fp32_graph: onnx.ModelProto, int8_graph: onnx.ModelProto, count: int = DEFAULT_GATE_TRIPLETS,
+             progress: Progress = lambda _: None) -> GateReport:
+    """Score ``count`` gate triplets with both graphs (ONNX Runtime, CPU) and compare."""
+    from .evaluate.triplets import make_triplets
+
+    triplets = make_triplets(count, GATE_SIZE, seed=GATE_SEED)
+    progress(f"gate: {count} triplets; scoring with the float32 graph ...")
+    fp32 = shift_distances(_session_run(fp32_graph), triplets)
+    progress("gate: scoring with the int8 graph ...")
+    return gate_report(fp32, shift_distances(_session_run(int8_graph), triplets))
+
+
+def quantize_and_gate(fp32_graph: onnx.ModelProto, calibration: Calibration, gate_triplets: int, what: str,
+                      progress: Progress = lambda _: None) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Quantize, run the gate, and return the int8 graph with its metadata; :class:`GateError` when it misses."""
+    int8_graph = quantize_backbone(fp32_graph, calibration)
+    report = run_gate(fp32_graph, int8_graph, gate_triplets, progress)
+    progress(report.summary())
+    if not report.passed:
+        raise GateError(f"{what}: the int8 graph misses its gate; nothing was written. {report.summary()}. "
+                        "Calibrate on images like the ones you score (--calibration DIR), or use the float32 "
+                        "file with --precision fast (OpenVINO bf16) instead.")
+    _, kept = backbone_convs(fp32_graph)
+    metadata = {Key.QUANTIZER: quantizer_description(), Key.CALIBRATION: calibration.description,
+                Key.FLOAT_NODES: ",".join(kept), **report.metadata()}
+    return int8_graph, metadata
