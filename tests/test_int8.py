@@ -66,37 +66,62 @@ def test_calibration_folder_without_usable_images_is_refused(tmp_path):
         calibration_set(None, only_folder=True)
 
 
+def test_the_gate_passes_matching_rankings_and_fails_flipped_ones():
+    from stlpips_export.int8 import gate_report
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.uniform(0.05, 0.6, (400, 2, 4))
+    assert gate_report(fp32, fp32 * 1.03).passed  # a uniform scale keeps every ranking
+    flipped = fp32.copy()
+    flipped[:8] = flipped[:8, ::-1]  # 8 of 400 triplets decided the other way at every shift: 98% agreement
+    report = gate_report(fp32, flipped)
+    assert report.rank_agreement == pytest.approx(0.98) and not report.passed
+    assert "FAIL" in report.summary()
+
+
 @pytest.fixture(scope="module")
-def int8_model(exported_model):
-    return exported_model("alex", "st", int8=True, gate_triplets=TEST_GATE_TRIPLETS)
+def int8_sibling_folder(exported_model, tmp_path_factory):
+    """A folder with alex-st and an int8 file beside it. The test writes the int8 graph itself, without its gate
+    (graphs of this quantizer miss the gate, docs/int8.md): it exercises the runtime's routing, not accuracy."""
+    import shutil
+
+    import onnx
+
+    from stlpips_export.int8 import builtin_calibration, quantize_backbone
+    from stlpips_export.onnx_export import read_metadata, set_metadata
+
+    fp32 = exported_model("alex", "st")
+    folder = tmp_path_factory.mktemp("int8")
+    shutil.copy(fp32, folder / fp32.name)
+    graph = quantize_backbone(onnx.load(str(fp32)), builtin_calibration(count=16))
+    set_metadata(graph, {**read_metadata(fp32), Key.PRECISION: "int8"})
+    onnx.save(graph, str(folder / "stlpips_alex_st_int8.onnx"))
+    return folder
 
 
-def test_a_gated_int8_file_describes_its_quantization_and_gate(int8_model):
-    from stlpips_export.onnx_export import read_metadata
-
-    assert int8_model.name == "stlpips_alex_st_int8.onnx"
-    meta = read_metadata(int8_model)
-    assert meta[Key.PRECISION] == "int8"
-    assert "scikit-image" in meta[Key.CALIBRATION] and "onnxruntime" in meta[Key.QUANTIZER]
-    assert int(meta[Key.GATE_TRIPLETS]) == TEST_GATE_TRIPLETS
-    assert float(meta[Key.GATE_RANK_AGREEMENT]) >= 0.995
-    assert meta[Key.GATE_FLIP_RATES].count("px") == 3
-    assert meta[Key.FLOAT_NODES]  # the first convolution stays float32
-
-
-def test_fast_loads_the_int8_sibling_and_says_so(int8_model, exported_model):
+def test_fast_loads_the_int8_sibling_and_says_so(int8_sibling_folder):
     from stlpips_rt import Scorer
 
-    folder = exported_model("alex", "st").parent
-    assert folder == int8_model.parent
-    exact = Scorer("alex-st", providers="cpu", models_dir=folder)
-    fast = Scorer("alex-st", providers="cpu", precision="fast", models_dir=folder)
+    exact = Scorer("alex-st", providers="cpu", models_dir=int8_sibling_folder)
+    fast = Scorer("alex-st", providers="cpu", precision="fast", models_dir=int8_sibling_folder)
+    by_path = Scorer(exact.info.path, providers="cpu", precision="fast")
     assert exact.info.path.name == "stlpips_alex_st.onnx" and exact.precision == "fp32"
-    assert fast.info.path.name == "stlpips_alex_st_int8.onnx" and fast.precision == "int8"
+    assert fast.info.path.name == by_path.info.path.name == "stlpips_alex_st_int8.onnx"
+    assert fast.precision == by_path.precision == "int8"
     rng = np.random.default_rng(0)
     ref = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     candidates = [np.clip(ref + rng.normal(0, s, ref.shape), 0, 255).astype(np.uint8) for s in (4, 16, 48)]
-    # Growing noise: both rank the candidates the same way, with int8 within its parity bound.
+    # Growing noise: both rank the candidates the same way, int8 within its parity bound.
     d_exact, d_fast = exact.score_many(ref, candidates), fast.score_many(ref, candidates)
     assert list(np.argsort(d_exact)) == list(np.argsort(d_fast)) == [0, 1, 2]
     assert np.max(np.abs(d_exact - d_fast)) < 0.1
+
+
+def test_without_an_int8_file_fast_on_the_cpu_provider_stays_float32(exported_model):
+    from stlpips_rt import Scorer
+
+    fp32 = exported_model("alex", "st")
+    if (fp32.parent / "stlpips_alex_st_int8.onnx").exists():
+        pytest.skip("another test exported an int8 file into the shared folder")
+    fast = Scorer(fp32, providers="cpu", precision="fast")
+    assert fast.info.path == fp32 and fast.precision == "fp32"

@@ -114,10 +114,13 @@ def route(model_path: Path, providers: str | Sequence[str], mode: str) -> tuple[
     """The file and providers a Scorer uses for ``mode``: "exact" keeps the file and resolves ``providers``; "fast"
     takes :func:`fast_path` among the usable providers (all of them for "auto") and the model's int8 sibling when
     that path says so."""
+    from .errors import ProviderError
     from .model import int8_sibling
     from .providers import available_providers, resolve_providers
 
-    if check_mode(mode) == "exact":
+    if mode not in MODES:
+        raise ProviderError(f"precision must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "exact":
         return model_path, resolve_providers(providers)
     auto = providers == "auto" or (not isinstance(providers, str) and list(providers) == ["auto"])
     candidates = available_providers() if auto else resolve_providers(providers)
