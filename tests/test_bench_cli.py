@@ -18,7 +18,7 @@ def test_a_tiny_quick_run_writes_json_and_markdown_for_every_side(tmp_path, expo
     model_dir = exported_model("alex", "st").parent
     sides = ["reference", "runtime:cpu:exact"]
     if importlib.util.find_spec("stlpips_pytorch") is not None:
-        sides.insert(0, "upstream")
+        sides[:0] = ["upstream", "tuned"]  # the tuned peer: upstream's model on channels_last tensors
     out = tmp_path / "bench"
     result = CliRunner().invoke(main, [
         "--quick", "--nets", "alex", "--shapes", "32:1,2", "--sides", ",".join(sides), "--seconds", "0.05",
@@ -27,6 +27,7 @@ def test_a_tiny_quick_run_writes_json_and_markdown_for_every_side(tmp_path, expo
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
     assert report["matmul_peak_gflops"] > 0 and report["flops_per_pair"]["alex-st@32"] > 0
+    assert set(report["peaks_gops"]) == {"fp32", "bf16", "int8"} and min(report["peaks_gops"].values()) > 0
     rows = report["measurements"]
     # 2 plain batches + 1 broadcast batch, per side
     assert sorted((r["batch"], r["mode"]) for r in rows if r["side"] == sides[-1]) == [

@@ -297,14 +297,14 @@ def run_gate(fp32_graph: onnx.ModelProto, int8_graph: onnx.ModelProto, count: in
     return report
 
 
-def quantize_and_gate(fp32_graph: onnx.ModelProto, calibration: Calibration, gate_triplets: int, what: str,
+def quantize_and_gate(fp32_graph: onnx.ModelProto, calibration: Calibration, gate_triplets: int,
                       progress: Progress = lambda _: None) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Quantize, run the gate, and return the int8 graph with its metadata; :class:`GateError` when it misses."""
     int8_graph = quantize_backbone(fp32_graph, calibration)
     report = run_gate(fp32_graph, int8_graph, gate_triplets, progress)
     progress(report.summary())
     if not report.passed:
-        raise GateError(f"{what}: the int8 graph misses its gate; nothing was written. {report.summary()}. "
+        raise GateError(f"the int8 graph misses its gate; nothing was written. {report.summary()}. "
                         "Calibrate on images like the ones you score (--calibration DIR), or use the float32 "
                         "file with --precision fast (OpenVINO bf16) instead.")
     _, kept = backbone_convs(fp32_graph)

@@ -165,8 +165,7 @@ def quantize_int8(fp32_graph: onnx.ModelProto, model: PerceptualDistance, min_si
     with _step("calibrate", timings, progress):
         calibration = int8.calibration_set(options.calibration, options.calibration_only, progress)
     with _step("quantize", timings, progress):
-        graph, metadata = int8.quantize_and_gate(fp32_graph, calibration, options.gate_triplets,
-                                                 options.file_name, progress)
+        graph, metadata = int8.quantize_and_gate(fp32_graph, calibration, options.gate_triplets, progress)
     # Parity against PyTorch too, at the int8 bound (stlpips_rt.precision): it catches a broken graph, the gate
     # above decides rankings.
     bound = tolerance("int8").max_abs

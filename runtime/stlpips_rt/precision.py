@@ -52,8 +52,9 @@ TOLERANCES = {
     "fp16": Tolerance(1e-2, 0.98, 0.995),
     "bf16": Tolerance(2e-2, 0.98),
     # int8 files: their export gate (2AFC rank agreement and rank-flip rates against the float32 graph, on 2000
-    # real-photo triplets; docs/int8.md) decides rankings. This bound only catches a broken graph: the alex-st int8
-    # file measured max abs 5.4e-2 against PyTorch on the parity cases (flat grey vs flat white, distance 0.43).
+    # real-photo triplets; docs/int8.md) decides rankings. This bound only catches a broken graph: alex-st int8
+    # graphs measured max abs 2.2e-2 (NNCF, stlpips-parity) and 5.4e-2 (onnxruntime's quantizer: flat grey vs flat
+    # white, distance 0.43) against PyTorch.
     "int8": Tolerance(1e-1, 0.95),
 }
 

@@ -42,8 +42,9 @@ class Scorer:
             silently becomes the CPU (gpu_session.py, docs/gpu.md).
         device_id: GPU index for CUDA / TensorRT.
         threads: intra-op CPU threads (None: onnxruntime's default, one per core).
-        precision: ``"exact"`` (float32, parity with PyTorch) or ``"fast"`` (bf16 on OpenVINO, fp16 on
-            TensorRT, TF32 on CUDA; the CPU provider has no faster mode and stays fp32).
+        precision: ``"exact"`` (float32, parity with PyTorch) or ``"fast"``: the fastest reduced-precision path
+            for the model and machine (:func:`stlpips_rt.precision.fast_path`: fp16 on TensorRT, TF32 on CUDA,
+            else the model's gated int8 file beside it, else bf16 on OpenVINO, else fp32).
         batch_size: largest number of pairs per graph run.
         float_range: value range of float array inputs, ``"0,1"`` or ``"-1,1"``; float arrays are refused
             while it is not declared (here or per call). Integer inputs need no declaration.
