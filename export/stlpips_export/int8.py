@@ -5,7 +5,7 @@ image), by OpenVINO's NNCF (post-training, per-channel int8 weights, per-tensor 
 correction), in ONNX QDQ form; the convolutions' outputs stay float32, so the features the head reads are not
 rounded again. It measured better rankings than onnxruntime's quantizer (docs/int8.md). Float32 stays: the
 scaling layer, the first convolution (quantizing the image after the scaling layer's per-channel affine map was the
-largest single error source measured; it is about 13% (alex) and 0.2% (vgg) of the multiply-adds), the BlurPool
+largest single error source measured; it is about 13% (alex) and 0.5% (vgg) of the multiply-adds), the BlurPool
 filters (depthwise), unit normalisation, squared difference, linear layers and the spatial mean. OpenVINO runs
 such a graph's convolutions in int8 (VNNI); onnxruntime's CPU provider runs it too, without the speed-up.
 
