@@ -137,11 +137,6 @@ def has_fast_mode(provider: str) -> bool:
     return provider in REDUCED
 
 
-def fast_providers(available: Sequence[str]) -> list[str]:
-    """The providers among ``available`` whose "fast" mode differs from "exact", in preference order."""
-    return [p for p in available if has_fast_mode(p)]
-
-
 def tolerance(precision: str) -> Tolerance:
     """The parity tolerance of an arithmetic; unknown ones get the loosest 10-bit bound (fp16)."""
     return TOLERANCES.get(precision, TOLERANCES["fp16"])
