@@ -47,6 +47,8 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="--int8: real-photo triplets the gate scores (4 2AFC decisions each).")
 @click.option("--spatial", is_flag=True, help="Add the dist_map [N,1,H,W] output.")
 @click.option("--layers", is_flag=True, help="Add the dist_layers [N,L] output.")
+@click.option("--tiles", is_flag=True, help="Add each layer's distance map, for exact tiled scoring of images too "
+                                            "large for the memory budget (docs/tiling.md).")
 @click.option("--static", "static_hw", callback=_parse_hw, metavar="HxW", help="Fix H and W (batch stays dynamic).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option("--no-fuse", is_flag=True, help="Keep conv1 and its BlurPool separate (slower, same numbers).")
@@ -55,7 +57,7 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("-q", "--quiet", is_flag=True, help="Print only the written paths.")
 def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int, fp16: bool, int8: bool,
          calibration: Path | None, calibration_only: bool, gate_triplets: int, spatial: bool, layers: bool,
-         static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool, weights: str | None,
+         tiles: bool, static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool, weights: str | None,
          tolerance: float | None, quiet: bool) -> None:
     """Export an ST-LPIPS / LPIPS model to ONNX, proving float32 parity with PyTorch before writing it."""
     if export_all and weights:
@@ -67,7 +69,7 @@ def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int,
                                 spatial=spatial, layers=layers, static_hw=static_hw, simplify=not no_simplify,
                                 fuse=not no_fuse, weights=weights, tolerance=tolerance, int8=int8,
                                 calibration=calibration, calibration_only=calibration_only,
-                                gate_triplets=gate_triplets)
+                                gate_triplets=gate_triplets, tiles=tiles)
         try:
             name = options.file_name
         except ExportError as exc:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stlpips_rt.contract import layer_map_outputs
+
 from .architectures import Architecture, Backbone, get_architecture
 from .errors import CheckpointMismatchError
 
@@ -57,13 +59,16 @@ def unit_normalize(features: torch.Tensor, eps: float = NORMALIZE_EPS) -> torch.
 class PerceptualDistance(nn.Module):
     """LPIPS / ST-LPIPS distance. ``forward`` returns a tuple: ``dist [N]``, then ``dist_layers [N, L]`` if
     ``layers``, then ``dist_map [N, 1, H, W]`` if ``spatial`` (the per-layer maps upsampled bilinearly to the input
-    size and summed)."""
+    size and summed), then, if ``layer_maps``, each layer's map ``[N, 1, H_l, W_l]`` before the spatial mean (what
+    tiled scoring recomposes)."""
 
-    def __init__(self, arch: Architecture, spatial: bool = False, layers: bool = False) -> None:
+    def __init__(self, arch: Architecture, spatial: bool = False, layers: bool = False,
+                 layer_maps: bool = False) -> None:
         super().__init__()
         self.arch = arch
         self.spatial = spatial
         self.layers = layers
+        self.layer_maps = layer_maps
         # float16 runs only the backbone in half precision: the head's eps (1e-10) and its sums need float32.
         self.backbone_dtype = torch.float32
         self.scaling_layer = ScalingLayer()
@@ -107,7 +112,8 @@ class PerceptualDistance(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return ["dist"] + (["dist_layers"] if self.layers else []) + (["dist_map"] if self.spatial else [])
+        names = ["dist"] + (["dist_layers"] if self.layers else []) + (["dist_map"] if self.spatial else [])
+        return names + (list(layer_map_outputs(len(self.lins))) if self.layer_maps else [])
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n0 = in0.shape[0]
@@ -132,6 +138,8 @@ class PerceptualDistance(nn.Module):
             for m in upsampled[1:]:
                 dist_map = dist_map + m
             outputs.append(dist_map)
+        if self.layer_maps:
+            outputs.extend(layer_maps)
         return tuple(outputs)
 
 
@@ -142,6 +150,7 @@ def build_model(
     weights: str | None = None,
     spatial: bool = False,
     layers: bool = False,
+    layer_maps: bool = False,
 ) -> PerceptualDistance:
     """Build a variant and load its weights: the registered checkpoint, or ``weights`` (an upstream-format
     checkpoint path) when given. Raises :class:`~stlpips_export.errors.ExportError` subclasses with actionable
@@ -149,7 +158,7 @@ def build_model(
     from .weights import load_weights
 
     arch = get_architecture(net, variant)
-    model = PerceptualDistance(arch, spatial=spatial, layers=layers)
+    model = PerceptualDistance(arch, spatial=spatial, layers=layers, layer_maps=layer_maps)
     loaded = load_weights(arch, weights)
     model.load_checkpoint(loaded.state_dict, origin=loaded.origin)
     model.weights_sha256 = loaded.sha256

@@ -22,10 +22,13 @@ import torch
 from stlpips_rt import contract
 from stlpips_rt.contract import Key, ModelSpec
 from stlpips_rt.precision import tolerance
+from stlpips_rt.tiling import geometry_metadata
 
 from . import __version__
 from .errors import InvalidOptionError, SimplifyError, UnknownModelError
 from .fusion import fuse_for_export
+from .geometry import layer_windows
+from .memory import measure_bytes_per_pixel
 from .model import PerceptualDistance, build_model
 from .verify import ParityReport, find_min_size, verify_parity
 
@@ -50,15 +53,19 @@ class ExportOptions:
     calibration: Path | None = None  # the user's calibration images for int8, added to the built-in photos
     calibration_only: bool = False  # calibrate on ``calibration`` alone
     gate_triplets: int = 2000
+    tiles: bool = False  # add the per-layer distance maps tiled scoring reads (docs/tiling.md)
 
     @property
     def spec(self) -> ModelSpec:
         """What the graph will be; its file name and short name."""
         if self.fp16 and self.int8:
             raise InvalidOptionError("--fp16 and --int8 are two precisions; choose one")
+        if self.tiles and self.static_hw:
+            raise InvalidOptionError("--tiles needs dynamic H and W (tiles have many sizes); drop --static")
         precision = "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
         try:
-            return ModelSpec(self.net, self.variant, precision, self.spatial, self.layers, self.static_hw, self.fuse)
+            return ModelSpec(self.net, self.variant, precision, self.spatial, self.layers, self.static_hw, self.fuse,
+                             self.tiles)
         except ValueError as exc:
             raise UnknownModelError(str(exc)) from None
 
@@ -82,6 +89,7 @@ class ExportResult:
     parity: ParityReport
     metadata: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
+    memory_rates: dict[str, int] = field(default_factory=dict)  # bytes per pixel measured at each probed size
 
 
 Progress = Callable[[str], None]
@@ -100,7 +108,8 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
     timings: dict[str, float] = {}
     with _step("build", timings, progress):
         model = build_model(
-            options.net, options.variant, weights=options.weights, spatial=options.spatial, layers=options.layers
+            options.net, options.variant, weights=options.weights, spatial=options.spatial, layers=options.layers,
+            layer_maps=options.tiles,
         )
         min_size = find_min_size(model)
         if options.int8 and options.static_hw:
@@ -127,7 +136,7 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         Key.INPUT_RANGE: contract.INPUT_RANGE,
         Key.INPUT_LAYOUT: contract.INPUT_LAYOUT,
         Key.MIN_SIZE: str(min_size),
-        Key.OUTPUTS: ",".join(model.output_names),
+        Key.OUTPUTS: ",".join(n for n in model.output_names if n in contract.OUTPUTS),
         Key.NUM_LAYERS: str(len(model.lins)),
         Key.PRECISION: options.spec.precision,
         Key.BATCH: contract.BATCH_RULE,
@@ -140,7 +149,10 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         Key.OPSET: str(options.opset),
         Key.FUSED: "conv+blurpool" if options.fuse else "none",
         Key.PARITY_TOLERANCE: f"{options.parity_tolerance:g}",
+        **geometry_metadata(layer_windows(model.arch)),
     }
+    if options.tiles:
+        metadata[Key.LAYER_MAPS] = ",".join(contract.layer_map_outputs(len(model.lins)))
     with _step("verify", timings, progress):
         onnx.checker.check_model(graph, full_check=True)
         report = verify_parity(graph, model, min_size, options.parity_tolerance, options.static_hw)
@@ -151,10 +163,17 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
     if options.int8:
         graph, int8_metadata = quantize_int8(graph, model, min_size, options, progress, timings)
         metadata.update(int8_metadata)
+    with _step("memory", timings, progress), tempfile.TemporaryDirectory() as tmp:
+        probe_path = Path(tmp) / "probe.onnx"
+        probe_path.write_bytes(graph.SerializeToString())
+        bytes_per_pixel, rates = measure_bytes_per_pixel(probe_path, min_size, options.static_hw)
+        progress(f"memory: {bytes_per_pixel} bytes per pixel of a pair (ONNX Runtime CPU; sampled "
+                 f"{', '.join(f'{size} {rate}' for size, rate in rates.items())})")
+    metadata[Key.BYTES_PER_PIXEL] = str(bytes_per_pixel)
     set_metadata(graph, metadata)
     with _step("write", timings, progress):
         path = write_atomically(graph, Path(options.out_dir) / options.file_name)
-    return ExportResult(path, min_size, report, metadata, timings)
+    return ExportResult(path, min_size, report, metadata, timings, rates)
 
 
 def quantize_int8(fp32_graph: onnx.ModelProto, model: PerceptualDistance, min_size: int, options: ExportOptions,
@@ -187,6 +206,9 @@ def trace_to_onnx(model: PerceptualDistance, options: ExportOptions, min_size: i
                if not (options.static_hw and label in contract.SPATIAL_AXES)}
         for name, axes in contract.AXES.items() if name in (*contract.INPUTS, *names)
     }
+    if model.layer_maps:
+        dynamic_axes.update({name: contract.layer_map_axes(i)
+                             for i, name in enumerate(contract.layer_map_outputs(len(model.lins)))})
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # The TorchScript exporter is used on purpose (plain dynamic_axes, no onnxscript dependency); its
         # deprecation notice and its note on Slice folding (onnxsim folds those afterwards) are noise here.

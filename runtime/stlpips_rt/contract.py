@@ -27,6 +27,18 @@ AXES: dict[str, dict[int, str]] = {
     "dist_map": {0: "N", 2: "H", 3: "W"},
 }
 SPATIAL_AXES = ("H", "W")
+
+
+def layer_map_outputs(num_layers: int) -> tuple[str, ...]:
+    """Outputs of ``--tiles`` files besides :data:`OUTPUTS`: each layer's distance map ``[N, 1, H_l, W_l]``
+    before the spatial mean, in layer order (declared under :attr:`Key.LAYER_MAPS`, not in ``stlpips.outputs``)."""
+    return tuple(f"layer_map{i}" for i in range(num_layers))
+
+
+def layer_map_axes(index: int) -> dict[int, str]:
+    return {0: "N", 2: f"H{index}", 3: f"W{index}"}
+
+
 INPUT_RANGE = "-1,1"
 INPUT_LAYOUT = "NCHW,RGB"
 BATCH_RULE = "N0 == N1, or either is 1 (broadcast)"
@@ -69,6 +81,13 @@ class Key:
     GATE_RANK_AGREEMENT = "stlpips.gate_rank_agreement"
     GATE_MEDIAN_REL = "stlpips.gate_median_rel"
     GATE_FLIP_RATES = "stlpips.gate_flip_rates"
+    # What the tiler needs (stlpips_rt.tiling, docs/tiling.md): per layer, comma lists in layer order.
+    LAYER_STRIDE = "stlpips.layer_stride"
+    LAYER_FIELD = "stlpips.layer_field"
+    LAYER_PAD_BEFORE = "stlpips.layer_pad_before"
+    LAYER_PAD_AFTER = "stlpips.layer_pad_after"
+    BYTES_PER_PIXEL = "stlpips.bytes_per_pixel"
+    LAYER_MAPS = "stlpips.layer_maps"
 
     @classmethod
     def all(cls) -> tuple[str, ...]:
@@ -85,9 +104,10 @@ _STATIC = re.compile(r"^(\d+)x(\d+)$")
 class ModelSpec:
     """Everything that changes an exported graph, and so its file name and short name.
 
-    Names are ``{net}-{variant}[-fp16|-int8][-spatial][-layers][-HxW][-unfused]`` (short) and
-    ``stlpips_{net}_{variant}[_fp16|_int8][_spatial][_layers][_HxW][_unfused].onnx`` (file). ``unfused`` appears only
-    for variants where fusion changes the graph.
+    Names are ``{net}-{variant}[-fp16|-int8][-spatial][-layers][-tiles][-HxW][-unfused]`` (short) and
+    ``stlpips_{net}_{variant}[_fp16|_int8][_spatial][_layers][_tiles][_HxW][_unfused].onnx`` (file). ``unfused``
+    appears only for variants where fusion changes the graph; ``tiles`` adds the per-layer distance maps that
+    tiled scoring reads (:func:`layer_map_outputs`).
     """
 
     net: str
@@ -97,11 +117,14 @@ class ModelSpec:
     layers: bool = False
     static_hw: tuple[int, int] | None = None
     fused: bool = True
+    tiles: bool = False
 
     def __post_init__(self) -> None:
         get_variant(self.net, self.variant)
         if self.precision not in FILE_PRECISIONS:
             raise ValueError(f"precision must be one of {FILE_PRECISIONS}, got {self.precision!r}")
+        if self.tiles and self.static_hw:
+            raise ValueError("a tiles graph needs dynamic H and W; drop the static size or the tiles option")
 
     @property
     def key(self) -> str:
@@ -113,7 +136,8 @@ class ModelSpec:
 
     def _suffixes(self) -> list[str]:
         parts = [] if self.precision == "fp32" else [self.precision]
-        parts += [name for name, on in (("spatial", self.spatial), ("layers", self.layers)) if on]
+        parts += [name for name, on in (("spatial", self.spatial), ("layers", self.layers), ("tiles", self.tiles))
+                  if on]
         if self.static_hw:
             parts.append(f"{self.static_hw[0]}x{self.static_hw[1]}")
         if not self.fused and VARIANTS[self.key].fusable:
@@ -154,7 +178,7 @@ class ModelSpec:
             static = _STATIC.match(part)
             if part in FILE_PRECISIONS:
                 fields["precision"] = part
-            elif part in ("spatial", "layers"):
+            elif part in ("spatial", "layers", "tiles"):
                 fields[part] = True
             elif part == "unfused":
                 fields["fused"] = False
@@ -163,7 +187,7 @@ class ModelSpec:
             else:
                 raise ModelNotFoundError(
                     f"model {short_name!r}: unknown part {part!r}; short names end in any of -fp16, -int8, "
-                    "-spatial, -layers, -HxW, -unfused"
+                    "-spatial, -layers, -tiles, -HxW, -unfused"
                 )
         return cls(**fields)
 
@@ -191,6 +215,11 @@ class ModelInfo:
         return "dist_layers" in self.outputs
 
     @property
+    def layer_maps(self) -> tuple[str, ...]:
+        """Per-layer distance map outputs (``--tiles`` files), empty otherwise."""
+        return tuple(n.strip() for n in self.metadata.get(Key.LAYER_MAPS, "").split(",") if n.strip())
+
+    @property
     def short_name(self) -> str:
         """The variant key (``"alex-st"``); :attr:`spec` names the exact file."""
         return f"{self.net}-{self.variant}"
@@ -199,7 +228,7 @@ class ModelInfo:
     def spec(self) -> ModelSpec:
         return ModelSpec(self.net, self.variant, self.precision if self.precision in FILE_PRECISIONS else "fp32",
                          self.has_spatial, self.has_layers, self.static_hw,
-                         self.metadata.get(Key.FUSED, "none") != "none")
+                         self.metadata.get(Key.FUSED, "none") != "none", bool(self.layer_maps))
 
     @classmethod
     def from_metadata(cls, path: Path, meta: dict[str, str]) -> ModelInfo:
@@ -257,7 +286,7 @@ class ModelInfo:
                 raise NotAnStlpipsModelError(
                     f"{self.path}: input {name} is {inputs[name]}, the contract says float32"
                 )
-        missing = [o for o in self.outputs if o not in outputs]
+        missing = [o for o in self.outputs + self.layer_maps if o not in outputs]
         if missing:
             raise NotAnStlpipsModelError(
                 f"{self.path}: metadata declares outputs {missing} that the graph does not have; re-export it"

@@ -73,6 +73,10 @@ class ImageSizeError(ImageError):
     """The two images of a pair differ in size, or an image is below the model's minimum size."""
 
 
+class MemoryBudgetError(ImageError):
+    """An image too large to score within ``max_memory`` even tile by tile (the budget is below one tile)."""
+
+
 class DeviceTensorError(ImageError):
     """A GPU tensor (``__cuda_array_interface__`` or DLPack) that cannot be bound without a copy: wrong dtype,
     layout or device, or a Scorer that does not run on that device."""
@@ -107,3 +111,4 @@ class VideoMismatchError(VideoError):
 # --- optional dependencies ---------------------------------------------------------------------------------
 class MissingExtraError(StlpipsError):
     """A feature needs an optional dependency that is not installed; the message names the extra."""
+

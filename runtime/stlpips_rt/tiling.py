@@ -1,0 +1,362 @@
+"""Exact tiled scoring: the geometry of a model's layers, the memory budget, and the plan that splits a large pair
+into tiles whose per-layer distance maps recompose the full-frame result.
+
+Every feature position depends on a bounded window of the input. A tile answers for a *core* of the image; it is
+fed its core plus a halo of real pixels as wide as the deepest layer's receptive field reaches, so that every
+feature position of the core is computed from exactly the pixels (and, where the tile reaches the image border,
+exactly the padding) of the full frame. Tile origins are multiples of the deepest layer's cumulative stride, so
+each tile's feature grids are the full frame's grids shifted by whole positions. Each layer's spatial mean is then
+the sum over the tiles' cores divided by the full frame's count. User-facing description: docs/tiling.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import MemoryBudgetError
+
+# --- layer geometry ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where one layer's feature positions come from along one image axis (the same along both axes).
+
+    Position ``o`` reads input pixels ``o * stride - pad_before`` to ``o * stride - pad_before + field - 1``;
+    indices outside the image are the network's own padding (zeros or reflection). For an input of ``n`` pixels
+    the layer has :meth:`positions` ``(n)`` positions.
+    """
+
+    stride: int = 1
+    field: int = 1
+    pad_before: int = 0
+    pad_after: int = 0
+
+    def then(self, kernel: int, stride: int, pad_before: int, pad_after: int) -> Window:
+        """This window followed by one sliding-window layer (convolution, pooling, blur)."""
+        return Window(self.stride * stride, self.field + (kernel - 1) * self.stride,
+                      self.pad_before + pad_before * self.stride, self.pad_after + pad_after * self.stride)
+
+    def positions(self, n: int) -> int:
+        """Number of positions for an input of ``n`` pixels (each layer's ``floor`` output-size rule, composed)."""
+        return (n + self.pad_before + self.pad_after - self.field) // self.stride + 1
+
+    def first_pixel(self, position: int) -> int:
+        return position * self.stride - self.pad_before
+
+    def end_pixel(self, position: int) -> int:
+        """One past the last input pixel that ``position`` reads."""
+        return self.first_pixel(position) + self.field
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What the tiler knows about a model file, from its metadata (written by the exporter).
+
+    windows: one :class:`Window` per layer (the five LPIPS slices). bytes_per_pixel: measured peak working memory
+    of one pair per pixel of one image (ONNX Runtime CPU, float32), None in files exported before it was measured.
+    layer_maps: graph outputs holding each layer's distance map ``[N, 1, h_l, w_l]`` before the spatial mean
+    (files exported with ``--tiles``), empty otherwise.
+    """
+
+    windows: tuple[Window, ...]
+    bytes_per_pixel: int | None = None
+    layer_maps: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        align = self.align
+        if any(align % w.stride for w in self.windows):
+            raise ValueError(f"layer strides {[w.stride for w in self.windows]} do not all divide the deepest one")
+        if self.layer_maps and len(self.layer_maps) != len(self.windows):
+            raise ValueError(f"{len(self.layer_maps)} layer maps for {len(self.windows)} layers")
+
+    @property
+    def align(self) -> int:
+        """Tile origins are multiples of this (the deepest layer's cumulative stride)."""
+        return max(w.stride for w in self.windows)
+
+    @property
+    def halo(self) -> tuple[int, int]:
+        """Pixels of context a core needs before and after it, at most (before origin alignment)."""
+        return max(w.pad_before for w in self.windows), max(w.field - w.pad_before - w.stride for w in self.windows)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def geometry_metadata(windows: tuple[Window, ...] | list[Window]) -> dict[str, str]:
+    """The metadata entries that describe ``windows`` (see :class:`~stlpips_rt.contract.Key`)."""
+    from .contract import Key
+
+    return {
+        Key.LAYER_STRIDE: ",".join(str(w.stride) for w in windows),
+        Key.LAYER_FIELD: ",".join(str(w.field) for w in windows),
+        Key.LAYER_PAD_BEFORE: ",".join(str(w.pad_before) for w in windows),
+        Key.LAYER_PAD_AFTER: ",".join(str(w.pad_after) for w in windows),
+    }
+
+
+def read_geometry(meta: Mapping[str, str]) -> ModelGeometry | None:
+    """The geometry a file declares, or None for files exported before tiling existed (or with broken values)."""
+    from .contract import Key
+
+    try:
+        columns = [_ints(meta[k]) for k in (Key.LAYER_STRIDE, Key.LAYER_FIELD, Key.LAYER_PAD_BEFORE,
+                                            Key.LAYER_PAD_AFTER)]
+        if not columns[0] or len({len(c) for c in columns}) != 1:
+            return None
+        windows = tuple(Window(*values) for values in zip(*columns, strict=True))
+        bpp = meta.get(Key.BYTES_PER_PIXEL, "")
+        maps = tuple(n.strip() for n in meta.get(Key.LAYER_MAPS, "").split(",") if n.strip())
+        return ModelGeometry(windows, int(bpp) if bpp.isdigit() else None, maps)
+    except (KeyError, ValueError):
+        return None
+
+
+# --- memory budget -------------------------------------------------------------------------------------------
+
+DEFAULT_BUDGET_SHARE = 0.25  # of the machine's (or container's) memory
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(value: int | float | str) -> int:
+    """Bytes from ``1073741824``, ``"1G"``, ``"1.5GiB"``, ``"512M"``, ``"800MB"`` (units are powers of 1024)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        match = _SIZE.match(str(value))
+        if match is None:
+            raise ValueError(f"memory size {value!r}: expected bytes or a number with K, M, G or T (e.g. 2G, 512M)")
+        number = float(match[1]) * _UNITS[match[2].upper()]
+    if number <= 0:
+        raise ValueError(f"memory size must be positive, got {value!r}")
+    return int(number)
+
+
+def machine_memory() -> int:
+    """Physical memory, or the container's cgroup limit where that is lower (bytes)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def default_budget() -> int:
+    """A quarter of :func:`machine_memory`: several scorers (or a service's workers) can share a machine."""
+    return int(machine_memory() * DEFAULT_BUDGET_SHARE)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
+# --- plans ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AxisSpan:
+    """One tile along one axis: the pixels ``[start, stop)`` fed to the network, and for each layer the range
+    ``[lo, hi)`` of full-frame feature positions this tile answers for (its core)."""
+
+    start: int
+    stop: int
+    core: tuple[int, int]
+    layers: tuple[tuple[int, int], ...]
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Tile:
+    y: AxisSpan
+    x: AxisSpan
+
+    @property
+    def pixels(self) -> int:
+        return self.y.length * self.x.length
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """What a :class:`~stlpips_rt.Scorer` does with pairs of one size (``scorer.plan(h, w)``).
+
+    ``tiles`` holds one tile covering the whole image when the pair runs full frame. ``bytes_per_run`` is the
+    estimated working memory of one graph run (``pairs_per_run`` pairs of the largest tile), None when the file
+    carries no memory model.
+    """
+
+    height: int
+    width: int
+    tiles: tuple[Tile, ...]
+    grid: tuple[int, int]
+    budget: int
+    bytes_per_pixel: int | None
+    pairs_per_run: int
+    reason: str = field(default="", compare=False)
+
+    @property
+    def tiled(self) -> bool:
+        return len(self.tiles) > 1
+
+    @property
+    def largest_tile(self) -> tuple[int, int]:
+        tile = max(self.tiles, key=lambda t: t.pixels)
+        return tile.y.length, tile.x.length
+
+    @property
+    def computed_pixels(self) -> int:
+        return sum(t.pixels for t in self.tiles)
+
+    @property
+    def overhead(self) -> float:
+        """Extra pixels computed for the halos, as a fraction of the image (0.0 for full frame)."""
+        return self.computed_pixels / (self.height * self.width) - 1.0
+
+    @property
+    def bytes_per_run(self) -> int | None:
+        if self.bytes_per_pixel is None:
+            return None
+        h, w = self.largest_tile
+        return self.bytes_per_pixel * h * w * self.pairs_per_run
+
+    def __str__(self) -> str:
+        size = f"{self.height}x{self.width}"
+        memory = ("memory model unknown" if self.bytes_per_run is None else
+                  f"~{format_bytes(self.bytes_per_run)} per run, budget {format_bytes(self.budget)}")
+        if not self.tiled:
+            return f"{size}: full frame, {self.pairs_per_run} pair(s) per run ({memory}){self.reason}"
+        th, tw = self.largest_tile
+        return (f"{size}: {len(self.tiles)} tiles ({self.grid[0]}x{self.grid[1]}) of up to {th}x{tw}, "
+                f"{100 * self.overhead:.0f}% extra pixels for halos, {self.pairs_per_run} pair(s) per run "
+                f"({memory}){self.reason}")
+
+
+def split_axis(n: int, parts: int, windows: tuple[Window, ...], min_length: int) -> tuple[AxisSpan, ...] | None:
+    """Split an axis of ``n`` pixels into ``parts`` tiles with aligned cores of about equal size; None when the
+    axis is too short for that many aligned cores."""
+    return _split_axis(n, parts, windows, min_length)
+
+
+@lru_cache(maxsize=4096)
+def _split_axis(n: int, parts: int, windows: tuple[Window, ...], min_length: int) -> tuple[AxisSpan, ...] | None:
+    align = max(w.stride for w in windows)
+    cuts = [0] + [round(k * n / parts / align) * align for k in range(1, parts)] + [n]
+    if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+        return None
+    counts = [w.positions(n) for w in windows]
+    spans = []
+    for k in range(parts):
+        last = k == parts - 1
+        ranges = tuple((min(cuts[k] // w.stride, c), c if last else min(cuts[k + 1] // w.stride, c))
+                       for w, c in zip(windows, counts, strict=True))
+        # The tile reaches back to the first pixel of its first core position's field (aligned down) and on to
+        # one past the last pixel of its last core position's field, in every layer; at the image's ends it
+        # stops at the border, where the network pads as in the full frame.
+        needed = [(w.first_pixel(lo), w.end_pixel(hi - 1)) for w, (lo, hi) in zip(windows, ranges, strict=True)
+                  if hi > lo]
+        if needed:
+            start = 0 if k == 0 else max(0, min(a for a, _ in needed) // align * align)
+            stop = n if last else min(n, max(b for _, b in needed))
+        else:  # a core past the last position of every layer (tiny last core): nothing to answer for
+            start, stop = cuts[k], cuts[k + 1]
+        if stop - start < min_length:  # more context never hurts; too little input does not run at all
+            stop = min(n, start + min_length)
+            start = max(0, (stop - min_length) // align * align)
+        spans.append(AxisSpan(start, stop, (cuts[k], cuts[k + 1]), ranges))
+    return tuple(spans)
+
+
+def whole_frame(height: int, width: int, windows: tuple[Window, ...]) -> Tile:
+    """The one tile of a full-frame run."""
+    return Tile(*(AxisSpan(0, n, (0, n), tuple((0, w.positions(n)) for w in windows)) for n in (height, width)))
+
+
+def plan_tiles(height: int, width: int, geometry: ModelGeometry | None, budget: int, min_size: int,
+               batch_size: int = 1, static: bool = False) -> TilePlan:
+    """The cheapest way to run pairs of ``height x width`` within ``budget`` bytes of working memory.
+
+    A pair whose full frame fits runs whole, ``pairs_per_run`` (at most ``batch_size``) at a time. Otherwise the
+    image is split into a grid of tiles, each within the budget, choosing the grid that computes the fewest
+    pixels. Raises :class:`MemoryBudgetError` when even the smallest tile does not fit. Without a memory model
+    (``geometry`` None, or no bytes per pixel: files exported before tiling existed) everything runs full frame.
+    """
+    windows = geometry.windows if geometry else ()
+    bpp = geometry.bytes_per_pixel if geometry else None
+
+    def full_frame(reason: str = "") -> TilePlan:
+        fits = batch_size if bpp is None else max(1, min(batch_size, budget // (bpp * height * width)))
+        return TilePlan(height, width, (whole_frame(height, width, windows),), (1, 1), budget, bpp, fits, reason)
+
+    if geometry is None or bpp is None:
+        return full_frame(" (the file records no memory model: re-export it to enable tiling)")
+    if static:
+        return full_frame(" (static-size file: never tiled)")
+    if bpp * height * width <= budget:
+        return full_frame()
+    max_pixels = budget // bpp
+    best: tuple[int, int, int] | None = None  # (computed pixels, rows, cols)
+    smallest = (height * width, 0, 0)
+
+    def spans(n: int, parts: int) -> tuple[AxisSpan, ...] | None:
+        return split_axis(n, parts, windows, min_size)
+
+    for rows in range(1, -(-height // geometry.align) + 1):
+        ys = spans(height, rows)
+        if ys is None:
+            break
+        tallest = max(s.length for s in ys)
+        ys_total = sum(s.length for s in ys)
+        if best is not None and ys_total * width >= best[0]:
+            break  # every further split computes more pixels than the best found
+        for cols in range(1, -(-width // geometry.align) + 1):
+            xs = spans(width, cols)
+            if xs is None:
+                break
+            widest = max(s.length for s in xs)
+            smallest = min(smallest, (tallest * widest, rows, cols))
+            if tallest * widest <= max_pixels:
+                total = ys_total * sum(s.length for s in xs)
+                if best is None or total < best[0]:
+                    best = (total, rows, cols)
+                break
+    if best is None:
+        need = smallest[0] * bpp
+        raise MemoryBudgetError(
+            f"{height}x{width}", f"max_memory {format_bytes(budget)} is below the smallest tile this model can "
+            f"run exactly (about {format_bytes(need)}: the halo alone spans {sum(geometry.halo)} px); raise "
+            "max_memory")
+    _, rows, cols = best
+    ys, xs = spans(height, rows), spans(width, cols)
+    assert ys is not None and xs is not None
+    tiles = tuple(Tile(y, x) for y in ys for x in xs)
+    largest = max(t.pixels for t in tiles)
+    fits = max(1, min(batch_size, budget // (bpp * largest)))
+    return TilePlan(height, width, tiles, (rows, cols), budget, bpp, fits)
+
+
+def layer_counts(height: int, width: int, windows: tuple[Window, ...]) -> list[int]:
+    """Feature positions per layer of the full frame: the divisor of each layer's spatial mean."""
+    return [w.positions(height) * w.positions(width) for w in windows]
+
+
+__all__ = ["AxisSpan", "ModelGeometry", "Tile", "TilePlan", "Window", "default_budget", "geometry_metadata",
+           "layer_counts", "machine_memory", "parse_memory", "plan_tiles", "read_geometry", "split_axis",
+           "whole_frame"]
