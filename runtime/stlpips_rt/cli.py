@@ -12,7 +12,7 @@ import click
 import numpy as np
 
 from . import heatmap, images
-from .cli_options import CONTEXT, fail, model_option, models_dir_option, runtime_options
+from .cli_options import CONTEXT, fail, max_memory_option, model_option, models_dir_option, runtime_options
 from .errors import InferenceError, StlpipsError
 from .output import ERROR, FIELDS, OK, Progress, RowWriter, read_done
 from .pairs import Pair, from_csv, from_dirs, from_ref
@@ -128,6 +128,7 @@ TOOL = "stlpips-score"
 @model_option()
 @models_dir_option()
 @runtime_options()
+@max_memory_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--resize", type=click.IntRange(min=1), default=None,
               help="Bicubic-resize every image to SIZE x SIZE first (off by default).")
@@ -151,9 +152,9 @@ TOOL = "stlpips-score"
 @video_options
 def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None, ref_dir: Path | None,
          dist_dir: Path | None, model: str, models_dir: Path | None, providers: str, precision: str,
-         threads: int | None, batch_size: int, resize: int | None, output: Path | None, fmt: str | None,
-         resume: bool, heatmap_dir: Path | None, quiet: bool, engine: str, address: str | None, workers: int,
-         gpus_per_worker: float, **video_args: Any) -> None:
+         threads: int | None, max_memory: int | None, batch_size: int, resize: int | None, output: Path | None,
+         fmt: str | None, resume: bool, heatmap_dir: Path | None, quiet: bool, engine: str, address: str | None,
+         workers: int, gpus_per_worker: float, **video_args: Any) -> None:
     """Score REF against DIST, or many pairs (--pairs, --ref-dir/--dist-dir, --ref/--dist-dir).
 
     Prints the distance for one pair; otherwise one row per pair (ref, dist, distance, status, error). Exits 1
@@ -187,7 +188,7 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
 
     try:
         scorer = Scorer(model, providers=providers, threads=threads, precision=precision, batch_size=batch_size,
-                        resize=resize, models_dir=models_dir)
+                        resize=resize, models_dir=models_dir, max_memory=max_memory)
     except StlpipsError as exc:
         fail(TOOL, str(exc))
     if heatmap_dir is not None and not scorer.info.has_spatial:

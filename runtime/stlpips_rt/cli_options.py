@@ -22,6 +22,7 @@ import click
 
 from .precision import MODES, REDUCED
 from .providers import AUTO_ORDER
+from .tiling import parse_memory
 from .variants import DEFAULT
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,6 +70,23 @@ def runtime_options(providers: str = "auto", precision: bool = True) -> Callable
         group.insert(1, click.option("--precision", type=click.Choice(MODES), default="exact", show_default=True,
                                      help=f"exact: float32 parity with PyTorch; fast: {reduced}."))
     return _stack(*group)
+
+
+def _memory(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_memory(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def max_memory_option() -> Callable[[F], F]:
+    """``--max-memory SIZE``: a scorer's working-memory budget; larger pairs are scored exactly, tile by tile."""
+    return click.option("--max-memory", "max_memory", callback=_memory, default=None, metavar="SIZE",
+                        help="Working memory for one graph run, e.g. 2G or 512M (default: a quarter of this "
+                             "machine's memory). Larger pairs are scored tile by tile with the same result "
+                             "(needs a --tiles export; see docs/tiling.md).")
 
 
 def fail(tool: str, message: str, code: int = 2) -> NoReturn:

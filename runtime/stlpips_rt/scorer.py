@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import images
+from . import images, tiled, tiling
 from . import precision as precision_modes
 from .batching import plan_runs
 from .contract import ModelInfo, ModelSpec
@@ -20,6 +21,7 @@ from .errors import (
     ImageSizeError,
     InferenceError,
     ModelError,
+    ModelNotFoundError,
     NotAnStlpipsModelError,
     StlpipsError,
 )
@@ -59,6 +61,11 @@ class Scorer:
             file), ``"tf32"`` (the float32 graph with TF32), or None (gpu_session.CUDA_FAST_DEFAULT, TF32 where
             no fp16 export is there).
         cuda_options: extra CUDA provider options, e.g. ``{"prefer_nhwc": "1"}``.
+        max_memory: working-memory budget of one graph run, in bytes or as ``"2G"``, ``"512M"`` (None: a quarter
+            of the machine's memory). Pairs whose full frame would exceed it are scored tile by tile, exactly
+            (docs/tiling.md); ``scorer.plan(h, w)`` says what happens for a size. Tiling runs a ``--tiles`` graph:
+            this file if it is one, else ``{short name}-tiles`` beside it or in the model folders. GPU tensors
+            (below) run as given.
 
     GPU tensors (PyTorch, CuPy, JAX, ... through ``__cuda_array_interface__`` or DLPack) passed to
     :meth:`score_batch`, :meth:`score_many` or :meth:`run_arrays` are bound on the device without a copy; they must
@@ -66,7 +73,8 @@ class Scorer:
     :class:`~stlpips_rt.device_tensors.DeviceArray`, readable through DLPack or ``__cuda_array_interface__``).
 
     ``scorer.provider`` and ``scorer.precision`` say what actually runs. One Scorer may be used from many
-    threads at once: it holds no mutable state after construction and onnxruntime's ``run`` is thread-safe.
+    threads at once: onnxruntime's ``run`` is thread-safe and the one piece of state created later (the tiles
+    graph's session, on the first pair that needs it) is created under a lock.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class Scorer:
         models_dir: str | os.PathLike[str] | None = None,
         cuda_fast: str | None = None,
         cuda_options: Mapping[str, str] | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -106,8 +115,8 @@ class Scorer:
                                     cuda_options=tuple((str(k), str(v)) for k, v in (cuda_options or {}).items()))
         try:
             mode = precision_modes.session_mode(precision, spec.precision if spec else "fp32")
-            built = build_session(path, chosen, dataclasses.replace(self.config, precision=mode),
-                                  explicit=not _is_auto(providers))
+            self._session_args = (chosen, dataclasses.replace(self.config, precision=mode), not _is_auto(providers))
+            built = build_session(path, *self._session_args)
             self._session, path = built.session, built.path
         except StlpipsError:
             raise
@@ -124,6 +133,14 @@ class Scorer:
         self._io_binding = self.provider in ("cuda", "tensorrt") if io_binding is None else io_binding
         self._device = DeviceRunner(self._session, self.provider, device_id, self.info.min_size,
                                     self.info.static_hw, self.info.num_layers)
+        self.max_memory: int = tiling.default_budget() if max_memory is None else tiling.parse_memory(max_memory)
+        self.geometry = tiling.read_geometry(self.info.metadata)
+        if max_memory is not None and (self.geometry is None or self.geometry.bytes_per_pixel is None):
+            raise ModelError(f"{path}: max_memory needs the file's memory model (stlpips.bytes_per_pixel and "
+                             "stlpips.layer_*), which files exported before tiling support lack; re-export it")
+        self._models_dir = models_dir
+        self._tiles_lock = threading.Lock()
+        self._tiles_graph: tuple[Any, tiling.ModelGeometry] | None = None
 
     def __repr__(self) -> str:
         return (f"Scorer(model={self.info.path.name!r}, provider={self.provider!r}, "
@@ -167,8 +184,8 @@ class Scorer:
         """Run the graph once on raw batches: float32 ``[N0, 3, H, W]`` and ``[N1, 3, H, W]`` in [-1, 1] with
         N0 == N1 or either 1 (broadcast). No conversion, no checks of values and no chunking: for callers that
         prepare tensors themselves (benchmarks, parity checks). GPU tensors are bound without a copy (in runs of
-        ``batch_size``)."""
-        self._check_outputs(outputs)
+        ``batch_size``). ``--tiles`` files also give their per-layer maps (``scorer.info.layer_maps``)."""
+        self._check_outputs(outputs, extra=self.info.layer_maps)
         pair = device_pair(in0, in1, ("in0", "in1"))
         if pair is not None:
             return self._run_device(pair, outputs, None, device_output, ("in0", "in1"))
@@ -178,24 +195,26 @@ class Scorer:
         in1 = np.ascontiguousarray(in1, dtype=np.float32)
         return self._infer(in0, in1, outputs)
 
-    def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+    def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str], session: Any = None) \
+            -> list[np.ndarray]:
+        session = session or self._session
         try:
             if self._io_binding:
-                binding = self._session.io_binding()
+                binding = session.io_binding()
                 binding.bind_cpu_input("in0", in0)
                 binding.bind_cpu_input("in1", in1)
                 for name in outputs:
                     binding.bind_output(name)
-                self._session.run_with_iobinding(binding)
+                session.run_with_iobinding(binding)
                 return binding.copy_outputs_to_cpu()
-            return self._session.run(list(outputs), {"in0": in0, "in1": in1})
+            return session.run(list(outputs), {"in0": in0, "in1": in1})
         except Exception as exc:
             raise InferenceError(f"onnxruntime failed on a batch of shape {in1.shape} on {self.provider}: {exc}") \
                 from None
 
-    def _check_outputs(self, outputs: Sequence[str]) -> None:
+    def _check_outputs(self, outputs: Sequence[str], extra: Sequence[str] = ()) -> None:
         for name in outputs:
-            if name not in self.info.outputs:
+            if name not in self.info.outputs and name not in extra:
                 raise ModelError(
                     f"{self.info.path.name} has no output {name!r} (it has {', '.join(self.info.outputs)}); export "
                     f"a model with it, e.g. `stlpips-export --net {self.info.net} --variant {self.info.variant} "
@@ -207,17 +226,78 @@ class Scorer:
         """Run prepared arrays (from :meth:`load`) and return each output in input order. ``x0`` is either a list
         pairing with ``x1`` (pairwise equal shapes) or one reference ``[3, H, W]`` array scored against every
         ``x1`` through the broadcast graph (in0 has batch 1: the reference's features are computed once per run).
-        Items are grouped by image size and split into runs of at most ``batch_size``."""
+        Items are grouped by image size and split into runs of at most ``batch_size`` pairs and at most
+        ``max_memory``; a size whose single pair exceeds ``max_memory`` is scored tile by tile (:meth:`plan`)."""
         self._check_outputs(outputs)
         reference = x0[None] if isinstance(x0, np.ndarray) and x0.ndim == 3 else None
         results: dict[str, list[Any]] = {name: [None] * len(x1) for name in outputs}
-        for run in plan_runs([x.shape for x in x1], self.batch_size):
-            in0 = reference if reference is not None else np.stack([x0[i] for i in run])
-            in1 = np.stack([x1[i] for i in run])
-            for name, value in zip(outputs, self._infer(in0, in1, outputs), strict=True):
-                for j, i in enumerate(run):
-                    results[name][i] = value[j]
+        shapes = [x.shape for x in x1]
+        for group in plan_runs(shapes, max(1, len(x1))):  # one group per image size
+            plan = self.plan(*shapes[group[0]][1:])
+            if plan.tiled:
+                pairs = x0 if reference is not None else [x0[i] for i in group]
+                values = self._evaluate_tiled(plan, pairs, [x1[i] for i in group], outputs)
+                for name in outputs:
+                    for j, i in enumerate(group):
+                        results[name][i] = values[name][j]
+                continue
+            for start in range(0, len(group), plan.pairs_per_run):
+                run = group[start:start + plan.pairs_per_run]
+                in0 = reference if reference is not None else np.stack([x0[i] for i in run])
+                in1 = np.stack([x1[i] for i in run])
+                for name, value in zip(outputs, self._infer(in0, in1, outputs), strict=True):
+                    for j, i in enumerate(run):
+                        results[name][i] = value[j]
         return {name: _stack(values) for name, values in results.items()}
+
+    # --- memory budget and tiles -------------------------------------------------------------------------
+    def plan(self, height: int, width: int) -> tiling.TilePlan:
+        """What scoring pairs of ``height x width`` does within ``max_memory``: full frame (and how many pairs per
+        run), or which tiles; ``str(plan)`` says it in one line. Raises :class:`MemoryBudgetError` when even one
+        tile does not fit."""
+        plan = tiling.plan_tiles(height, width, self.geometry, self.max_memory, self.info.min_size,
+                                 self.batch_size, static=self.info.static_hw is not None)
+        if not plan.tiled:
+            return plan
+        try:
+            geometry = self._tiles()[1]
+        except ModelError as exc:
+            return dataclasses.replace(plan, reason=f"; cannot run: {exc}")
+        return tiling.plan_tiles(height, width, geometry, self.max_memory, self.info.min_size, self.batch_size)
+
+    def _tiles(self) -> tuple[Any, tiling.ModelGeometry]:
+        """The session and geometry of the ``--tiles`` graph: this file if it is one, else its ``-tiles``
+        companion, loaded on first use."""
+        with self._tiles_lock:
+            if self._tiles_graph is None:
+                if self.geometry is not None and self.geometry.layer_maps:
+                    self._tiles_graph = (self._session, self.geometry)
+                else:
+                    self._tiles_graph = self._load_tiles_companion()
+            return self._tiles_graph
+
+    def _load_tiles_companion(self) -> tuple[Any, tiling.ModelGeometry]:
+        spec = dataclasses.replace(self.info.spec, spatial=False, layers=False, tiles=True)
+        try:
+            path = resolve_model(spec.short_name, [self.info.path.parent,
+                                                  *([self._models_dir] if self._models_dir else [])])
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"pairs larger than max_memory ({tiling.format_bytes(self.max_memory)}) are "
+                                     f"scored tile by tile, which needs a --tiles graph: {exc}") from None
+        session = build_session(path, *self._session_args).session
+        info = info_from_session(path, session)
+        geometry = tiling.read_geometry(info.metadata)
+        if (info.net, info.variant) != (self.info.net, self.info.variant) or geometry is None \
+                or not geometry.layer_maps or geometry.bytes_per_pixel is None:
+            raise NotAnStlpipsModelError(f"{path}: not a {self.info.short_name} --tiles graph with a memory model; "
+                                         "re-export it with `stlpips-export ... --tiles`")
+        return session, geometry
+
+    def _evaluate_tiled(self, plan: tiling.TilePlan, x0: np.ndarray | list[np.ndarray], x1: list[np.ndarray],
+                        outputs: Sequence[str]) -> dict[str, list[np.ndarray]]:
+        session, geometry = self._tiles()
+        return tiled.evaluate_tiled(lambda a, b, names: self._infer(a, b, names, session), plan,
+                                    geometry.windows, geometry.layer_maps, x0, x1, outputs)
 
     def evaluate_many(self, ref: np.ndarray, candidates: Sequence[np.ndarray],
                       outputs: Sequence[str] = ("dist",)) -> dict[str, np.ndarray]:

@@ -121,7 +121,7 @@ def run_video(params: Mapping[str, Any]) -> None:
     try:
         scorer = Scorer(params["model"], providers=params["providers"], threads=params["threads"],
                         precision=params["precision"], batch_size=params["batch_size"], resize=params["resize"],
-                        models_dir=params.get("models_dir"))
+                        models_dir=params.get("models_dir"), max_memory=params.get("max_memory"))
         writer = _open_writer(output, fmt)
     except StlpipsError as exc:
         fail(TOOL, str(exc))
