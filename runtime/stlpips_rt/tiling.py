@@ -15,8 +15,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 from .errors import MemoryBudgetError
 
@@ -252,36 +253,63 @@ class TilePlan:
 def split_axis(n: int, parts: int, windows: tuple[Window, ...], min_length: int) -> tuple[AxisSpan, ...] | None:
     """Split an axis of ``n`` pixels into ``parts`` tiles with aligned cores of about equal size; None when the
     axis is too short for that many aligned cores."""
-    return _split_axis(n, parts, windows, min_length)
-
-
-@lru_cache(maxsize=4096)
-def _split_axis(n: int, parts: int, windows: tuple[Window, ...], min_length: int) -> tuple[AxisSpan, ...] | None:
-    align = max(w.stride for w in windows)
-    cuts = [0] + [round(k * n / parts / align) * align for k in range(1, parts)] + [n]
-    if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+    split = _AxisSplit.of(n, parts, windows, min_length)
+    if split is None:
         return None
-    counts = [w.positions(n) for w in windows]
-    spans = []
-    for k in range(parts):
-        last = k == parts - 1
-        ranges = tuple((min(cuts[k] // w.stride, c), c if last else min(cuts[k + 1] // w.stride, c))
-                       for w, c in zip(windows, counts, strict=True))
-        # The tile reaches back to the first pixel of its first core position's field (aligned down) and on to
-        # one past the last pixel of its last core position's field, in every layer; at the image's ends it
-        # stops at the border, where the network pads as in the full frame.
-        needed = [(w.first_pixel(lo), w.end_pixel(hi - 1)) for w, (lo, hi) in zip(windows, ranges, strict=True)
-                  if hi > lo]
-        if needed:
-            start = 0 if k == 0 else max(0, min(a for a, _ in needed) // align * align)
-            stop = n if last else min(n, max(b for _, b in needed))
-        else:  # a core past the last position of every layer (tiny last core): nothing to answer for
-            start, stop = cuts[k], cuts[k + 1]
-        if stop - start < min_length:  # more context never hurts; too little input does not run at all
-            stop = min(n, start + min_length)
-            start = max(0, (stop - min_length) // align * align)
-        spans.append(AxisSpan(start, stop, (cuts[k], cuts[k + 1]), ranges))
-    return tuple(spans)
+    return tuple(AxisSpan(int(a), int(b), (int(c0), int(c1)), tuple((int(r[0][k]), int(r[1][k])) for r in split.ranges))
+                 for k, (a, b, c0, c1) in enumerate(zip(split.starts, split.stops, split.cuts[:-1], split.cuts[1:],
+                                                        strict=True)))
+
+
+@dataclass(frozen=True)
+class _AxisSplit:
+    """:func:`split_axis` as arrays (one entry per tile), cheap enough to try every tile count."""
+
+    cuts: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+    ranges: tuple[tuple[np.ndarray, np.ndarray], ...]  # per layer: first and end positions of each core
+
+    @property
+    def longest(self) -> int:
+        return int((self.stops - self.starts).max())
+
+    @property
+    def total(self) -> int:
+        return int((self.stops - self.starts).sum())
+
+    @staticmethod
+    def of(n: int, parts: int, windows: tuple[Window, ...], min_length: int) -> _AxisSplit | None:
+        align = max(w.stride for w in windows)
+        k = np.arange(parts + 1, dtype=np.int64)
+        cuts = (2 * k * n + parts * align) // (2 * parts * align) * align  # k * n / parts, rounded to align
+        cuts[-1] = n
+        if parts > 1 and (np.diff(cuts) <= 0).any():
+            return None
+        starts = np.full(parts, np.iinfo(np.int64).max)
+        stops = np.full(parts, np.iinfo(np.int64).min)
+        ranges = []
+        for w in windows:
+            count = w.positions(n)
+            lo = np.minimum(cuts[:-1] // w.stride, count)
+            hi = np.minimum(cuts[1:] // w.stride, count)
+            hi[-1] = count
+            ranges.append((lo, hi))
+            # A tile reaches back to the first pixel of its first core position's field and on to one past the
+            # last pixel of its last core position's field, in every layer.
+            some = hi > lo
+            starts = np.where(some, np.minimum(starts, lo * w.stride - w.pad_before), starts)
+            stops = np.where(some, np.maximum(stops, (hi - 1) * w.stride - w.pad_before + w.field), stops)
+        empty = starts > stops  # a core past the last position of every layer (a tiny last core)
+        starts = np.where(empty, cuts[:-1], np.maximum(0, starts // align * align))
+        stops = np.where(empty, cuts[1:], np.minimum(n, stops))
+        # At the image's ends the tile stops at the border, where the network pads as in the full frame.
+        starts[0], stops[-1] = 0, n
+        # More context never hurts; too little input does not run at all.
+        short = stops - starts < min_length
+        stops = np.where(short, np.minimum(n, starts + min_length), stops)
+        starts = np.where(short, np.maximum(0, (stops - min_length) // align * align), starts)
+        return _AxisSplit(cuts, starts, stops, tuple(ranges))
 
 
 def whole_frame(height: int, width: int, windows: tuple[Window, ...]) -> Tile:
@@ -312,39 +340,58 @@ def plan_tiles(height: int, width: int, geometry: ModelGeometry | None, budget: 
     if bpp * height * width <= budget:
         return full_frame()
     max_pixels = budget // bpp
+    splits: dict[tuple[int, int], _AxisSplit | None] = {}
+
+    def split(n: int, parts: int) -> _AxisSplit | None:
+        if (n, parts) not in splits:
+            splits[n, parts] = _AxisSplit.of(n, parts, windows, min_size)
+        return splits[n, parts]
+
+    def most_parts(n: int) -> int:  # cores at least one alignment step wide
+        return max(1, n // geometry.align)
+
+    def fewest_cols(limit: int) -> int | None:
+        """Few columns whose widest tile is at most ``limit`` pixels: a binary search (tiles narrow, if not
+        strictly, as columns are added) that only ever answers a column count that fits."""
+        lo, hi = 1, most_parts(width)
+        last = split(width, hi)
+        if last is None or last.longest > limit:
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            candidate = split(width, mid)
+            if candidate is not None and candidate.longest <= limit:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     best: tuple[int, int, int] | None = None  # (computed pixels, rows, cols)
-    smallest = (height * width, 0, 0)
-
-    def spans(n: int, parts: int) -> tuple[AxisSpan, ...] | None:
-        return split_axis(n, parts, windows, min_size)
-
-    for rows in range(1, -(-height // geometry.align) + 1):
-        ys = spans(height, rows)
+    smallest = height * width
+    for rows in range(1, most_parts(height) + 1):
+        ys = split(height, rows)
         if ys is None:
             break
-        tallest = max(s.length for s in ys)
-        ys_total = sum(s.length for s in ys)
-        if best is not None and ys_total * width >= best[0]:
+        if best is not None and ys.total * width >= best[0]:
             break  # every further split computes more pixels than the best found
-        for cols in range(1, -(-width // geometry.align) + 1):
-            xs = spans(width, cols)
-            if xs is None:
-                break
-            widest = max(s.length for s in xs)
-            smallest = min(smallest, (tallest * widest, rows, cols))
-            if tallest * widest <= max_pixels:
-                total = ys_total * sum(s.length for s in xs)
-                if best is None or total < best[0]:
-                    best = (total, rows, cols)
-                break
+        cols = fewest_cols(max_pixels // ys.longest)
+        narrowest = split(width, most_parts(width))
+        if narrowest is not None:
+            smallest = min(smallest, ys.longest * narrowest.longest)
+        if cols is not None:
+            xs = split(width, cols)
+            assert xs is not None
+            total = ys.total * xs.total
+            if best is None or total < best[0]:
+                best = (total, rows, cols)
     if best is None:
-        need = smallest[0] * bpp
+        need = smallest * bpp
         raise MemoryBudgetError(
             f"{height}x{width}", f"max_memory {format_bytes(budget)} is below the smallest tile this model can "
             f"run exactly (about {format_bytes(need)}: the halo alone spans {sum(geometry.halo)} px); raise "
             "max_memory")
     _, rows, cols = best
-    ys, xs = spans(height, rows), spans(width, cols)
+    ys, xs = split_axis(height, rows, windows, min_size), split_axis(width, cols, windows, min_size)
     assert ys is not None and xs is not None
     tiles = tuple(Tile(y, x) for y in ys for x in xs)
     largest = max(t.pixels for t in tiles)
