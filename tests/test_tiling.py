@@ -218,3 +218,30 @@ def test_other_variants_tile_exactly(exported_model, net: str, variant: str, h: 
     assert scorer.plan(h, w).tiled
     whole = Scorer(path, providers="cpu", max_memory="64G")
     assert relative(scorer.score(a, b), whole.score(a, b)) <= TOLERANCE
+
+
+def test_score_cli_scores_the_other_pairs_when_one_is_over_the_budget(exported_model, tmp_path: Path) -> None:
+    """A pair that cannot run even tiled within --max-memory becomes an error row; its chunk's other pairs are
+    still scored."""
+    import csv
+
+    from PIL import Image
+
+    sizes = {"small0": (48, 48), "huge": (400, 400), "small1": (56, 40)}
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ref", "dist"])
+        for name, (h, w) in sizes.items():
+            a, b = image_pair(h, w, len(name))
+            Image.fromarray(a).save(tmp_path / f"{name}_a.png")
+            Image.fromarray(b).save(tmp_path / f"{name}_b.png")
+            writer.writerow([f"{name}_a.png", f"{name}_b.png"])
+    out = tmp_path / "rows.csv"
+    done = CliRunner().invoke(score_cli, ["--pairs", str(tmp_path / "pairs.csv"), "-m",
+                                          str(exported_model("alex", "st")), "--providers", "cpu",
+                                          "--max-memory", "4M", "-o", str(out), "-q"])
+    with open(out) as f:
+        rows = {Path(r["ref"]).name: r for r in csv.DictReader(f)}
+    assert done.exit_code == 1
+    assert rows["small0_a.png"]["status"] == "ok" and rows["small1_a.png"]["status"] == "ok"
+    assert rows["huge_a.png"]["status"] == "error" and "max_memory" in rows["huge_a.png"]["error"]

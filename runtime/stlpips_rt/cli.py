@@ -13,7 +13,7 @@ import numpy as np
 
 from . import heatmap, images
 from .cli_options import CONTEXT, fail, max_memory_option, model_option, models_dir_option, runtime_options
-from .errors import InferenceError, StlpipsError
+from .errors import ImageError, InferenceError, ModelNotFoundError, StlpipsError
 from .output import ERROR, FIELDS, OK, Progress, RowWriter, read_done
 from .pairs import Pair, from_csv, from_dirs, from_ref
 from .scorer import Scorer
@@ -60,7 +60,10 @@ def _score_chunk(scorer: Scorer, loaded: list[LoadedPair], outputs: tuple[str, .
         try:
             x0 = good[0].ref if broadcast else [g.ref for g in good]
             results = scorer.evaluate(x0, [g.dist for g in good], outputs)
-        except InferenceError as exc:
+        except (InferenceError, ImageError, ModelNotFoundError) as exc:
+            if len(good) > 1:  # e.g. one pair too large for --max-memory: the others still get scored
+                return [row for item in loaded for row in _score_chunk(scorer, [item], outputs, broadcast,
+                                                                          heatmap_dir)]
             failure = str(exc)
     rows, k = [], 0
     for item in loaded:
