@@ -33,6 +33,7 @@ def test_cpp_host_reads_only_contract_keys_and_all_required_ones() -> None:
     ModelSpec("alex", "st", static_hw=(256, 192)),
     ModelSpec("alex", "st", fused=False),
     ModelSpec("alex", "aa", spatial=True, static_hw=(64, 64)),
+    ModelSpec("vgg", "st", "fp16", spatial=True, tiles=True),
 ])
 def test_short_names_round_trip_and_file_names_follow_them(spec: ModelSpec) -> None:
     assert ModelSpec.parse(spec.short_name) == spec
@@ -43,7 +44,8 @@ def test_every_option_that_changes_the_graph_changes_the_file_name() -> None:
     base = ModelSpec("alex", "st")
     variants = [base, ModelSpec("alex", "st", "fp16"), ModelSpec("alex", "st", "int8"),
                 ModelSpec("alex", "st", spatial=True), ModelSpec("alex", "st", layers=True),
-                ModelSpec("alex", "st", static_hw=(64, 64)), ModelSpec("alex", "st", fused=False)]
+                ModelSpec("alex", "st", static_hw=(64, 64)), ModelSpec("alex", "st", fused=False),
+                ModelSpec("alex", "st", tiles=True)]
     assert len({v.file_name for v in variants}) == len(variants)
     # Fusion changes nothing for variants with no fusable layers, so their name does not say it.
     assert ModelSpec("vgg", "st", fused=False).file_name == ModelSpec("vgg", "st").file_name
