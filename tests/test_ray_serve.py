@@ -222,3 +222,23 @@ def test_serve_command_refuses_a_missing_model_before_starting_anything(tmp_path
     result = CliRunner().invoke(main, ["--model", str(tmp_path / "nothing.onnx")])
     assert result.exit_code == 2
     assert "stlpips-serve: error:" in result.stderr and "nothing.onnx" in result.stderr
+
+
+def test_service_replicas_build_their_scorer_with_the_memory_budget(ray_cluster, exported_model) -> None:
+    """stlpips-serve's --max-memory reaches each replica's Scorer, which then tiles a large upload exactly instead
+    of needing the memory of its full frame (the pixel limits stay a decompression-bomb guard only)."""
+    from stlpips_rt.scale.batch import _ScorerSpec
+    from stlpips_rt.scale.ray_env import ModelPayload
+    from stlpips_rt.scale.service import config_from_args
+
+    tiles_model = exported_model("alex", "st", tiles=True)
+    config = config_from_args({"model": str(tiles_model), "max_memory": "24M"})
+    spec = _ScorerSpec(ModelPayload.put(config.model), "cpu", config.precision, config.threads, config.batch_size,
+                       None, config.limits.max_pixels, config.max_memory)
+    replica_scorer = spec.build()
+    assert replica_scorer.max_memory == 24 * 2**20
+    rng = np.random.default_rng(3)
+    a, b = (rng.integers(0, 256, (240, 260, 3), dtype=np.uint8) for _ in range(2))
+    assert replica_scorer.plan(240, 260).tiled
+    full_frame = Scorer(tiles_model, providers="cpu", max_memory="64G")
+    assert replica_scorer.score(a, b) == pytest.approx(full_frame.score(a, b), rel=1e-6)

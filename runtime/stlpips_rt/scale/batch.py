@@ -84,6 +84,7 @@ class _ScorerSpec:
     batch_size: int
     resize: int | tuple[int, int] | None
     max_pixels: int
+    max_memory: int | str | None = None  # None: the Scorer's default budget (tiles larger pairs)
 
     @classmethod
     def from_options(cls, opts: ScoringOptions) -> _ScorerSpec:
@@ -93,7 +94,7 @@ class _ScorerSpec:
     def build(self) -> Scorer:
         return Scorer(self.model.local_path(), providers=self.providers, precision=self.precision,
                       threads=self.threads, batch_size=self.batch_size, resize=self.resize,
-                      max_pixels=self.max_pixels)
+                      max_pixels=self.max_pixels, max_memory=self.max_memory)
 
 
 class ImageSource:

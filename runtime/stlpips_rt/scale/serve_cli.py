@@ -9,7 +9,7 @@ from types import FrameType
 
 import click
 
-from ..cli_options import CONTEXT, fail, model_option, models_dir_option, runtime_options
+from ..cli_options import CONTEXT, fail, max_memory_option, model_option, models_dir_option, runtime_options
 from ..errors import StlpipsError
 from ..model import resolve_model
 from .http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, Limits
@@ -39,10 +39,11 @@ TOOL = "stlpips-serve"
               show_default=True, help="Largest request body (413 above).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Largest image, from its header (413 above; decompression bombs).")
+@max_memory_option()
 @click.option("--address", default=None, help="A running Ray cluster (auto, HOST:PORT); default: start a local one.")
 def main(model: str, models_dir: Path | None, providers: str, precision: str, threads: int | None, host: str,
          port: int, replicas: int, max_batch: int, batch_wait_ms: float, stack: bool | None, gpus_per_replica: float,
-         max_body_mb: float, max_pixels: int, address: str | None) -> None:
+         max_body_mb: float, max_pixels: int, max_memory: int | None, address: str | None) -> None:
     """Serve perceptual distances over HTTP on Ray Serve, until interrupted (Ctrl-C or SIGTERM).
 
     POST /v1/score (multipart ref, dist), POST /v1/score_many (ref, dist, dist, ...), GET /v1/models, GET /healthz.
@@ -62,7 +63,8 @@ def main(model: str, models_dir: Path | None, providers: str, precision: str, th
                     max_request_pixels=max(2 * max_pixels, Limits().max_request_pixels))
     config = service.ServiceConfig(model=str(model_path), providers=providers, precision=precision, threads=threads,
                                    replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, stack=stack,
-                                   gpus_per_replica=gpus_per_replica, limits=limits)
+                                   gpus_per_replica=gpus_per_replica, limits=limits,
+                                   max_memory=str(max_memory) if max_memory is not None else None)
     with ray_env.cluster(address, cpus_needed=int(replicas * config.cpus + 0.999)):
         try:
             service.start(config, host=host, port=port)

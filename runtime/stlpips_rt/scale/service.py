@@ -59,6 +59,9 @@ class ServiceConfig:
     cpus_per_replica: float | None = None
     gpus_per_replica: float = 0
     max_ongoing_requests: int = 64
+    # Working memory of one graph run (bytes, or "2G"); larger requests are tiled, exactly (docs/tiling.md).
+    # None: the Scorer's default. The pixel limits stay only as a guard against decompression bombs.
+    max_memory: str | None = None
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -173,7 +176,7 @@ class ScoringService:
 def build_app(config: ServiceConfig) -> Any:
     """The Serve application (``serve.run(build_app(config))``); the model is resolved here, on the driver."""
     spec = _ScorerSpec(ModelPayload.put(config.model), config.providers, config.precision, config.threads,
-                       config.batch_size, None, config.limits.max_pixels)
+                       config.batch_size, None, config.limits.max_pixels, config.max_memory)
     deployment = serve.deployment(ScoringService, name="ScoringService").options(
         num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.cpus, "num_gpus": config.gpus_per_replica})
