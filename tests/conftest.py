@@ -31,14 +31,18 @@ def shared_data() -> Path:
 def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Factory: ``exported_model(net="alex", variant="st", **ExportOptions fields) -> Path`` of a verified ONNX
     file, exported once per session per distinct set of options."""
+    from stlpips_export.exporters import DEFAULT_EXPORTER
     from stlpips_export.onnx_export import ExportOptions, export_model
 
     out_dir = tmp_path_factory.mktemp("models")
 
     def export(net: str = "alex", variant: str = "st", **options: object) -> Path:
-        # Every option that changes the graph changes the file name, so one folder holds them all.
+        # Every option that changes the graph changes the file name, so one folder holds them all; but for the
+        # exporter, whose files have the same name (same contract, same numbers): a non-default one gets a subfolder.
         wanted = ExportOptions(net=net, variant=variant, out_dir=out_dir, **options)
-        path = out_dir / wanted.file_name
+        if wanted.exporter != DEFAULT_EXPORTER:
+            wanted.out_dir = out_dir / wanted.exporter
+        path = wanted.out_dir / wanted.file_name
         if not path.is_file():
             path = export_model(wanted).path
         return path

@@ -12,7 +12,8 @@ from stlpips_rt.cli_options import CONTEXT, fail, models_dir_option
 from stlpips_rt.variants import NETS, RELEASED, VARIANT_NAMES
 
 from .errors import ExportError
-from .onnx_export import DEFAULT_OPSET, ExportOptions, export_model
+from .exporters import DEFAULT_EXPORTER, DEFAULT_OPSETS, EXPORTERS
+from .onnx_export import ExportOptions, export_model
 
 TOOL = "stlpips-export"
 
@@ -36,7 +37,10 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--all", "export_all", is_flag=True,
               help=f"Export every variant with released weights ({', '.join(RELEASED)}).")
 @models_dir_option(writing=True)
-@click.option("--opset", type=click.IntRange(13, 23), default=DEFAULT_OPSET, show_default=True)
+@click.option("--opset", type=click.IntRange(13, 23),
+              help="ONNX opset [default: " + ", ".join(f"{v} with {k}" for k, v in DEFAULT_OPSETS.items()) + "]")
+@click.option("--exporter", type=click.Choice(EXPORTERS), default=DEFAULT_EXPORTER, show_default=True,
+              help="dynamo: torch.export + onnxscript; torchscript: the deprecated tracer (docs/export.md).")
 @click.option("--fp16", is_flag=True, help="float16 backbone inside; float32 inputs and outputs.")
 @click.option("--int8", is_flag=True, help="int8 backbone (post-training static quantization), written only if it "
                                            "passes its ranking gate against the float32 graph (docs/int8.md).")
@@ -55,22 +59,22 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--weights", type=click.Path(dir_okay=False), help="Your own upstream-format checkpoint (.pth).")
 @click.option("--tolerance", type=float, help="Override the parity tolerance (max abs) for this export.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the written paths.")
-def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int, fp16: bool, int8: bool,
-         calibration: Path | None, calibration_only: bool, gate_triplets: int, spatial: bool, layers: bool,
-         tiles: bool, static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool, weights: str | None,
-         tolerance: float | None, quiet: bool) -> None:
+def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int | None, exporter: str,
+         fp16: bool, int8: bool, calibration: Path | None, calibration_only: bool, gate_triplets: int, spatial: bool,
+         layers: bool, tiles: bool, static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool,
+         weights: str | None, tolerance: float | None, quiet: bool) -> None:
     """Export an ST-LPIPS / LPIPS model to ONNX, proving float32 parity with PyTorch before writing it."""
     if export_all and weights:
         raise click.UsageError("--all exports the registered weights; drop --weights or --all")
     targets = [tuple(key.split("-")) for key in RELEASED] if export_all else [(net, variant)]
     failures = 0
     for target_net, target_variant in targets:
-        options = ExportOptions(net=target_net, variant=target_variant, out_dir=models_dir, opset=opset, fp16=fp16,
-                                spatial=spatial, layers=layers, static_hw=static_hw, simplify=not no_simplify,
-                                fuse=not no_fuse, weights=weights, tolerance=tolerance, int8=int8,
-                                calibration=calibration, calibration_only=calibration_only,
-                                gate_triplets=gate_triplets, tiles=tiles)
         try:
+            options = ExportOptions(net=target_net, variant=target_variant, out_dir=models_dir, opset=opset,
+                                    fp16=fp16, spatial=spatial, layers=layers, static_hw=static_hw,
+                                    simplify=not no_simplify, fuse=not no_fuse, weights=weights, tolerance=tolerance,
+                                    int8=int8, calibration=calibration, calibration_only=calibration_only,
+                                    gate_triplets=gate_triplets, tiles=tiles, exporter=exporter)
             name = options.file_name
         except ExportError as exc:
             fail(TOOL, str(exc))

@@ -43,3 +43,7 @@ class CalibrationError(ExportError):
 
 class GateError(ExportError):
     """An int8 graph ranks image pairs differently from its float32 graph beyond the gate; nothing was written."""
+
+
+class ExporterUnavailableError(ExportError):
+    """The chosen ONNX exporter cannot run here (a package it needs is missing)."""

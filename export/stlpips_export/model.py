@@ -50,6 +50,19 @@ class LinearWeights(nn.Module):
         return self.model(x)
 
 
+def paired_difference(features: torch.Tensor, n0: int) -> torch.Tensor:
+    """``features[:n0] - features[n0:]``: in0's rows against in1's, a batch of 1 broadcast against the other."""
+    first, second = features[:n0], features[n0:]
+    if torch.compiler.is_exporting():
+        # torch.export (the dynamo ONNX exporter) takes implicit broadcasting between two symbolic batch sizes as
+        # N0 == N1 and would merge the two batch axes. Expanding both sides to max(N0, N1) states the contract
+        # instead (torch.sym_max adds no guard); exporters.py drops the Expand nodes again, since ONNX Sub
+        # broadcasts the same way. Eager mode and the TorchScript tracer take the plain subtraction.
+        pairs = torch.sym_max(first.shape[0], second.shape[0])
+        first, second = first.expand(pairs, -1, -1, -1), second.expand(pairs, -1, -1, -1)
+    return first - second
+
+
 def unit_normalize(features: torch.Tensor, eps: float = NORMALIZE_EPS) -> torch.Tensor:
     """Divide each spatial position's channel vector by its L2 norm (plus ``eps``, as the released weights expect)."""
     norm = torch.sqrt(torch.sum(features**2, dim=1, keepdim=True))
@@ -122,7 +135,7 @@ class PerceptualDistance(nn.Module):
         layer_maps = []
         for feature, lin in zip(features, self.lins, strict=True):
             feature = unit_normalize(feature.float())
-            layer_maps.append(lin((feature[:n0] - feature[n0:]) ** 2))
+            layer_maps.append(lin(paired_difference(feature, n0) ** 2))
 
         layer_means = [m.mean(dim=[2, 3]) for m in layer_maps]  # each [N, 1]
         total = layer_means[0]

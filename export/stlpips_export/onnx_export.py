@@ -10,7 +10,6 @@ import copy
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,13 +25,14 @@ from stlpips_rt.tiling import geometry_metadata
 
 from . import __version__
 from .errors import InvalidOptionError, SimplifyError, UnknownModelError
+from .exporters import DEFAULT_EXPORTER, DEFAULT_OPSETS, check_opset, default_opset, export_graph
 from .fusion import fuse_for_export
 from .geometry import layer_windows
 from .memory import measure_bytes_per_pixel
 from .model import PerceptualDistance, build_model
 from .verify import ParityReport, find_min_size, verify_parity
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = DEFAULT_OPSETS[DEFAULT_EXPORTER]
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ExportOptions:
     net: str = "alex"
     variant: str = "st"
     out_dir: Path = Path("models")
-    opset: int = DEFAULT_OPSET
+    opset: int | None = None  # None: the exporter's default (exporters.DEFAULT_OPSETS)
     fp16: bool = False
     spatial: bool = False
     layers: bool = False
@@ -54,6 +54,12 @@ class ExportOptions:
     calibration_only: bool = False  # calibrate on ``calibration`` alone
     gate_triplets: int = 2000
     tiles: bool = False  # add the per-layer distance maps tiled scoring reads (docs/tiling.md)
+    exporter: str = DEFAULT_EXPORTER  # "dynamo" (torch.export + onnxscript) or "torchscript" (exporters.py)
+
+    def __post_init__(self) -> None:
+        if self.opset is None:
+            self.opset = default_opset(self.exporter)
+        check_opset(self.exporter, self.opset)
 
     @property
     def spec(self) -> ModelSpec:
@@ -147,6 +153,7 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         Key.TORCH_VERSION: torch.__version__,
         Key.ONNX_VERSION: onnx.__version__,
         Key.OPSET: str(options.opset),
+        Key.EXPORTER: options.exporter,
         Key.FUSED: "conv+blurpool" if options.fuse else "none",
         Key.PARITY_TOLERANCE: f"{options.parity_tolerance:g}",
         **geometry_metadata(layer_windows(model.arch)),
@@ -198,35 +205,7 @@ def quantize_int8(fp32_graph: onnx.ModelProto, model: PerceptualDistance, min_si
 
 def trace_to_onnx(model: PerceptualDistance, options: ExportOptions, min_size: int) -> onnx.ModelProto:
     """Trace with separate batch dimensions for the two inputs and (unless ``static_hw``) dynamic H and W."""
-    h, w = options.static_hw or (max(min_size, 64),) * 2
-    example = (torch.zeros(1, 3, h, w), torch.zeros(2, 3, h, w))
-    names = model.output_names
-    dynamic_axes = {
-        name: {axis: label for axis, label in axes.items()
-               if not (options.static_hw and label in contract.SPATIAL_AXES)}
-        for name, axes in contract.AXES.items() if name in (*contract.INPUTS, *names)
-    }
-    if model.layer_maps:
-        dynamic_axes.update({name: contract.layer_map_axes(i)
-                             for i, name in enumerate(contract.layer_map_outputs(len(model.lins)))})
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # The TorchScript exporter is used on purpose (plain dynamic_axes, no onnxscript dependency); its
-        # deprecation notice and its note on Slice folding (onnxsim folds those afterwards) are noise here.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        raw = Path(tmp) / "traced.onnx"
-        torch.onnx.export(
-            model,
-            example,
-            str(raw),
-            dynamo=False,
-            opset_version=options.opset,
-            input_names=list(contract.INPUTS),
-            output_names=names,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
-        return onnx.load(str(raw))
+    return export_graph(model, options.exporter, options.opset, min_size, options.static_hw)
 
 
 def simplify(graph: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,0 +1,163 @@
+"""Both ONNX exporters (dynamo, the default, and torchscript) meet the same contract: separate batch axes N0/N1 with
+broadcasting, dynamic H/W, BlurPool as a grouped Conv with a constant binomial filter, the parity gate."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import helper, numpy_helper
+
+from stlpips_export import cli
+from stlpips_export.errors import ExporterUnavailableError, InvalidOptionError
+from stlpips_export.exporters import DEFAULT_EXPORTER, EXPORTERS, check_opset, drop_paired_expands
+from stlpips_export.model import build_model
+from stlpips_export.onnx_export import FP32_TOLERANCE, ExportOptions, export_model, read_metadata
+from stlpips_export.verify import verify_parity
+
+EXPECTED_OPSET = {"dynamo": 18, "torchscript": 17}
+
+
+@pytest.fixture(scope="module")
+def alex_st() -> torch.nn.Module:
+    return build_model("alex", "st")
+
+
+def _dims(values) -> dict[str, list]:
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+
+def _rand(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    return rng.uniform(-1, 1, (n, 3, h, w)).astype(np.float32)
+
+
+def test_dynamo_is_the_default() -> None:
+    assert DEFAULT_EXPORTER == "dynamo"
+    assert ExportOptions().exporter == "dynamo" and ExportOptions().opset == 18
+    assert ExportOptions(exporter="torchscript").opset == 17
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_interface_has_separate_batch_axes_and_dynamic_hw(exported_model, exporter: str) -> None:
+    path = exported_model("alex", "st", exporter=exporter)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    assert _dims(graph.graph.input) == {"in0": ["N0", 3, "H", "W"], "in1": ["N1", 3, "H", "W"]}
+    assert _dims(graph.graph.output) == {"dist": ["N"]}
+    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [EXPECTED_OPSET[exporter]]
+    meta = read_metadata(path)
+    assert meta["stlpips.exporter"] == exporter
+    assert meta["stlpips.opset"] == str(EXPECTED_OPSET[exporter])
+    assert float(meta["stlpips.parity_max_abs"]) <= FP32_TOLERANCE
+    # The explicit broadcast torch.export needs is gone again: Sub broadcasts by itself (drop_paired_expands).
+    assert not [n for n in graph.graph.node if n.op_type == "Expand"]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_blurpool_is_a_grouped_conv_with_a_constant_binomial_filter(exported_model, exporter: str) -> None:
+    graph = onnx.load(str(exported_model("alex", "st", exporter=exporter))).graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    groups = []
+    for node in graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv" and group > 1:
+            weight = initializers[node.input[1]]  # KeyError: the filter is computed in the graph, not constant
+            assert weight.shape == (group, 1, 3, 3)
+            np.testing.assert_allclose(weight[0, 0], np.outer([1, 2, 1], [1, 2, 1]) / 16.0, rtol=1e-7)
+            groups.append(group)
+    # Fused alex-st: conv1's BlurPool on the four border strips, then after pool1 (64) and pool2 (192).
+    assert groups == [64] * 5 + [192]
+    pads = [n for n in graph.node if n.op_type == "Pad"]
+    modes = [next((a.s for a in n.attribute if a.name == "mode"), b"constant") for n in pads]
+    assert modes.count(b"reflect") == len(groups)
+    assert all(n.domain in ("", "ai.onnx") for n in graph.node), "no custom operators"
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_batches_broadcast_and_sizes_vary_like_pytorch(exported_model, alex_st, exporter: str) -> None:
+    session = ort.InferenceSession(str(exported_model("alex", "st", exporter=exporter)),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(17)
+    # None of these shapes is the example the exporter saw (batch 2 and 2 or 1 and 2, 64x64).
+    for n0, n1, h, w in [(1, 5, 33, 47), (5, 1, 33, 47), (3, 3, 128, 96), (1, 1, 21, 30), (7, 7, 24, 24)]:
+        in0, in1 = _rand(rng, n0, h, w), _rand(rng, n1, h, w)
+        (dist,) = session.run(["dist"], {"in0": in0, "in1": in1})
+        with torch.no_grad():
+            expected = alex_st(torch.from_numpy(in0), torch.from_numpy(in1))[0].numpy()
+        assert dist.shape == (max(n0, n1),)
+        np.testing.assert_allclose(dist, expected, atol=FP32_TOLERANCE, rtol=0)
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error: 2 vs 5 is neither equal nor broadcast
+        session.run(["dist"], {"in0": _rand(rng, 2, 32, 32), "in1": _rand(rng, 5, 32, 32)})
+
+
+def test_the_two_exporters_graphs_agree(exported_model) -> None:
+    sessions = [ort.InferenceSession(str(exported_model("alex", "st", exporter=e)), providers=["CPUExecutionProvider"])
+                for e in EXPORTERS]
+    rng = np.random.default_rng(23)
+    in0, in1 = _rand(rng, 1, 70, 52), _rand(rng, 4, 70, 52)
+    dynamo, torchscript = (s.run(["dist"], {"in0": in0, "in1": in1})[0] for s in sessions)
+    np.testing.assert_allclose(dynamo, torchscript, atol=1e-6, rtol=0)
+
+
+def test_reloaded_dynamo_file_passes_the_parity_gate_again(exported_model, alex_st) -> None:
+    """The gate ran before the file was written; run it once more on the file as written."""
+    graph = onnx.load(str(exported_model("alex", "st")))
+    report = verify_parity(graph, alex_st, int(read_metadata(exported_model("alex", "st"))["stlpips.min_size"]),
+                           FP32_TOLERANCE)
+    assert report.passed, report.summary()
+    assert report.rank_agreement == 1.0
+
+
+def test_dynamo_refuses_opsets_below_18() -> None:
+    with pytest.raises(InvalidOptionError, match="opset 18 or newer"):
+        check_opset("dynamo", 17)
+    with pytest.raises(InvalidOptionError, match="unknown exporter"):
+        ExportOptions(exporter="tracer")
+    check_opset("torchscript", 17)
+    result = CliRunner().invoke(cli.main, ["--opset", "17", "--quiet"])
+    assert result.exit_code == 2 and "--exporter torchscript" in result.output
+
+
+def test_missing_onnxscript_is_a_typed_error_naming_the_extra(tmp_path, monkeypatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "onnxscript" else find_spec(name, *args))
+    with pytest.raises(ExporterUnavailableError, match=r"stlpips-deploy\[export\]"):
+        export_model(ExportOptions(net="alex", variant="st", out_dir=tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_records_the_chosen_exporter(tmp_path) -> None:
+    result = CliRunner().invoke(cli.main, ["--net", "alex", "--variant", "st", "--exporter", "torchscript",
+                                           "--static", "32x32", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(tmp_path / "stlpips_alex_st_32x32.onnx")
+    recorded = (meta["stlpips.exporter"], meta["stlpips.opset"], meta["stlpips.static_hw"])
+    assert recorded == ("torchscript", "17", "32x32")
+
+
+def _expand_graph(same_shape: bool) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Expand", ["a", "s"], ["ea"]),
+        helper.make_node("Expand", ["b", "s" if same_shape else "t"], ["eb"]),
+        helper.make_node("Sub", ["ea", "eb"], ["d"]),
+    ]
+    tensor = helper.make_tensor_value_info
+    inputs = [tensor(n, onnx.TensorProto.FLOAT, ["N0", 2]) for n in "ab"]
+    inputs += [tensor(n, onnx.TensorProto.INT64, [2]) for n in "st"]
+    graph = helper.make_graph(nodes, "g", inputs, [tensor("d", onnx.TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_drop_paired_expands_rewrites_only_expands_to_one_shape() -> None:
+    graph = _expand_graph(same_shape=True)
+    assert drop_paired_expands(graph) == 1
+    assert [(n.op_type, list(n.input)) for n in graph.graph.node] == [("Sub", ["a", "b"])]
+    untouched = _expand_graph(same_shape=False)
+    assert drop_paired_expands(untouched) == 0
+    assert [n.op_type for n in untouched.graph.node] == ["Expand", "Expand", "Sub"]
