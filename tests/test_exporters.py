@@ -17,8 +17,11 @@ from stlpips_export import cli
 from stlpips_export.errors import ExporterUnavailableError, InvalidOptionError
 from stlpips_export.exporters import DEFAULT_EXPORTER, EXPORTERS, check_opset, drop_paired_expands
 from stlpips_export.model import build_model
-from stlpips_export.onnx_export import FP32_TOLERANCE, ExportOptions, export_model, read_metadata
+from stlpips_export.onnx_export import ExportOptions, export_model, read_metadata
 from stlpips_export.verify import verify_parity
+from stlpips_rt.precision import tolerance
+
+FP32_TOLERANCE = tolerance("fp32").max_abs  # the export's parity gate for float32 files
 
 EXPECTED_OPSET = {"dynamo": 18, "torchscript": 17}
 

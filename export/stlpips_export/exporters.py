@@ -51,8 +51,9 @@ def check_exporter(exporter: str) -> None:
 def check_opset(exporter: str, opset: int) -> None:
     check_exporter(exporter)
     if opset < MIN_OPSETS[exporter]:
-        raise InvalidOptionError(f"the {exporter} exporter writes opset {MIN_OPSETS[exporter]} or newer, not {opset}; "
-                         f"use --opset {MIN_OPSETS[exporter]} or more, or --exporter torchscript for older opsets")
+        raise InvalidOptionError(f"the {exporter} exporter writes opset {MIN_OPSETS[exporter]} or newer, not "
+                                 f"{opset}; use --opset {MIN_OPSETS[exporter]} or more, or --exporter torchscript "
+                                 "for older opsets")
 
 
 def export_graph(
