@@ -14,9 +14,17 @@ from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
 from stlpips_export import cli
+from stlpips_export.architectures import get_architecture
 from stlpips_export.errors import ExporterUnavailableError, InvalidOptionError
-from stlpips_export.exporters import DEFAULT_EXPORTER, EXPORTERS, check_opset, drop_paired_expands
-from stlpips_export.model import build_model
+from stlpips_export.exporters import (
+    DEFAULT_EXPORTER,
+    EXPORTERS,
+    check_opset,
+    default_opset,
+    drop_paired_expands,
+    export_graph,
+)
+from stlpips_export.model import PerceptualDistance, build_model
 from stlpips_export.onnx_export import ExportOptions, export_model, read_metadata
 from stlpips_export.verify import verify_parity
 from stlpips_rt.precision import tolerance
@@ -114,6 +122,23 @@ def test_reloaded_dynamo_file_passes_the_parity_gate_again(exported_model, alex_
                            FP32_TOLERANCE)
     assert report.passed, report.summary()
     assert report.rank_agreement == 1.0
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_all_zero_features_give_zero_not_nan(exporter: str) -> None:
+    """unit_normalize divides by norm + 1e-10, so a position whose features are all zero (ReLU) contributes 0.
+    onnxscript's optimizer takes the 1e-10 for 0 and would make that 0/0 = NaN; the exporter must keep it."""
+    model = PerceptualDistance(get_architecture("alex", "st"))
+    with torch.no_grad():
+        for parameter in model.net.parameters():
+            parameter.zero_()  # every feature map is 0
+    graph = export_graph(model, exporter, default_opset(exporter), min_size=21, static_hw=(32, 32))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        assert model(torch.from_numpy(x), torch.from_numpy(x[::-1].copy()))[0].tolist() == [0.0, 0.0]
+    (dist,) = session.run(["dist"], {"in0": x, "in1": x[::-1].copy()})
+    assert dist.tolist() == [0.0, 0.0]
 
 
 def test_dynamo_refuses_opsets_below_18() -> None:

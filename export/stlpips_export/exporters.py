@@ -101,6 +101,8 @@ def _export_dynamo(
     if importlib.util.find_spec("onnxscript") is None:
         raise ExporterUnavailableError("the dynamo exporter needs onnxscript: pip install 'stlpips-deploy[export]' "
                                        "(or onnxscript alone), or use --exporter torchscript")
+    import onnxscript.optimizer
+    from onnxscript import ir
     h, w = _example_size(min_size, static_hw)
     example = (torch.zeros(DYNAMO_EXAMPLE_BATCH, 3, h, w), torch.zeros(DYNAMO_EXAMPLE_BATCH, 3, h, w))
     # One Dim per axis name of the contract (the file's axes are named after them): in0 and in1 share H and W and
@@ -121,10 +123,18 @@ def _export_dynamo(
             input_names=list(contract.INPUTS),
             output_names=list(names),
             opset_version=opset,
-            optimize=True,
+            # Not onnxscript's whole optimizer: its no-op rules take `x + c` for `x + 0` when |c| <= 1e-8, which drops
+            # unit_normalize's 1e-10 and turns an all-zero feature vector into 0/0 = NaN (docs/export.md).
+            optimize=False,
             verbose=False,
         )
-    return program.model_proto
+        # Constant folding (shape arithmetic, constant biases) and merging repeated shape computations, so that
+        # drop_paired_expands sees each pair's common shape; onnxsim does the rest.
+        model = program.model
+        onnxscript.optimizer.fold_constants(model)
+        ir.passes.common.CommonSubexpressionEliminationPass()(model)
+        ir.passes.common.RemoveUnusedNodesPass()(model)
+    return ir.serde.serialize_model(model)
 
 
 def _export_torchscript(
