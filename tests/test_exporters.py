@@ -141,6 +141,13 @@ def test_all_zero_features_give_zero_not_nan(exporter: str) -> None:
     assert dist.tolist() == [0.0, 0.0]
 
 
+def test_int8_defaults_to_torchscript_and_refuses_dynamo() -> None:
+    """int8.backbone_convs picks convolutions by the tracer's /net/ node names; a dynamo graph would go unquantized."""
+    assert ExportOptions(int8=True).exporter == "torchscript"
+    with pytest.raises(InvalidOptionError, match="--int8 needs --exporter torchscript"):
+        ExportOptions(int8=True, exporter="dynamo")
+
+
 def test_dynamo_refuses_opsets_below_18() -> None:
     with pytest.raises(InvalidOptionError, match="opset 18 or newer"):
         check_opset("dynamo", 17)

@@ -39,8 +39,9 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @models_dir_option(writing=True)
 @click.option("--opset", type=click.IntRange(13, 23),
               help="ONNX opset [default: " + ", ".join(f"{v} with {k}" for k, v in DEFAULT_OPSETS.items()) + "]")
-@click.option("--exporter", type=click.Choice(EXPORTERS), default=DEFAULT_EXPORTER, show_default=True,
-              help="dynamo: torch.export + onnxscript; torchscript: the deprecated tracer (docs/export.md).")
+@click.option("--exporter", type=click.Choice(EXPORTERS),
+              help=f"dynamo: torch.export + onnxscript; torchscript: the deprecated tracer "
+                   f"[default: {DEFAULT_EXPORTER}; torchscript with --int8] (docs/export.md).")
 @click.option("--fp16", is_flag=True, help="float16 backbone inside; float32 inputs and outputs.")
 @click.option("--int8", is_flag=True, help="int8 backbone (post-training static quantization), written only if it "
                                            "passes its ranking gate against the float32 graph (docs/int8.md).")
@@ -59,7 +60,7 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--weights", type=click.Path(dir_okay=False), help="Your own upstream-format checkpoint (.pth).")
 @click.option("--tolerance", type=float, help="Override the parity tolerance (max abs) for this export.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the written paths.")
-def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int | None, exporter: str,
+def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int | None, exporter: str | None,
          fp16: bool, int8: bool, calibration: Path | None, calibration_only: bool, gate_triplets: int, spatial: bool,
          layers: bool, tiles: bool, static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool,
          weights: str | None, tolerance: float | None, quiet: bool) -> None:

@@ -33,6 +33,7 @@ from .model import PerceptualDistance, build_model
 from .verify import ParityReport, find_min_size, verify_parity
 
 DEFAULT_OPSET = DEFAULT_OPSETS[DEFAULT_EXPORTER]
+INT8_EXPORTER = "torchscript"
 
 
 @dataclass
@@ -54,9 +55,16 @@ class ExportOptions:
     calibration_only: bool = False  # calibrate on ``calibration`` alone
     gate_triplets: int = 2000
     tiles: bool = False  # add the per-layer distance maps tiled scoring reads (docs/tiling.md)
-    exporter: str = DEFAULT_EXPORTER  # "dynamo" (torch.export + onnxscript) or "torchscript" (exporters.py)
+    exporter: str | None = None  # "dynamo" or "torchscript" (exporters.py); None: dynamo, torchscript for int8
 
     def __post_init__(self) -> None:
+        if self.exporter is None:
+            self.exporter = INT8_EXPORTER if self.int8 else DEFAULT_EXPORTER
+        if self.int8 and self.exporter != INT8_EXPORTER:
+            # int8.backbone_convs finds the backbone's convolutions by the tracer's node names (/net/...); the
+            # dynamo graph names them otherwise, and its "int8" file would come out unquantized.
+            raise InvalidOptionError(f"--int8 needs --exporter {INT8_EXPORTER} (the quantizer picks the backbone's "
+                                     "convolutions by the TorchScript tracer's node names)")
         if self.opset is None:
             self.opset = default_opset(self.exporter)
         check_opset(self.exporter, self.opset)
