@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from sample_images import write_image
 
 from stlpips_rt import Scorer, StlpipsError
 from stlpips_rt.cli import main as score_cli
@@ -23,13 +23,6 @@ from stlpips_rt.pairs import from_csv
 
 BATCH = 16
 pytestmark = pytest.mark.ray
-
-
-def write_image(path: Path, seed: int, size: tuple[int, int] = (64, 64)) -> Path:
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
-    Image.fromarray(coarse).resize((size[1], size[0]), Image.Resampling.BICUBIC).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

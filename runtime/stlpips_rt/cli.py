@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,15 +207,7 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
             fail(TOOL, str(exc), code=1)
         return
 
-    if pairs_csv:
-        pairs = from_csv(pairs_csv)
-    elif ref_dir and dist_dir:
-        pairs = from_dirs(ref_dir, dist_dir)
-    elif ref_one and dist_dir:
-        pairs = from_ref(ref_one, dist_dir)
-    else:
-        assert ref is not None and dist is not None
-        pairs = [Pair(0, str(ref), str(dist), ref, dist)]
+    pairs = _select_pairs(ref, dist, pairs_csv, ref_one, ref_dir, dist_dir)
 
     fields = FIELDS + (["heatmap"] if heatmap_dir is not None else [])
     fmt = fmt or "csv"
@@ -237,6 +230,20 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
         sys.exit(1)
 
 
+def _select_pairs(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None,
+                  ref_dir: Path | None, dist_dir: Path | None,
+                  read_table: Callable[[Path], list[Pair]] = from_csv) -> list[Pair]:
+    """The pairs a run scores, from whichever input form was given (checked by the caller)."""
+    if pairs_csv:
+        return read_table(pairs_csv)
+    if ref_dir and dist_dir:
+        return from_dirs(ref_dir, dist_dir)
+    if ref_one and dist_dir:
+        return from_ref(ref_one, dist_dir)
+    assert ref is not None and dist is not None
+    return [Pair(0, str(ref), str(dist), ref, dist)]
+
+
 def _main_ray(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None,
               ref_dir: Path | None, dist_dir: Path | None, model: str, models_dir: Path | None, providers: str,
               precision: str, batch_size: int, threads: int | None, resize: int | None, output: Path | None,
@@ -251,15 +258,9 @@ def _main_ray(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_o
         ray_env.require_ray()
     except ImportError as exc:
         fail(TOOL, str(exc))
-    if pairs_csv:
-        pairs = job.pairs_from_parquet(pairs_csv) if pairs_csv.suffix.lower() == ".parquet" else from_csv(pairs_csv)
-    elif ref_dir and dist_dir:
-        pairs = from_dirs(ref_dir, dist_dir)
-    elif ref_one and dist_dir:
-        pairs = from_ref(ref_one, dist_dir)
-    else:
-        assert ref is not None and dist is not None
-        pairs = [Pair(0, str(ref), str(dist), ref, dist)]
+    pairs = _select_pairs(ref, dist, pairs_csv, ref_one, ref_dir, dist_dir,
+                          read_table=lambda p: job.pairs_from_parquet(p) if p.suffix.lower() == ".parquet"
+                          else from_csv(p))
     sys.exit(job.main_ray(pairs, output, model=model, models_dir=models_dir, providers=providers, precision=precision,
                           batch_size=batch_size, threads=threads, resize=resize, workers=workers, address=address,
                           gpus_per_worker=gpus_per_worker, broadcast=bool(ref_one), resume=resume, quiet=quiet))
