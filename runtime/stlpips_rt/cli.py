@@ -15,7 +15,7 @@ import numpy as np
 from . import heatmap, images
 from .cli_options import CONTEXT, fail, max_memory_option, model_option, models_dir_option, runtime_options
 from .errors import ImageError, InferenceError, ModelNotFoundError, StlpipsError
-from .output import ERROR, FIELDS, OK, Progress, RowWriter, read_done
+from .output import ERROR, FIELDS, OK, Progress, RowWriter, read_done, report_run
 from .pairs import Pair, from_csv, from_dirs, from_ref
 from .scorer import Scorer
 from .video_cli import refuse_video_options, run_video, video_options
@@ -221,13 +221,10 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
     finally:
         progress.close()
         writer.close()
-    if not quiet:
-        skipped = f", {len(pairs) - len(todo)} already done" if resume else ""
-        click.echo(f"stlpips-score: {writer.written - writer.failed} of {writer.written} pairs scored{skipped} "
-                   f"({scorer.provider}, {scorer.precision})", err=True)
-    if writer.failed:
-        click.echo(f"stlpips-score: {writer.failed} pair(s) failed; see the rows with status=error", err=True)
-        sys.exit(1)
+    status = report_run(writer.written, writer.failed, len(pairs) - len(todo) if resume else None,
+                        f"({scorer.provider}, {scorer.precision})", quiet)
+    if status:
+        sys.exit(status)
 
 
 def _select_pairs(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None,

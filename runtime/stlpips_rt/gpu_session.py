@@ -20,7 +20,6 @@ The rules (docs/gpu.md):
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import onnxruntime as ort
 from .contract import Key, ModelSpec
 from .cuda_libraries import preload_nvidia_libraries, provider_library_problem, setup_hint
 from .errors import ModelNotFoundError, ProviderError, ProviderFallbackWarning, StlpipsError
+from .model import precision_sibling, read_model_info
 from .providers import SHORT_NAMES, SessionConfig, create_session
 
 GPU_PROVIDERS = ("tensorrt", "cuda")
@@ -62,25 +62,9 @@ def expand_chain(chosen: Sequence[str]) -> list[str]:
     return chain
 
 
-def file_spec(path: Path) -> ModelSpec | None:
-    """The :class:`ModelSpec` an export file name stands for (``stlpips_alex_st_fp16.onnx``); None for other names."""
-    name = path.name
-    if not (name.startswith("stlpips_") and name.endswith(".onnx")):
-        return None
-    try:
-        spec = ModelSpec.parse(name[len("stlpips_"):-len(".onnx")].replace("_", "-"))
-    except (StlpipsError, ValueError):
-        return None
-    return spec if spec.file_name == name else None
-
-
 def fp16_sibling(path: Path) -> Path | None:
     """``stlpips_alex_st_spatial.onnx`` -> ``stlpips_alex_st_fp16_spatial.onnx`` in the same folder, if it exists."""
-    spec = file_spec(path)
-    if spec is None or spec.precision != "fp32":
-        return None
-    sibling = path.with_name(dataclasses.replace(spec, precision="fp16").file_name)
-    return sibling if sibling.is_file() else None
+    return precision_sibling(path, "fp16")
 
 
 def _same_model(a: Any, b: Any) -> bool:
@@ -91,12 +75,10 @@ def _same_model(a: Any, b: Any) -> bool:
 def cuda_fast_model(path: Path, choice: str | None) -> tuple[Path, list[str]]:
     """The file CUDA's fast mode runs, and notes on the choice. ``choice`` None takes :data:`CUDA_FAST_DEFAULT` and
     falls back to TF32 where no fp16 export lies beside the model; "fp16" insists on it."""
-    from .model import read_model_info
-
     if choice is not None and choice not in CUDA_FAST_CHOICES:
         raise ProviderError(f"cuda_fast must be one of {CUDA_FAST_CHOICES} or None, got {choice!r}")
     want = choice or CUDA_FAST_DEFAULT
-    spec = file_spec(path)
+    spec = ModelSpec.from_file_name(path.name)
     if want == "tf32" or (spec is not None and spec.precision != "fp32"):
         return path, []
     sibling = fp16_sibling(path)

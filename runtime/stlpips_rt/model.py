@@ -52,14 +52,15 @@ def resolve_model(model: str | os.PathLike[str], search: Sequence[str | os.PathL
     )
 
 
-def int8_sibling(path: Path) -> Path | None:
-    """The int8 file exported beside a float32 file (``stlpips_alex_st.onnx`` -> ``stlpips_alex_st_int8.onnx``),
-    when there is one."""
+def precision_sibling(path: Path, precision: str) -> Path | None:
+    """The ``precision`` file exported beside a float32 export (``stlpips_alex_st.onnx`` ->
+    ``stlpips_alex_st_int8.onnx``), when there is one; None for other file names."""
     spec = ModelSpec.from_file_name(path.name)
     if spec is None or spec.precision != "fp32":
         return None
-    sibling = path.with_name(dataclasses.replace(spec, precision="int8").file_name)
+    sibling = path.with_name(dataclasses.replace(spec, precision=precision).file_name)
     return sibling if sibling.is_file() else None
+
 
 
 def info_from_session(path: Path, session: ort.InferenceSession) -> ModelInfo:

@@ -34,6 +34,18 @@ def read_done(path: Path, fmt: str) -> list[dict[str, str]]:
     return [r for r in rows if r.get("status") == OK and r.get("ref") is not None and r.get("dist") is not None]
 
 
+def report_run(scored: int, failed: int, skipped: int | None, where: str, quiet: bool) -> int:
+    """The end of a ``stlpips-score`` run on stderr, whatever the engine; returns the exit status (1 if any row
+    failed). ``skipped`` is None unless the run resumed."""
+    if not quiet:
+        resumed = f", {skipped} already done" if skipped is not None else ""
+        print(f"stlpips-score: {scored - failed} of {scored} pairs scored{resumed} {where}", file=sys.stderr)
+    if failed:
+        print(f"stlpips-score: {failed} pair(s) failed; see the rows with status=error", file=sys.stderr)
+        return 1
+    return 0
+
+
 class RowWriter:
     """Writes one row per pair and flushes after every batch so that an interrupted run keeps its rows."""
 

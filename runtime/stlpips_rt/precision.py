@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .model import precision_sibling
+
 MODES = ("exact", "fast")
 #: provider -> the arithmetic its "fast" mode runs. Providers not listed have no reduced-precision mode.
 REDUCED = {"tensorrt": "fp16", "cuda": "tf32", "openvino": "bf16"}
@@ -116,7 +118,6 @@ def route(model_path: Path, providers: str | Sequence[str], mode: str) -> tuple[
     takes :func:`fast_path` among the usable providers (all of them for "auto") and the model's int8 sibling when
     that path says so."""
     from .errors import ProviderError
-    from .model import int8_sibling
     from .providers import available_providers, resolve_providers
 
     if mode not in MODES:
@@ -125,7 +126,7 @@ def route(model_path: Path, providers: str | Sequence[str], mode: str) -> tuple[
         return model_path, resolve_providers(providers)
     auto = providers == "auto" or (not isinstance(providers, str) and list(providers) == ["auto"])
     candidates = available_providers() if auto else resolve_providers(providers)
-    sibling = int8_sibling(model_path)
+    sibling = precision_sibling(model_path, "int8")
     path = fast_path(candidates, sibling is not None)
     if path.provider in GPU_PROVIDERS:  # the GPU chain and its fp16 / TF32 choice: gpu_session.py
         return model_path, resolve_providers(providers)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..output import ERROR, FIELDS, OK
+from ..output import ERROR, FIELDS, OK, report_run
 from ..pairs import Pair
 from .batch import ScoringOptions, pairs_dataset, score_dataset
 from .ray_env import cluster
@@ -229,11 +229,5 @@ def main_ray(pairs: list[Pair], output: Path | None, *, model: str, models_dir: 
     options = ScoringOptions(model=model_path, providers=providers, precision=precision, threads=threads or 1,
                              batch_size=batch_size, resize=resize, workers=workers, gpus_per_worker=gpus_per_worker)
     result = run_job(pairs, output, options, broadcast=broadcast, address=address, resume=resume, quiet=quiet)
-    if not quiet:
-        skipped = f", {result.skipped} already done" if resume else ""
-        click.echo(f"stlpips-score: {result.scored - result.failed} of {result.scored} pairs scored{skipped} "
-                   f"on Ray ({workers} worker(s)) -> {output}", err=True)
-    if result.failed:
-        click.echo(f"stlpips-score: {result.failed} pair(s) failed; see the rows with status=error", err=True)
-        return 1
-    return 0
+    return report_run(result.scored, result.failed, result.skipped if resume else None,
+                      f"on Ray ({workers} worker(s)) -> {output}", quiet)
