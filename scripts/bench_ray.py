@@ -62,8 +62,8 @@ def bench_batch(args: argparse.Namespace, pairs_csv: Path) -> dict:
     import ray
     from click.testing import CliRunner
 
-    from stlpips_rt.cli import main as score_cli
-    from stlpips_rt.pairs import from_csv
+    from stlpips_rt.cli.score import main as score_cli
+    from stlpips_rt.io.pairs import from_csv
     from stlpips_rt.scale.batch import ScoringOptions
     from stlpips_rt.scale.job import run_job
 

@@ -18,11 +18,16 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from stlpips_rt import Scorer
+from stlpips_rt import Scorer, resolve_model
 from stlpips_rt.tiling import format_bytes, parse_memory
+
+
+def find(model: str, args: argparse.Namespace) -> Path:
+    return resolve_model(model, [args.models] if args.models else [])
 
 
 def status(field: str) -> int:
@@ -55,7 +60,7 @@ def memory_child(args: argparse.Namespace) -> dict:
     """In a fresh process: model loaded, images decoded, then one pair scored; the peak resident set of the
     scoring alone is compared with the budget."""
     h, w = parse_size(args.size)
-    scorer = Scorer(args.model, providers=args.providers, models_dir=args.models, max_memory=args.max_memory)
+    scorer = Scorer(find(args.model, args), args.providers, max_memory=args.max_memory)
     plan = scorer.plan(h, w)  # loads the -tiles graph when tiling is needed: it belongs to "the model"
     rss_model = status("VmRSS")
     a, b = random_pair(h, w)
@@ -93,8 +98,8 @@ def run_overhead(args: argparse.Namespace) -> None:
     """Full frame and tiled in alternating rounds in one process (each round in turn goes first); the best and the
     median round of each are reported."""
     h, w = parse_size(args.size)
-    full = Scorer(args.model, providers=args.providers, models_dir=args.models, max_memory="1T")
-    tiled = Scorer(args.model, providers=args.providers, models_dir=args.models, max_memory=args.max_memory)
+    full = Scorer(find(args.model, args), args.providers, max_memory="1T")
+    tiled = Scorer(find(args.model, args), args.providers, max_memory=args.max_memory)
     plan = tiled.plan(h, w)
     a, b = random_pair(h, w)
     x0, x1 = full.load(a), full.load(b)
@@ -121,10 +126,10 @@ def run_exactness(args: argparse.Namespace) -> None:
     cases = [(*parse_size(size), int(pixels)) for size, pixels in (c.split("@") for c in args.cases.split(","))]
     for key in args.variants.split(","):
         model = f"{key}-tiles"
-        full = Scorer(model, providers=args.providers, models_dir=args.models, max_memory="1T")
+        full = Scorer(find(model, args), args.providers, max_memory="1T")
         bpp = full.geometry.bytes_per_pixel
         for h, w, tile_pixels in cases:
-            tiled = Scorer(model, providers=args.providers, models_dir=args.models, max_memory=bpp * tile_pixels)
+            tiled = Scorer(find(model, args), args.providers, max_memory=bpp * tile_pixels)
             plan = tiled.plan(h, w)
             a, b = random_pair(h, w, seed=h)
             x0, x1 = full.load(a), full.load(b)

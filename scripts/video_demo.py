@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import video_samples  # noqa: E402  (a sibling script)
 
 from stlpips_rt import Scorer  # noqa: E402
-from stlpips_rt.cli import main as stlpips_score  # noqa: E402
+from stlpips_rt.cli.score import main as stlpips_score  # noqa: E402
 from stlpips_rt.video import summarize  # noqa: E402
 
 FRAMES, SIZE, DIP = 50, 256, range(20, 30)

@@ -13,8 +13,9 @@ from typing import Any
 import onnxruntime as ort
 import pytest
 
-from stlpips_rt import gpu_session as gs
-from stlpips_rt.providers import ORT_NAMES, SessionConfig, provider_options
+from stlpips_rt.engine import session as gs
+from stlpips_rt.engine.options import SessionConfig
+from stlpips_rt.engine.providers import ORT_NAMES, provider_options
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 

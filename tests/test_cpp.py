@@ -21,7 +21,8 @@ import onnxruntime
 import pytest
 from PIL import Image
 
-from stlpips_rt import Scorer, images, read_model_info
+from stlpips_rt import Scorer, read_model_info
+from stlpips_rt.io import images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIR = REPO_ROOT / "examples" / "cpp"

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from stlpips_rt import resolve_model
 from stlpips_rt.contract import Key, ModelSpec
 from stlpips_rt.precision import FastPath, fast_path, session_mode
 
@@ -102,8 +103,8 @@ def int8_sibling_folder(exported_model, tmp_path_factory):
 def test_fast_loads_the_int8_sibling_and_says_so(int8_sibling_folder):
     from stlpips_rt import Scorer
 
-    exact = Scorer("alex-st", providers="cpu", models_dir=int8_sibling_folder)
-    fast = Scorer("alex-st", providers="cpu", precision="fast", models_dir=int8_sibling_folder)
+    exact = Scorer(resolve_model("alex-st", [int8_sibling_folder]), providers="cpu")
+    fast = Scorer(resolve_model("alex-st", [int8_sibling_folder]), providers="cpu", precision="fast")
     by_path = Scorer(exact.info.path, providers="cpu", precision="fast")
     assert exact.info.path.name == "stlpips_alex_st.onnx" and exact.precision == "fp32"
     assert fast.info.path.name == by_path.info.path.name == "stlpips_alex_st_int8.onnx"

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from sample_images import write_image
 
 from stlpips_rt import Scorer, StlpipsError
-from stlpips_rt.cli import main as score_cli
-from stlpips_rt.images import check_pair
-from stlpips_rt.pairs import from_csv
+from stlpips_rt.cli.score import main as score_cli
+from stlpips_rt.io.images import check_pair
+from stlpips_rt.io.pairs import from_csv
 
 BATCH = 16
 pytestmark = pytest.mark.ray
@@ -269,8 +269,8 @@ def test_resume_after_an_interruption_scores_only_what_is_missing(ray_cluster, m
 
 
 def test_importing_the_runtime_does_not_import_ray() -> None:
-    code = ("import sys, stlpips_rt, stlpips_rt.cli, stlpips_rt.scale, stlpips_rt.scale.batch, "
-            "stlpips_rt.scale.job, stlpips_rt.scale.serve_cli\n"
+    code = ("import sys, stlpips_rt, stlpips_rt.cli.score, stlpips_rt.scale, stlpips_rt.scale.batch, "
+            "stlpips_rt.scale.job, stlpips_rt.cli.serve\n"
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -279,7 +279,7 @@ def test_importing_the_runtime_does_not_import_ray() -> None:
 def test_without_ray_the_engine_names_the_extra(model, images) -> None:
     blocker = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
                "        if name.split('.')[0] == 'ray': raise ImportError('blocked')\n"
-               "sys.meta_path.insert(0, Block())\nfrom stlpips_rt.cli import main\nmain(sys.argv[1:])\n")
+               "sys.meta_path.insert(0, Block())\nfrom stlpips_rt.cli.score import main\nmain(sys.argv[1:])\n")
     result = subprocess.run([sys.executable, "-c", blocker, "--model", str(model), "--engine", "ray",
                              str(images / "refs" / "p000.png"), str(images / "dists" / "p000.png"), "-o",
                              str(images / "x.parquet")], capture_output=True, text=True, timeout=120)

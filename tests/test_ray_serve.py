@@ -217,7 +217,7 @@ def test_serve_command_refuses_a_missing_model_before_starting_anything(tmp_path
     pytest.importorskip("ray", reason="ray is not installed: pip install 'stlpips-deploy[ray]'")
     from click.testing import CliRunner
 
-    from stlpips_rt.scale.serve_cli import main
+    from stlpips_rt.cli.serve import main
 
     result = CliRunner().invoke(main, ["--model", str(tmp_path / "nothing.onnx")])
     assert result.exit_code == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from stlpips_rt import cuda_libraries as cl
+from stlpips_rt.engine import cuda_libraries as cl
 
 
 def test_nvidia_library_dirs_are_the_pip_package_lib_folders_holding_libraries(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from stlpips_rt import ChannelError, DeviceArray, DeviceTensorError, ImageSizeError, Scorer
-from stlpips_rt import device_tensors as dt
-from stlpips_rt.device_run import DeviceRunner
-from stlpips_rt.device_tensors import device_tensor, from_dlpack
+from stlpips_rt.engine import device_tensors as dt
+from stlpips_rt.engine.device_run import DeviceRunner
+from stlpips_rt.engine.device_tensors import device_tensor, from_dlpack
 
 _new_capsule = ctypes.pythonapi.PyCapsule_New
 _new_capsule.restype, _new_capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]

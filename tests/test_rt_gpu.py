@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from stlpips_rt import DeviceArray, DeviceTensorError, ProviderError, Scorer
-from stlpips_rt.cuda_libraries import provider_library_problem
+from stlpips_rt import CudaOptions, DeviceArray, DeviceTensorError, ProviderError, Scorer
+from stlpips_rt.engine.cuda_libraries import provider_library_problem
 from stlpips_rt.errors import ProviderFallbackWarning
 
 
@@ -193,7 +193,7 @@ def model_pair(exported_model, tmp_path_factory) -> Path:
                                                           ("tf32", "tf32", "stlpips_alex_st.onnx")])
 def test_fast_modes_run_what_they_say_and_stay_close(cuda_scorer: Scorer, model_pair: Path, host_scores: np.ndarray,
                                                      cuda_fast: str, label: str, file: str) -> None:
-    scorer = Scorer(model_pair, providers="cuda", precision="fast", cuda_fast=cuda_fast)
+    scorer = Scorer(model_pair, providers="cuda", precision="fast", provider_options=[CudaOptions(fast=cuda_fast)])
     assert (scorer.provider, scorer.precision, scorer.info.path.name) == ("cuda", label, file)
     options = scorer._session.get_provider_options()["CUDAExecutionProvider"]
     assert options["use_tf32"] == "1"

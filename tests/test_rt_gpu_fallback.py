@@ -15,10 +15,11 @@ import pytest
 from fake_gpu import FakeOnnxruntimeGpu
 
 from stlpips_rt import ModelNotFoundError, ProviderError, Scorer
-from stlpips_rt import gpu_session as gs
-from stlpips_rt import providers as prov
+from stlpips_rt.engine import providers as prov
+from stlpips_rt.engine import session as gs
+from stlpips_rt.engine.options import CudaOptions, SessionConfig
+from stlpips_rt.engine.providers import provider_options
 from stlpips_rt.errors import ProviderFallbackWarning
-from stlpips_rt.providers import SessionConfig, provider_options
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +117,11 @@ def test_onnxruntime_own_fallback_is_switched_off(model: Path, monkeypatch) -> N
 
 
 def test_cuda_options_are_merged_but_cannot_switch_tf32() -> None:
-    _, opts = provider_options("cuda", SessionConfig(cuda_options=(("prefer_nhwc", "1"),)))
+    _, opts = provider_options("cuda", SessionConfig(cuda=CudaOptions(extra={"prefer_nhwc": "1"})))
     assert opts["prefer_nhwc"] == "1" and opts["use_tf32"] == "0"
     with pytest.raises(ProviderError, match="use_tf32"):
-        provider_options("cuda", SessionConfig(cuda_options=(("use_tf32", "1"),)))
-    hash(SessionConfig(cuda_options=(("prefer_nhwc", "1"),)))  # a frozen config stays hashable
+        CudaOptions(extra={"use_tf32": "1"})
+    hash(SessionConfig(cuda=CudaOptions(extra={"prefer_nhwc": "1"})))  # a frozen config stays hashable
 
 
 # --- CUDA's fast mode ------------------------------------------------------------------------------------------
@@ -163,10 +164,10 @@ def test_fast_without_an_fp16_export_runs_tf32_unless_fp16_is_insisted_on(model:
     model = Path(shutil.copy(model, tmp_path / model.name))  # alone in its folder
     scorer, _ = build(model, providers="cuda", precision="fast")
     assert (scorer.info.path, scorer.precision) == (model, "tf32")
-    with pytest.raises(ModelNotFoundError, match=r"cuda_fast='fp16'.*stlpips-export .*--fp16"):
-        Scorer(model, providers="cuda", precision="fast", cuda_fast="fp16")
-    with pytest.raises(ProviderError, match="cuda_fast must be one of"):
-        Scorer(model, providers="cuda", precision="fast", cuda_fast="bf16")
+    with pytest.raises(ModelNotFoundError, match=r"CudaOptions\(fast='fp16'\).*stlpips-export .*--fp16"):
+        Scorer(model, providers="cuda", precision="fast", provider_options=[CudaOptions(fast="fp16")])
+    with pytest.raises(ProviderError, match="CudaOptions.fast must be one of"):
+        CudaOptions(fast="bf16")
 
 
 def test_an_fp16_file_from_other_weights_is_not_taken(model_pair: Path, tmp_path: Path, monkeypatch) -> None:
@@ -184,7 +185,7 @@ def test_an_fp16_file_from_other_weights_is_not_taken(model_pair: Path, tmp_path
     scorer, _ = build(folder / model_pair.name, providers="cuda", precision="fast")
     assert (scorer.info.path.name, scorer.precision) == ("stlpips_alex_st.onnx", "tf32")
     with pytest.raises(ModelNotFoundError, match="exported from other weights"):
-        Scorer(folder / model_pair.name, providers="cuda", precision="fast", cuda_fast="fp16")
+        Scorer(folder / model_pair.name, "cuda", "fast", provider_options=[CudaOptions(fast="fp16")])
 
 
 def test_fp16_sibling_names_follow_the_export_file_names(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Input conversion of the runtime: every accepted input kind, and a typed error naming the item for every bad one.
 
-These tests need no model: they exercise stlpips_rt.images directly (the Scorer adds only the model's size checks,
+These tests need no model: they exercise stlpips_rt.io.images directly (the Scorer adds only the model's size checks,
 covered in test_rt_scorer.py).
 """
 
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stlpips_rt import images
 from stlpips_rt.errors import (
     ChannelError,
     ImageRangeError,
@@ -20,6 +19,7 @@ from stlpips_rt.errors import (
     ImageValueError,
     StlpipsError,
 )
+from stlpips_rt.io import images
 
 OPTS = images.ImageOptions()
 

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from stlpips_rt import ModelNotFoundError, NotAnStlpipsModelError, Scorer, read_model_info, resolve_model
-from stlpips_rt.model import file_name_for
+from stlpips_rt.engine.model_files import file_name_for
 
 GOOD_META = {
     "stlpips.format": "1",

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 
 from stlpips_rt import ProviderError, Scorer, TensorRTOptions, available_providers, unavailable_reasons
-from stlpips_rt.cuda_libraries import provider_library_problem
-from stlpips_rt.errors import ProviderFallbackWarning
-from stlpips_rt.openvino_direct import OpenVinoSession
-from stlpips_rt.precision import runs_as
-from stlpips_rt.providers import (
+from stlpips_rt.engine.cuda_libraries import provider_library_problem
+from stlpips_rt.engine.openvino_direct import OpenVinoSession
+from stlpips_rt.engine.options import CudaOptions, SessionConfig
+from stlpips_rt.engine.providers import (
     AUTO_ORDER,
-    SessionConfig,
     openvino_through_plugin,
     provider_options,
     resolve_providers,
 )
+from stlpips_rt.errors import ProviderFallbackWarning
+from stlpips_rt.precision import runs_as
 
 
 def pairs(n: int = 3, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,8 @@ def test_explicit_unavailable_provider_is_an_error_listing_available_ones() -> N
 def test_tensorrt_options_cache_engines_follow_precision_and_take_profiles(tmp_path: Path) -> None:
     trt = TensorRTOptions(cache_dir=tmp_path / "trt", workspace_bytes=1 << 30, min_shape=(1, 32, 32),
                           opt_shape=(8, 64, 64), max_shape=(32, 256, 256))
-    name, opts = provider_options("tensorrt", SessionConfig(precision="exact", tensorrt=trt, device_id=1))
+    config = SessionConfig(precision="exact", tensorrt=trt, cuda=CudaOptions(device_id=1))
+    name, opts = provider_options("tensorrt", config)
     assert name == "TensorrtExecutionProvider"
     assert opts["trt_engine_cache_enable"] == opts["trt_timing_cache_enable"] == "True"
     assert opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(tmp_path / "trt")
@@ -96,7 +97,8 @@ def test_tensorrt_options_cache_engines_follow_precision_and_take_profiles(tmp_p
 
 
 def test_cuda_options_keep_fp32_in_exact_mode() -> None:
-    _, exact = provider_options("cuda", SessionConfig(device_id=2, cudnn_conv_algo_search="HEURISTIC"))
+    config = SessionConfig(cuda=CudaOptions(device_id=2, cudnn_conv_algo_search="HEURISTIC"))
+    _, exact = provider_options("cuda", config)
     assert exact == {"device_id": "2", "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
     _, fast = provider_options("cuda", SessionConfig(precision="fast"))
     assert fast["use_tf32"] == "1"
@@ -123,7 +125,7 @@ def test_unknown_precision_is_refused(model: Path) -> None:
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_gpu_provider_exact_matches_cpu(provider: str, model: Path, cpu_scores: np.ndarray, tmp_path: Path) -> None:
     require(provider)
-    s = Scorer(model, providers=provider, tensorrt=TensorRTOptions(cache_dir=tmp_path))
+    s = Scorer(model, providers=provider, provider_options=[TensorRTOptions(cache_dir=tmp_path)])
     assert s.provider == provider and s.precision == "fp32"
     np.testing.assert_allclose(s.score_batch(*pairs()), cpu_scores, atol=1e-4)
 

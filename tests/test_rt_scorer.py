@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stlpips_rt import ImageSizeError, ModelError, ModelInfo, Scorer
+from stlpips_rt import ImageOptions, ImageSizeError, ModelError, ModelInfo, Scorer
 
 # DESIGN.md: upstream's numbers for ex_ref vs ex_p0 / ex_p1 (float32, CPU, img / 127.5 - 1).
 REFERENCE_ALEX_ST = (0.7777555, 0.1320215)
@@ -142,9 +142,9 @@ def test_size_errors_name_the_items(scorer: Scorer) -> None:
 def test_resize_option_scores_images_of_different_sizes(exported_model) -> None:
     """resize=64 scores what the images look like after a bicubic resize to 64x64: the same number as resizing
     them first and scoring at that size, and not the number of a plain crop."""
-    from stlpips_rt import images
+    from stlpips_rt.io import images
 
-    s = Scorer(exported_model("alex", "st"), providers="cpu", resize=64)
+    s = Scorer(exported_model("alex", "st"), providers="cpu", image=ImageOptions(resize=64))
     plain = Scorer(exported_model("alex", "st"), providers="cpu")
     a, b = smooth_image(80, 96), smooth_image(50, 70, seed=1)
     resized = [images.load(x, "x", images.ImageOptions(resize=(64, 64))) for x in (a, b)]

@@ -29,7 +29,7 @@ assert not leaked, leaked
 """
 
 CLI = BLOCKER + """
-from stlpips_rt.cli import main
+from stlpips_rt.cli.score import main
 main(sys.argv[1:])
 """
 

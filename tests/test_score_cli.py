@@ -15,8 +15,8 @@ from PIL import Image
 from sample_images import write_image
 
 from stlpips_rt import Scorer
-from stlpips_rt.cli import main
-from stlpips_rt.output import Progress
+from stlpips_rt.cli.score import main
+from stlpips_rt.io.progress import Progress
 
 
 @pytest.fixture(scope="module")
@@ -217,20 +217,22 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_progress_bar_is_drawn_on_a_terminal_once_the_run_takes_a_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_bar_shows_rate_and_eta_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
     term = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", term)
     bar = Progress(total=10, enabled=True)
     bar.update(1)
     assert term.getvalue() == ""  # the first second stays quiet
-    bar.start -= 2.0
+    bar._bar.start_t -= 2.0  # as if the run had taken two seconds
     bar.update(5)
     bar.close()
-    assert "\r[" in term.getvalue() and "5/10 pairs" in term.getvalue()
-    quiet = Progress(total=10, enabled=False)
-    quiet.start -= 2.0
+    drawn = term.getvalue()
+    assert "5/10" in drawn and "pairs/s" in drawn and "<" in drawn  # count, rate, elapsed<ETA
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: nothing drawn
+    quiet = Progress(total=10, enabled=True)
     quiet.update(5)
-    assert term.getvalue().count("\r[") == 1
+    quiet.close()
+    assert sys.stderr.getvalue() == ""
 
 
 def test_parquet_output_without_ray_is_refused_not_written_as_csv(model: Path, folders, tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from stlpips_export.architectures import ARCHITECTURES
 from stlpips_export.geometry import layer_windows
 from stlpips_rt import MemoryBudgetError, ModelNotFoundError, Scorer
-from stlpips_rt.cli import main as score_cli
+from stlpips_rt.cli.score import main as score_cli
 from stlpips_rt.errors import InferenceError
-from stlpips_rt.tiled import assemble_layers
 from stlpips_rt.tiling import ModelGeometry, parse_memory, plan_tiles, split_axis
+from stlpips_rt.tiling.run import assemble_layers
 
 TOLERANCE = 1e-6  # relative: tiled vs full frame differ only in the order of floating-point sums
 

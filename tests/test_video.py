@@ -20,21 +20,19 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from stlpips_rt import Scorer
-from stlpips_rt.cli import main
+from stlpips_rt import ImageOptions, Scorer
+from stlpips_rt.cli.score import main
 from stlpips_rt.errors import MissingExtraError, VideoMismatchError, VideoReadError
 from stlpips_rt.video import (
     ROW_FIELDS,
-    VIDEO_PAIR_COLUMNS,
     Failure,
     FrameScore,
     Notice,
     VideoOptions,
     frames_per_run,
     iter_scores,
-    score_pair_rows,
-    video_pair_task,
 )
+from stlpips_rt.video.pool import VIDEO_PAIR_COLUMNS, score_pair_rows, video_pair_task
 
 av = pytest.importorskip("av", reason="video tests need the 'video' extra (PyAV)")
 
@@ -264,7 +262,8 @@ def test_mismatches_handled_as_the_options_say(scorer: Scorer, videos) -> None:
     with pytest.warns(UserWarning, match="fps30.mp4 ended before"):  # 12 frames at 30 fps end at 0.4 s
         by_time = scorer.score_video(videos["ref"], videos["fps30"], align="time", allow_length_mismatch=True)
     assert by_time.shape == (11,) and np.isfinite(by_time).all()
-    resized = Scorer(scorer.info.path, providers="cpu", resize=(48, 64)).score_video(videos["ref"], videos["small"])
+    resized = Scorer(scorer.info.path, providers="cpu", image=ImageOptions(resize=(48, 64)))
+    resized = resized.score_video(videos["ref"], videos["small"])
     assert resized.shape == (N,)
 
 
@@ -299,7 +298,7 @@ def test_missing_pyav_names_the_extra(monkeypatch, videos) -> None:
 
 
 def test_importing_the_runtime_loads_no_video_extra() -> None:
-    code = ("import sys, stlpips_rt, stlpips_rt.cli, stlpips_rt.video\n"
+    code = ("import sys, stlpips_rt, stlpips_rt.cli.score, stlpips_rt.video\n"
             "print(sorted(m for m in ('av', 'matplotlib', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

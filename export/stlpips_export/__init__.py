@@ -1,3 +1,5 @@
 """Export stage of stlpips-deploy: PyTorch reference models for ST-LPIPS / LPIPS and their ONNX export."""
 
-__version__ = "0.1.0"
+from stlpips_rt import __version__  # one version for the distribution (pyproject.toml)
+
+__all__ = ["__version__"]

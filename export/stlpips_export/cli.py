@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from stlpips_rt.cli_options import CONTEXT, fail, models_dir_option
+from stlpips_rt.cli.options import CONTEXT, fail, models_dir_option
 from stlpips_rt.variants import NETS, RELEASED, VARIANT_NAMES
 
 from .errors import ExportError

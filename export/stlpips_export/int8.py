@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 
 from stlpips_rt.contract import Key
-from stlpips_rt.images import to_model_input
+from stlpips_rt.io.images import to_model_input
 
 from .errors import CalibrationError, GateError
 
@@ -259,14 +259,14 @@ def gate_report(fp32: np.ndarray, int8: np.ndarray) -> GateReport:
 
 def gate_engine() -> str:
     """The engine the gate scores with: the first of stlpips_rt.precision.INT8_ENGINES that runs here."""
-    from stlpips_rt.openvino_direct import openvino_runtime_reason
+    from stlpips_rt.engine.openvino_direct import openvino_runtime_reason
 
     return "openvino" if not openvino_runtime_reason() else "cpu"
 
 
 def _session_run(graph: onnx.ModelProto, engine: str) -> Run:
     if engine == "openvino":  # OpenVINO's own runtime, float32 where the graph is float (as the Scorer runs it)
-        from stlpips_rt.openvino_direct import OpenVinoSession
+        from stlpips_rt.engine.openvino_direct import OpenVinoSession
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "graph.onnx"

@@ -45,7 +45,7 @@ path, height, width, warm_h, warm_w = sys.argv[1], *map(int, sys.argv[2:6])
 opts = ort.SessionOptions()
 opts.log_severity_level = 3
 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-opts.enable_mem_pattern = False  # as stlpips_rt.providers.session_options
+opts.enable_mem_pattern = False  # as stlpips_rt.engine.providers.session_options
 session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 small = np.zeros((1, 3, warm_h, warm_w), np.float32)
 session.run(None, {"in0": small, "in1": small})

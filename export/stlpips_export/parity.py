@@ -19,13 +19,13 @@ import click
 import numpy as np
 from PIL import Image
 
-from stlpips_rt import Scorer, StlpipsError, available_providers, read_model_info, resolve_model
-from stlpips_rt.cli_options import CONTEXT, fail, model_option, models_dir_option, runtime_options
+from stlpips_rt import CudaOptions, Scorer, StlpipsError, available_providers, read_model_info, resolve_model
+from stlpips_rt.cli.options import CONTEXT, fail, model_option, models_dir_option, runtime_options
+from stlpips_rt.engine.providers import resolve_providers
+from stlpips_rt.engine.session import fp16_sibling
 from stlpips_rt.errors import ProviderFallbackWarning
-from stlpips_rt.gpu_session import fp16_sibling
-from stlpips_rt.images import to_model_input
+from stlpips_rt.io.images import to_model_input
 from stlpips_rt.precision import tolerance
-from stlpips_rt.providers import resolve_providers
 
 from . import verify
 from .model import build_model
@@ -112,7 +112,8 @@ def _variants(model_path: Path, provider: str, mode: str) -> list[dict[str, Any]
     """Scorer keyword sets for one provider and mode: CUDA's fast mode is checked both ways it can run (the fp16
     export beside the model, when there is one, and TF32)."""
     if provider == "cuda" and mode == "fast":
-        return [{"cuda_fast": "fp16"}, {"cuda_fast": "tf32"}] if fp16_sibling(model_path) else [{"cuda_fast": "tf32"}]
+        choices = ("fp16", "tf32") if fp16_sibling(model_path) else ("tf32",)
+        return [{"provider_options": [CudaOptions(fast=choice)]} for choice in choices]
     return [{}]
 
 

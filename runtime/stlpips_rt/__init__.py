@@ -6,7 +6,10 @@
 """
 
 from .contract import ModelInfo, ModelSpec
-from .device_tensors import DeviceArray
+from .engine.device_tensors import DeviceArray
+from .engine.model_files import read_model_info, resolve_model
+from .engine.options import CudaOptions, OpenVinoOptions, TensorRTOptions
+from .engine.providers import available_providers, unavailable_reasons
 from .errors import (
     ChannelError,
     DeviceTensorError,
@@ -28,18 +31,19 @@ from .errors import (
     RequestTooLargeError,
     StlpipsError,
 )
-from .model import read_model_info, resolve_model
-from .providers import TensorRTOptions, available_providers, unavailable_reasons
+from .io.images import ImageOptions
 from .scorer import Scorer
 from .variants import VARIANTS, Variant
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ChannelError",
+    "CudaOptions",
     "DeviceArray",
     "DeviceTensorError",
     "ImageError",
+    "ImageOptions",
     "ImageRangeError",
     "ImageReadError",
     "ImageSizeError",
@@ -53,6 +57,7 @@ __all__ = [
     "ModelSpec",
     "NotAnImageError",
     "NotAnStlpipsModelError",
+    "OpenVinoOptions",
     "ProviderError",
     "ProviderFallbackWarning",
     "RequestError",

@@ -30,11 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from .model import precision_sibling
 
 MODES = ("exact", "fast")
 #: provider -> the arithmetic its "fast" mode runs. Providers not listed have no reduced-precision mode.
@@ -111,27 +108,6 @@ def session_mode(mode: str, file_precision: str) -> str:
     """The mode a session is built in: an int8 file computes its float32 parts in float32 in both modes (the
     arithmetic its gate measured), so OpenVINO must not turn them into bf16."""
     return "exact" if file_precision == "int8" else check_mode(mode)
-
-
-def route(model_path: Path, providers: str | Sequence[str], mode: str) -> tuple[Path, list[str]]:
-    """The file and providers a Scorer uses for ``mode``: "exact" keeps the file and resolves ``providers``; "fast"
-    takes :func:`fast_path` among the usable providers (all of them for "auto") and the model's int8 sibling when
-    that path says so."""
-    from .errors import ProviderError
-    from .providers import available_providers, resolve_providers
-
-    if mode not in MODES:
-        raise ProviderError(f"precision must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "exact":
-        return model_path, resolve_providers(providers)
-    auto = providers == "auto" or (not isinstance(providers, str) and list(providers) == ["auto"])
-    candidates = available_providers() if auto else resolve_providers(providers)
-    sibling = precision_sibling(model_path, "int8")
-    path = fast_path(candidates, sibling is not None)
-    if path.provider in GPU_PROVIDERS:  # the GPU chain and its fp16 / TF32 choice: gpu_session.py
-        return model_path, resolve_providers(providers)
-    chosen = [path.provider] + ([] if auto else [p for p in candidates if p != path.provider])
-    return (sibling if path.file_precision == "int8" and sibling is not None else model_path), chosen
 
 
 def has_fast_mode(provider: str) -> bool:

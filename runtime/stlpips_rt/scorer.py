@@ -5,114 +5,108 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import images, tiled, tiling
 from . import precision as precision_modes
 from .batching import plan_runs
 from .contract import ModelInfo, ModelSpec
-from .device_run import DeviceRunner, check_float_range, device_pair
-from .device_tensors import DeviceArray
+from .deprecated import MOVED, translate
+from .engine.device_run import DeviceRunner, check_float_range, device_pair
+from .engine.device_tensors import DeviceArray
+from .engine.model_files import info_from_session, resolve_model
+from .engine.options import ProviderOptions, SessionConfig
+from .engine.providers import SHORT_NAMES
+from .engine.routing import route
+from .engine.session import build_session
 from .errors import (
     DeviceTensorError,
     ImageSizeError,
     InferenceError,
     ModelError,
-    ModelNotFoundError,
     NotAnStlpipsModelError,
     StlpipsError,
 )
-from .gpu_session import build_session
-from .model import info_from_session, resolve_model
-from .providers import SHORT_NAMES, SessionConfig, TensorRTOptions
+from .io import images
+from .tiling import plan as tiling
+from .tiling import run as tiled
 
 ImageLike = Any  # path, PIL image, or numpy array (see stlpips_rt.images)
 
 
-class Scorer:
+class _TakesDeprecatedKeywords(type):
+    """Lets ``Scorer(...)`` accept the 0.1 keywords (mapped in :mod:`stlpips_rt.deprecated`, with a warning) while
+    ``__init__`` keeps its small signature."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if MOVED.keys() & kwargs.keys():
+            kwargs.update(zip(("model", "providers", "precision"), args, strict=False))
+            args, kwargs = (), translate(kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class Scorer(metaclass=_TakesDeprecatedKeywords):
     """Perceptual distance (ST-LPIPS / LPIPS) between images, through an exported ONNX graph.
 
     Args:
         model: path to an .onnx file, or a short name (``"alex-st"``, ``"vgg-lpips"``, ``"alex-st-spatial"``)
-            looked up in ``models_dir``, ``$STLPIPS_MODEL_DIR``, then ``./models``.
+            looked up in ``$STLPIPS_MODEL_DIR``, then ``./models`` (:func:`stlpips_rt.resolve_model` searches other
+            folders too).
         providers: ``"auto"`` (TensorRT, CUDA, OpenVINO, CPU: the first available), a short name, a
             comma-separated list or a list. An explicit provider that is not available raises ProviderError.
             TensorRT and CUDA are tried as one chain (TensorRT, CUDA, CPU); a GPU provider named here never
-            silently becomes the CPU (gpu_session.py, docs/gpu.md).
-        device_id: GPU index for CUDA / TensorRT.
-        threads: intra-op CPU threads (None: onnxruntime's default, one per core).
+            silently becomes the CPU (engine/session.py, docs/gpu.md).
         precision: ``"exact"`` (float32, parity with PyTorch) or ``"fast"``: the fastest reduced-precision path
             for the model and machine (:func:`stlpips_rt.precision.fast_path`: fp16 on TensorRT, TF32 on CUDA,
             else the model's gated int8 file beside it, else bf16 on OpenVINO, else fp32).
+        threads: intra-op CPU threads (None: onnxruntime's default, one per core).
         batch_size: largest number of pairs per graph run.
-        float_range: value range of float array inputs, ``"0,1"`` or ``"-1,1"``; float arrays are refused
-            while it is not declared (here or per call). Integer inputs need no declaration.
-        resize: ``(height, width)`` to bicubic-resize every image to; None (default) scores images as given.
-        max_pixels: largest accepted image (pixels), a guard against decompression bombs.
-        tensorrt: TensorRT options (fp16, engine/timing cache dir, workspace, profile shapes).
-        cudnn_conv_algo_search: CUDA convolution algorithm search, EXHAUSTIVE, HEURISTIC or DEFAULT.
-        openvino_device: OpenVINO device, ``"CPU"``, ``"GPU"`` or ``"NPU"``.
-        io_binding: feed inputs/outputs through I/O binding (default: on for CUDA and TensorRT).
-        models_dir: a folder searched first for short model names.
-        cuda_fast: what ``precision="fast"`` runs on CUDA: ``"fp16"`` (the ``--fp16`` export beside the model
-            file), ``"tf32"`` (the float32 graph with TF32), or None (gpu_session.CUDA_FAST_DEFAULT, TF32 where
-            no fp16 export is there).
-        cuda_options: extra CUDA provider options, e.g. ``{"prefer_nhwc": "1"}``.
         max_memory: working-memory budget of one graph run, in bytes or as ``"2G"``, ``"512M"`` (None: a quarter
             of the machine's memory). Pairs whose full frame would exceed it are scored tile by tile, exactly
-            (docs/tiling.md); ``scorer.plan(h, w)`` says what happens for a size. Tiling runs a ``--tiles`` graph:
-            this file if it is one, else ``{short name}-tiles`` beside it or in the model folders. GPU tensors
-            (below) run as given.
+            (docs/tiling.md); ``scorer.plan(h, w)`` says what happens for a size. GPU tensors run as given.
+        image: how inputs are read (:class:`~stlpips_rt.ImageOptions`: ``float_range`` of float arrays,
+            ``resize``, ``max_pixels``).
+        provider_options: per-provider settings, at most one object per provider:
+            :class:`~stlpips_rt.CudaOptions` (device, cuDNN search, CUDA's fast mode, I/O binding, extra options),
+            :class:`~stlpips_rt.TensorRTOptions` (fp16, engine cache, workspace, profile shapes),
+            :class:`~stlpips_rt.OpenVinoOptions` (device). Providers not named keep their defaults.
+
+    The 0.1 keywords (``device_id``, ``tensorrt``, ``float_range``, ``resize``, ``models_dir``, ...) still work,
+    with a DeprecationWarning naming their replacement (:mod:`stlpips_rt.deprecated`).
 
     GPU tensors (PyTorch, CuPy, JAX, ... through ``__cuda_array_interface__`` or DLPack) passed to
     :meth:`score_batch`, :meth:`score_many` or :meth:`run_arrays` are bound on the device without a copy; they must
     be float32 NCHW RGB in [-1, 1]. ``device_output=True`` leaves the distances on the device (a
-    :class:`~stlpips_rt.device_tensors.DeviceArray`, readable through DLPack or ``__cuda_array_interface__``).
+    :class:`~stlpips_rt.engine.device_tensors.DeviceArray`, readable through DLPack or ``__cuda_array_interface__``).
 
     ``scorer.provider`` and ``scorer.precision`` say what actually runs. One Scorer may be used from many
-    threads at once: onnxruntime's ``run`` is thread-safe and the one piece of state created later (the tiles
-    graph's session, on the first pair that needs it) is created under a lock.
+    threads at once: onnxruntime's ``run`` is thread-safe and the one piece of state created later (an old file's
+    ``-tiles`` companion session, on the first pair that needs it) is created under a lock.
     """
 
     def __init__(
         self,
         model: str | os.PathLike[str] = "alex-st",
         providers: str | Sequence[str] = "auto",
-        device_id: int = 0,
-        threads: int | None = None,
         precision: str = "exact",
+        *,
+        threads: int | None = None,
         batch_size: int = 16,
-        float_range: str | None = None,
-        resize: tuple[int, int] | int | None = None,
-        max_pixels: int = images.DEFAULT_MAX_PIXELS,
-        tensorrt: TensorRTOptions | None = None,
-        cudnn_conv_algo_search: str = "EXHAUSTIVE",
-        openvino_device: str = "CPU",
-        io_binding: bool | None = None,
-        models_dir: str | os.PathLike[str] | None = None,
-        cuda_fast: str | None = None,
-        cuda_options: Mapping[str, str] | None = None,
         max_memory: int | str | None = None,
+        image: images.ImageOptions | None = None,
+        provider_options: Iterable[ProviderOptions] = (),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if isinstance(resize, int):
-            resize = (resize, resize)
         self.batch_size = int(batch_size)
-        self.image_options = images.ImageOptions(float_range=float_range, max_pixels=max_pixels,
-                                                 resize=tuple(resize) if resize else None)
-        path = resolve_model(model, [models_dir] if models_dir else [])
-        # "fast" may pick another file (the model's int8 sibling) and provider: stlpips_rt.precision decides.
-        path, chosen = precision_modes.route(path, providers, precision)
+        self.image_options = image or images.ImageOptions()
+        path = resolve_model(model)
+        # "fast" may pick another file (the model's int8 sibling) and provider: engine.routing decides.
+        path, chosen = route(path, providers, precision)
         spec = ModelSpec.from_file_name(path.name)
-        self.config = SessionConfig(device_id=device_id, threads=threads, precision=precision,
-                                    cudnn_conv_algo_search=cudnn_conv_algo_search,
-                                    openvino_device=openvino_device.upper(),
-                                    tensorrt=tensorrt or TensorRTOptions(), cuda_fast=cuda_fast,
-                                    cuda_options=tuple((str(k), str(v)) for k, v in (cuda_options or {}).items()))
+        self.config = SessionConfig.build(threads, precision, provider_options)
         try:
             mode = precision_modes.session_mode(precision, spec.precision if spec else "fp32")
             self._session_args = (chosen, dataclasses.replace(self.config, precision=mode), not _is_auto(providers))
@@ -130,15 +124,15 @@ class Scorer:
         self.precision: str = precision_modes.runs_as(self.provider, self.config.precision, self.info.precision)
         if self.info.precision == "fp32":  # OpenVINO says what it computes in (a CPU without bf16 runs f32)
             self.precision = getattr(self._session, "inference_precision", None) or self.precision
+        io_binding = self.config.cuda.io_binding
         self._io_binding = self.provider in ("cuda", "tensorrt") if io_binding is None else io_binding
-        self._device = DeviceRunner(self._session, self.provider, device_id, self.info.min_size,
+        self._device = DeviceRunner(self._session, self.provider, self.config.cuda.device_id, self.info.min_size,
                                     self.info.static_hw, self.info.num_layers)
         self.max_memory: int = tiling.default_budget() if max_memory is None else tiling.parse_memory(max_memory)
         self.geometry = tiling.read_geometry(self.info.metadata)
         if max_memory is not None and (self.geometry is None or self.geometry.bytes_per_pixel is None):
             raise ModelError(f"{path}: max_memory needs the file's memory model (stlpips.bytes_per_pixel and "
                              "stlpips.layer_*), which files exported before tiling support lack; re-export it")
-        self._models_dir = models_dir
         self._tiles_lock = threading.Lock()
         self._tiles_graph: tuple[Any, tiling.ModelGeometry] | None = None
 
@@ -277,20 +271,22 @@ class Scorer:
             return self._tiles_graph
 
     def _load_tiles_companion(self) -> tuple[Any, tiling.ModelGeometry]:
+        """Files exported before every export carried its layer maps: a ``-tiles`` file beside this one, if any."""
         spec = dataclasses.replace(self.info.spec, spatial=False, layers=False, tiles=True)
-        try:
-            path = resolve_model(spec.short_name, [self.info.path.parent,
-                                                  *([self._models_dir] if self._models_dir else [])])
-        except ModelNotFoundError as exc:
-            raise ModelNotFoundError(f"pairs larger than max_memory ({tiling.format_bytes(self.max_memory)}) are "
-                                     f"scored tile by tile, which needs a --tiles graph: {exc}") from None
+        path = self.info.path.parent / spec.file_name
+        if not path.is_file():
+            raise ModelError(f"{self.info.path.name} has no per-layer distance maps, which scoring pairs larger than "
+                             f"max_memory ({tiling.format_bytes(self.max_memory)}) tile by tile needs: it was "
+                             "exported before every export carried them. Re-export it with `stlpips-export --net "
+                             f"{self.info.net} --variant {self.info.variant}`, or raise max_memory")
         session = build_session(path, *self._session_args).session
         info = info_from_session(path, session)
         geometry = tiling.read_geometry(info.metadata)
         if (info.net, info.variant) != (self.info.net, self.info.variant) or geometry is None \
                 or not geometry.layer_maps or geometry.bytes_per_pixel is None:
-            raise NotAnStlpipsModelError(f"{path}: not a {self.info.short_name} --tiles graph with a memory model; "
-                                         "re-export it with `stlpips-export ... --tiles`")
+            raise NotAnStlpipsModelError(f"{path}: not a {self.info.short_name} graph with per-layer maps and a "
+                                         "memory model; re-export it with `stlpips-export --net "
+                                         f"{self.info.net} --variant {self.info.variant}`")
         return session, geometry
 
     def _evaluate_tiled(self, plan: tiling.TilePlan, x0: np.ndarray | list[np.ndarray], x1: list[np.ndarray],
@@ -380,7 +376,7 @@ class Scorer:
         them (``[M, N]``, the reference decoded once, broadcast graph). Decoded as a stream with PyAV (extra
         ``video``); options are :class:`stlpips_rt.video.VideoOptions` fields (``align="index"|"time"``,
         ``stride``, ``start``, ``end``, ...). For rows with frame times, use :func:`stlpips_rt.video.iter_scores`."""
-        from .video import VideoOptions, score_video
+        from .video.stream import VideoOptions, score_video
 
         return score_video(self, ref, dist, VideoOptions(**options))
 

@@ -57,7 +57,7 @@ write_env() {
   # The CUDA 13 and cuDNN 9 libraries of the machine's PyTorch (pip's nvidia/*/lib folders) for onnxruntime-gpu.
   local nvidia
   nvidia=$(PYTHONPATH="$WORK/site:$ROOT/runtime" "$PY" -c \
-    "from stlpips_rt.cuda_libraries import nvidia_library_dirs as d; print(':'.join(map(str, d())))")
+    "from stlpips_rt.engine.cuda_libraries import nvidia_library_dirs as d; print(':'.join(map(str, d())))")
   {
     echo "export PYTHONPATH=\"$WORK/site:$ROOT/runtime:$ROOT/export\""
     [ -n "$nvidia" ] && echo "export LD_LIBRARY_PATH=\"$nvidia\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\""
@@ -75,7 +75,7 @@ environment() {
     echo "== onnxruntime"
     "$PY" - <<'EOF' 2>&1
 import onnxruntime as ort
-from stlpips_rt.cuda_libraries import cuda_version, provider_library_problem
+from stlpips_rt.engine.cuda_libraries import cuda_version, provider_library_problem
 print(ort.__version__, ort.get_device(), ort.__file__, "built for CUDA", cuda_version())
 print("available providers:", ort.get_available_providers())
 for p in ("cuda", "tensorrt"):

@@ -23,7 +23,7 @@ from typing import Any
 import click
 import numpy as np
 
-from stlpips_rt.cli_options import CONTEXT, models_dir_option, runtime_options
+from stlpips_rt.cli.options import CONTEXT, models_dir_option, runtime_options
 
 from .worker import TORCH_SIDES
 
@@ -121,8 +121,8 @@ def parse_shapes(text: str) -> list[tuple[int, list[int]]]:
 def default_sides(providers: str = "all", int8_files: bool = False) -> list[str]:
     """upstream, the tuned PyTorch peer, reference, and the runtime on each of ``providers`` ("all": every
     available one), fast too where it differs from exact (with ``int8_files``, fast on a CPU engine runs them)."""
+    from stlpips_rt.engine.providers import available_providers, resolve_providers
     from stlpips_rt.precision import INT8_ENGINES, has_fast_mode
-    from stlpips_rt.providers import available_providers, resolve_providers
 
     sides = [UPSTREAM, TUNED, "reference"]
     for provider in available_providers() if providers == "all" else resolve_providers(providers):
@@ -163,8 +163,9 @@ def _timed(fn: Any) -> float:
 _COLD_RUNTIME = """
 import json, resource, time
 import numpy as np
-from stlpips_rt import Scorer
-s = Scorer("{net}-st", providers="{provider}", precision="{precision}", threads={threads}, models_dir={models_dir!r})
+from stlpips_rt import Scorer, resolve_model
+folders = [d for d in [{models_dir!r}] if d]
+s = Scorer(resolve_model("{net}-st", folders), "{provider}", "{precision}", threads={threads})
 rng = np.random.default_rng(0)
 a, b = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2))
 s.score(a, b)
@@ -174,7 +175,7 @@ _COLD_TORCH = """
 import json, resource, time
 import numpy as np
 import torch
-from stlpips_rt.images import to_model_input
+from stlpips_rt.io.images import to_model_input
 torch.set_num_threads({threads})
 {load}
 rng = np.random.default_rng(0)
@@ -281,7 +282,7 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
         "settings": {"threads": threads, "rounds": rounds, "seconds": seconds, "cold_runs": cold_runs,
                      "sides": side_list},
     }
-    from stlpips_rt.providers import unavailable_reasons
+    from stlpips_rt.engine.providers import unavailable_reasons
 
     report["unavailable_providers"] = unavailable_reasons()
     n = 1024 if quick else 2048

@@ -36,7 +36,7 @@ from typing import Any
 import click
 import numpy as np
 
-from stlpips_rt.cli_options import CONTEXT, models_dir_option
+from stlpips_rt.cli.options import CONTEXT, models_dir_option
 
 SIDES = (
     "upstream:fp32",
@@ -160,7 +160,7 @@ class GpuSides:
     def model_path(self, net: str, fp16: bool = False) -> Path:
         """``{net}-st`` (or its fp16 export) from --models, $STLPIPS_MODEL_DIR or ./models."""
         from stlpips_rt.contract import ModelSpec
-        from stlpips_rt.model import resolve_model
+        from stlpips_rt.engine.model_files import resolve_model
 
         spec = ModelSpec(net, "st", precision="fp16" if fp16 else "fp32")
         return resolve_model(spec.short_name, [self.models_dir] if self.models_dir else [])
@@ -178,17 +178,15 @@ class GpuSides:
         return self._upstream[net]
 
     def scorer(self, net: str, mode: str) -> Any:
-        from stlpips_rt import Scorer
+        from stlpips_rt import CudaOptions, Scorer
 
         if (net, mode) not in self._scorers:
-            kwargs: dict[str, Any] = {"providers": "cuda", "device_id": self.device_id, "batch_size": 1024}
-            if mode == "exact":
-                kwargs["precision"] = "exact"
-            else:
-                kwargs.update(precision="fast", cuda_fast="tf32" if mode == "fast-tf32" else "fp16")
-                if mode.endswith("-nhwc"):
-                    kwargs["cuda_options"] = {"prefer_nhwc": "1"}
-            self._scorers[(net, mode)] = Scorer(self.model_path(net), **kwargs)
+            cuda = CudaOptions(device_id=self.device_id)
+            if mode != "exact":
+                cuda = CudaOptions(device_id=self.device_id, fast="tf32" if mode == "fast-tf32" else "fp16",
+                                   extra={"prefer_nhwc": "1"} if mode.endswith("-nhwc") else {})
+            self._scorers[(net, mode)] = Scorer(self.model_path(net), "cuda", "exact" if mode == "exact" else "fast",
+                                                batch_size=1024, provider_options=[cuda])
         return self._scorers[(net, mode)]
 
     def prepare(self, side: str) -> Prepare:
@@ -270,7 +268,7 @@ class GpuSides:
     def environment(self) -> dict[str, Any]:
         import onnxruntime as ort
 
-        from stlpips_rt.gpu_session import CUDA_FAST_DEFAULT
+        from stlpips_rt.engine.session import CUDA_FAST_DEFAULT
 
         torch = self.torch
         props = torch.cuda.get_device_properties(self.device)
@@ -297,7 +295,7 @@ class GpuSides:
 
 
 def _ort_cuda_version() -> str:
-    from stlpips_rt.cuda_libraries import cuda_version
+    from stlpips_rt.engine.cuda_libraries import cuda_version
 
     return cuda_version()
 

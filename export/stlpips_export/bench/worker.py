@@ -121,13 +121,13 @@ class RuntimeSide:
     def scorer(self, net: str) -> Any:
         import onnxruntime
 
-        from stlpips_rt import Scorer
+        from stlpips_rt import ImageOptions, Scorer, resolve_model
 
         if net not in self.scorers:
             # A batch_size above every benchmark batch: one graph run per call, as on the torch sides.
-            self.scorers[net] = s = Scorer(f"{net}-st", providers=self.provider, precision=self.precision,
-                                           threads=self.threads, batch_size=1024, float_range="-1,1",
-                                           models_dir=self.models_dir)
+            model = resolve_model(f"{net}-st", [self.models_dir] if self.models_dir else [])
+            self.scorers[net] = s = Scorer(model, self.provider, self.precision, threads=self.threads,
+                                           batch_size=1024, image=ImageOptions(float_range="-1,1"))
             engine = f"onnxruntime {onnxruntime.__version__}"
             if s.provider == "openvino":
                 engine = "OpenVINO through stlpips_rt"

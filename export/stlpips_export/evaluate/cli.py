@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from stlpips_rt.cli_options import CONTEXT, models_dir_option, runtime_options
+from stlpips_rt.cli.options import CONTEXT, models_dir_option, runtime_options
 
 from .metrics import BACKENDS, CLASSIC, LEARNED, METRIC_NAMES, make_metric
 from .study import SetResult, log, markdown_tables, plot, save_raw, score_set, write_csv

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from stlpips_rt.images import to_model_input
+from stlpips_rt.io.images import to_model_input
 from stlpips_rt.precision import INT8_ENGINES, REDUCED
 from stlpips_rt.variants import RELEASED, VARIANTS, Variant
 
@@ -77,10 +77,10 @@ class RuntimeMetric:
 
     def __init__(self, key: str, precision: str = "exact", providers: str = "auto", threads: int | None = None,
                  models_dir: Path | None = None, int8: bool = False):
-        from stlpips_rt import Scorer
+        from stlpips_rt import Scorer, resolve_model
 
-        self.scorer = Scorer(f"{key}-int8" if int8 else key, providers=providers, threads=threads,
-                             precision=precision, models_dir=models_dir)
+        model = resolve_model(f"{key}-int8" if int8 else key, [models_dir] if models_dir else [])
+        self.scorer = Scorer(model, providers, precision, threads=threads)
         self.name = LEARNED[key].display_name
         self.backend = "int8" if int8 else "fast" if precision == "fast" else "onnx"
         self.detail = f"{self.scorer.provider} {self.scorer.precision}"
@@ -145,8 +145,8 @@ def _int8_providers(providers: str) -> str:
     """For "auto", the engine "fast" runs an int8 file on (stlpips_rt.precision)."""
     if providers != "auto":
         return providers
+    from stlpips_rt.engine.providers import available_providers
     from stlpips_rt.precision import fast_path
-    from stlpips_rt.providers import available_providers
 
     cpu_side = [p for p in available_providers() if p in INT8_ENGINES]
     return fast_path(cpu_side or ["cpu"], int8_file=True).provider

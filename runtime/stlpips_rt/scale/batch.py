@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import images
+from ..engine.options import ProviderOptions
 from ..errors import ImageReadError, InferenceError, StlpipsError
-from ..output import ERROR, OK
+from ..io import images
+from ..io.images import ImageOptions
+from ..io.output import ERROR, OK
 from ..scorer import Scorer
 from .ray_env import ModelPayload, require_ray
 
@@ -39,6 +41,7 @@ class ScoringOptions:
     """How many actors run, what each reserves on the cluster, and how each builds its :class:`Scorer`.
 
     threads: onnxruntime intra-op threads per actor (None: one per core of the actor's machine).
+    max_memory, provider_options: as the Scorer's (each actor's Scorer gets them).
     cpus_per_worker: CPUs each actor reserves from Ray (default: ``threads``, or 1).
     gpus_per_worker: GPUs each actor reserves (with ``providers="auto"`` or ``"cuda"`` the actor runs on its GPU).
     ray_remote_args: anything else for the actors (``resources``, ``accelerator_type``, ``runtime_env``, ...).
@@ -51,6 +54,8 @@ class ScoringOptions:
     batch_size: int = 16
     resize: int | tuple[int, int] | None = None
     max_pixels: int = images.DEFAULT_MAX_PIXELS
+    max_memory: int | str | None = None
+    provider_options: tuple[ProviderOptions, ...] = ()
     workers: int = 1
     cpus_per_worker: float | None = None
     gpus_per_worker: float = 0
@@ -82,19 +87,20 @@ class _ScorerSpec:
     precision: str
     threads: int | None
     batch_size: int
-    resize: int | tuple[int, int] | None
-    max_pixels: int
+    image: ImageOptions
     max_memory: int | str | None = None  # None: the Scorer's default budget (tiles larger pairs)
+    provider_options: tuple[ProviderOptions, ...] = ()
 
     @classmethod
     def from_options(cls, opts: ScoringOptions) -> _ScorerSpec:
         return cls(ModelPayload.put(opts.model), opts.providers, opts.precision, opts.threads, opts.batch_size,
-                   opts.resize, opts.max_pixels)
+                   ImageOptions(resize=opts.resize, max_pixels=opts.max_pixels), opts.max_memory,
+                   tuple(opts.provider_options))
 
     def build(self) -> Scorer:
-        return Scorer(self.model.local_path(), providers=self.providers, precision=self.precision,
-                      threads=self.threads, batch_size=self.batch_size, resize=self.resize,
-                      max_pixels=self.max_pixels, max_memory=self.max_memory)
+        return Scorer(self.model.local_path(), self.providers, self.precision, threads=self.threads,
+                      batch_size=self.batch_size, max_memory=self.max_memory, image=self.image,
+                      provider_options=self.provider_options)
 
 
 class ImageSource:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..output import ERROR, FIELDS, OK, report_run
-from ..pairs import Pair
+from ..io.output import ERROR, FIELDS, OK, report_run
+from ..io.pairs import Pair
 from .batch import ScoringOptions, pairs_dataset, score_dataset
 from .ray_env import cluster
 
@@ -215,8 +215,8 @@ def main_ray(pairs: list[Pair], output: Path | None, *, model: str, models_dir: 
     """The ``--engine ray`` branch of ``stlpips-score``; returns the exit status (0, 1 if any pair failed)."""
     import click
 
+    from ..engine.model_files import read_model_info, resolve_model
     from ..errors import StlpipsError
-    from ..model import read_model_info, resolve_model
 
     if output is None or not (output.suffix.lower() == ".parquet" or output.is_dir() or not output.suffix):
         raise click.UsageError("--engine ray writes Parquet: pass -o out.parquet or -o a folder (for shards)")

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..model import resolve_model
+from ..engine.model_files import resolve_model
 
 INSTALL_HINT = "pip install 'stlpips-deploy[ray]'"
 

@@ -33,8 +33,9 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .. import images
 from ..errors import ImageTooLargeError, RequestError, StlpipsError
+from ..io import images
+from ..io.images import ImageOptions
 from .batch import _ScorerSpec
 from .http import Limits, error_body, one_field, read_body, read_images, status_of
 from .ray_env import ModelPayload
@@ -176,7 +177,7 @@ class ScoringService:
 def build_app(config: ServiceConfig) -> Any:
     """The Serve application (``serve.run(build_app(config))``); the model is resolved here, on the driver."""
     spec = _ScorerSpec(ModelPayload.put(config.model), config.providers, config.precision, config.threads,
-                       config.batch_size, None, config.limits.max_pixels, config.max_memory)
+                       config.batch_size, ImageOptions(max_pixels=config.limits.max_pixels), config.max_memory)
     deployment = serve.deployment(ScoringService, name="ScoringService").options(
         num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.cpus, "num_gpus": config.gpus_per_replica})

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DeviceTensorError
+from ..errors import DeviceTensorError
 
 # DLPack device types (dlpack.h, DLDeviceType).
 KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13

@@ -10,15 +10,15 @@ import json
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 
-from . import precision
-from .errors import ProviderError
+from .. import precision
+from ..errors import ProviderError
 from .openvino_direct import OpenVinoSession, openvino_runtime_reason
+from .options import SessionConfig
 
 ORT_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -28,38 +28,6 @@ ORT_NAMES = {
 }
 SHORT_NAMES = {v: k for k, v in ORT_NAMES.items()}
 AUTO_ORDER = ("tensorrt", "cuda", "openvino", "cpu")
-
-
-@dataclass(frozen=True)
-class TensorRTOptions:
-    """TensorRT settings. Shapes are ``(N, H, W)`` of both inputs for the optimisation profile.
-
-    ``fp16=None`` follows the Scorer's precision ("fast" -> fp16). ``cache_dir`` holds built engines and the
-    timing cache so that a restart does not rebuild them (default: ``~/.cache/stlpips/tensorrt``).
-    """
-
-    fp16: bool | None = None
-    cache_dir: Path | None = None
-    workspace_bytes: int | None = 2 << 30
-    min_shape: tuple[int, int, int] | None = None
-    opt_shape: tuple[int, int, int] | None = None
-    max_shape: tuple[int, int, int] | None = None
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """Everything that shapes the onnxruntime session besides the model file and provider list."""
-
-    device_id: int = 0
-    threads: int | None = None
-    precision: str = "exact"
-    cudnn_conv_algo_search: str = "EXHAUSTIVE"
-    openvino_device: str = "CPU"
-    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
-    # CUDA's fast arithmetic: "fp16" (the --fp16 export beside the model) or "tf32"; None: gpu_session's default.
-    cuda_fast: str | None = None
-    # Extra CUDA provider options as (key, value) pairs (e.g. prefer_nhwc); use_tf32 belongs to ``precision``.
-    cuda_options: tuple[tuple[str, str], ...] = ()
 
 
 # --- OpenVINO plugin -----------------------------------------------------------------------------------------
@@ -179,7 +147,7 @@ def provider_options(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str
         cache = Path(t.cache_dir or Path.home() / ".cache" / "stlpips" / "tensorrt").expanduser()
         cache.mkdir(parents=True, exist_ok=True)
         opts = {
-            "device_id": str(cfg.device_id),
+            "device_id": str(cfg.cuda.device_id),
             "trt_fp16_enable": str(bool(fast if t.fp16 is None else t.fp16)),
             "trt_engine_cache_enable": "True",
             "trt_engine_cache_path": str(cache),
@@ -196,12 +164,10 @@ def provider_options(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str
         opts.update({k: v for k, v in shapes.items() if v})
         return ORT_NAMES[short], opts
     if short == "cuda":
-        extra = dict(cfg.cuda_options)
-        if "use_tf32" in extra:
-            raise ProviderError("cuda_options may not set use_tf32: precision='exact' keeps it off, 'fast' on")
+        extra = dict(cfg.cuda.extra)
         return ORT_NAMES[short], {
-            "device_id": str(cfg.device_id),
-            "cudnn_conv_algo_search": cfg.cudnn_conv_algo_search,
+            "device_id": str(cfg.cuda.device_id),
+            "cudnn_conv_algo_search": cfg.cuda.cudnn_conv_algo_search,
             # TF32 convolutions lose ~3 decimal digits: only in fast mode.
             "use_tf32": "1" if fast else "0",
             **extra,
@@ -232,17 +198,17 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
         raise ProviderError("OpenVINO can only be the first provider (it is attached per device); "
                             "use providers='openvino' (unsupported nodes fall back to the CPU provider)")
     if providers[0] == "openvino" and not openvino_through_plugin():
-        return OpenVinoSession(path, cfg.openvino_device, "bf16" if cfg.precision == "fast" else "f32", cfg.threads)
+        return OpenVinoSession(path, cfg.openvino.device, "bf16" if cfg.precision == "fast" else "f32", cfg.threads)
     if providers[0] == "openvino":
         devices, reason = _openvino_devices()
-        wanted = [d for d in devices if d.ep_metadata.get("ov_device", "").upper().startswith(cfg.openvino_device)]
+        wanted = [d for d in devices if d.ep_metadata.get("ov_device", "").upper().startswith(cfg.openvino.device)]
         if not wanted:
             have = sorted({d.ep_metadata.get("ov_device", "?") for d in devices})
-            raise ProviderError(f"OpenVINO device {cfg.openvino_device!r} not offered ({reason or have})")
+            raise ProviderError(f"OpenVINO device {cfg.openvino.device!r} not offered ({reason or have})")
         hint = "bf16" if cfg.precision == "fast" else "f32"
-        if cfg.openvino_device != "CPU":
+        if cfg.openvino.device != "CPU":
             hint = "f16" if cfg.precision == "fast" else "f32"
-        ov_opts = {"load_config": json.dumps({cfg.openvino_device: {"INFERENCE_PRECISION_HINT": hint}})}
+        ov_opts = {"load_config": json.dumps({cfg.openvino.device: {"INFERENCE_PRECISION_HINT": hint}})}
         if cfg.threads:
             ov_opts["num_of_threads"] = str(cfg.threads)
         opts.add_provider_for_devices([wanted[0]], ov_opts)

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from . import heatmap
-from .errors import MissingExtraError
-from .video import VIDEO_EXTRA, FrameScore, VideoSummary, read_frames
+from ..errors import MissingExtraError
+from ..io import heatmap
+from .stream import VIDEO_EXTRA, FrameScore, VideoSummary, read_frames
 
 if TYPE_CHECKING:
-    from .scorer import Scorer
+    from ..scorer import Scorer
 
 _PANEL_WIDTH_IN = 4.2  # inches per panel in the worst-frames figure
 

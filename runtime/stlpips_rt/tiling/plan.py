@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MemoryBudgetError
+from ..errors import MemoryBudgetError
 
 # --- layer geometry ------------------------------------------------------------------------------------------
 
@@ -93,7 +93,7 @@ def _ints(text: str) -> list[int]:
 
 def geometry_metadata(windows: tuple[Window, ...] | list[Window]) -> dict[str, str]:
     """The metadata entries that describe ``windows`` (see :class:`~stlpips_rt.contract.Key`)."""
-    from .contract import Key
+    from ..contract import Key
 
     return {
         Key.LAYER_STRIDE: ",".join(str(w.stride) for w in windows),
@@ -105,7 +105,7 @@ def geometry_metadata(windows: tuple[Window, ...] | list[Window]) -> dict[str, s
 
 def read_geometry(meta: Mapping[str, str]) -> ModelGeometry | None:
     """The geometry a file declares, or None for files exported before tiling existed (or with broken values)."""
-    from .contract import Key
+    from ..contract import Key
 
     try:
         columns = [_ints(meta[k]) for k in (Key.LAYER_STRIDE, Key.LAYER_FIELD, Key.LAYER_PAD_BEFORE,

@@ -13,7 +13,7 @@ The rules (docs/gpu.md):
 - After creation ``session.get_providers()`` is checked. CUDA or TensorRT named by the caller and absent from the
   session is a :class:`~stlpips_rt.errors.ProviderError` naming the missing library; under ``"auto"`` the CPU runs,
   with one warning saying why.
-- ``precision="fast"`` on CUDA runs :data:`CUDA_FAST_DEFAULT` unless ``cuda_fast`` says otherwise: ``"fp16"`` is
+- ``precision="fast"`` on CUDA runs :data:`CUDA_FAST_DEFAULT` unless ``CudaOptions.fast`` says otherwise: ``"fp16"`` is
   the ``--fp16`` export beside the model file (``stlpips_alex_st_fp16.onnx`` next to ``stlpips_alex_st.onnx``),
   with TF32 for what stays float32; ``"tf32"`` is the float32 graph with TF32 convolutions.
 """
@@ -28,14 +28,15 @@ from typing import Any
 
 import onnxruntime as ort
 
-from .contract import Key, ModelSpec
+from ..contract import Key, ModelSpec
+from ..errors import ModelNotFoundError, ProviderError, ProviderFallbackWarning, StlpipsError
 from .cuda_libraries import preload_nvidia_libraries, provider_library_problem, setup_hint
-from .errors import ModelNotFoundError, ProviderError, ProviderFallbackWarning, StlpipsError
-from .model import precision_sibling, read_model_info
-from .providers import SHORT_NAMES, SessionConfig, create_session
+from .model_files import precision_sibling, read_model_info
+from .options import SessionConfig
+from .providers import SHORT_NAMES, create_session
 
 GPU_PROVIDERS = ("tensorrt", "cuda")
-CUDA_FAST_CHOICES = ("fp16", "tf32")
+
 # Until stlpips-bench-gpu has measured both on an H100 (docs/gpu.md), fp16 is the default: half the memory
 # traffic and twice TF32's tensor-core rate, and its 2AFC agreement is checked by stlpips-parity.
 CUDA_FAST_DEFAULT = "fp16"
@@ -75,8 +76,6 @@ def _same_model(a: Any, b: Any) -> bool:
 def cuda_fast_model(path: Path, choice: str | None) -> tuple[Path, list[str]]:
     """The file CUDA's fast mode runs, and notes on the choice. ``choice`` None takes :data:`CUDA_FAST_DEFAULT` and
     falls back to TF32 where no fp16 export lies beside the model; "fp16" insists on it."""
-    if choice is not None and choice not in CUDA_FAST_CHOICES:
-        raise ProviderError(f"cuda_fast must be one of {CUDA_FAST_CHOICES} or None, got {choice!r}")
     want = choice or CUDA_FAST_DEFAULT
     spec = ModelSpec.from_file_name(path.name)
     if want == "tf32" or (spec is not None and spec.precision != "fp32"):
@@ -88,7 +87,7 @@ def cuda_fast_model(path: Path, choice: str | None) -> tuple[Path, list[str]]:
         hint = (f"`stlpips-export --net {spec.net} --variant {spec.variant} --fp16 --out {path.parent}`" if spec
                 else "an fp16 export named like stlpips_<net>_<variant>_fp16.onnx beside it")
         why = "was exported from other weights or outputs" if sibling else "does not exist"
-        raise ModelNotFoundError(f"cuda_fast='fp16' runs the fp16 export beside {path}, which {why}; "
+        raise ModelNotFoundError(f"CudaOptions(fast='fp16') runs the fp16 export beside {path}, which {why}; "
                                  f"export it with {hint}")
     return path, ["fast mode on CUDA runs TF32 on the float32 graph (no fp16 export beside it)"]
 
@@ -136,7 +135,7 @@ def build_session(path: Path, chosen: Sequence[str], cfg: SessionConfig, explici
             raise _refuse(asked_gpu, dropped)
         model = path
         if cfg.precision == "fast" and chain[0] == "cuda":
-            model, notes = cuda_fast_model(path, cfg.cuda_fast)
+            model, notes = cuda_fast_model(path, cfg.cuda.fast)
         try:
             session = create(model, chain, cfg)
         except StlpipsError:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .errors import InferenceError
-from .tiling import TilePlan, Window, layer_counts
+from ..errors import InferenceError
+from .plan import TilePlan, Window, layer_counts
 
 #: ``run(in0, in1, output_names) -> arrays``: one graph run on batches ``[N0, 3, h, w]`` and ``[N1, 3, h, w]``.
 Run = Callable[[np.ndarray, np.ndarray, Sequence[str]], list[np.ndarray]]

@@ -9,10 +9,10 @@ from types import FrameType
 
 import click
 
-from ..cli_options import CONTEXT, fail, max_memory_option, model_option, models_dir_option, runtime_options
+from ..engine.model_files import resolve_model
 from ..errors import StlpipsError
-from ..model import resolve_model
-from .http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, Limits
+from ..scale.http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, Limits
+from .options import CONTEXT, fail, max_memory_option, model_option, models_dir_option, runtime_options
 
 TOOL = "stlpips-serve"
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from .cli_options import fail
-from .errors import StlpipsError
-from .output import Progress, RowWriter
-from .scorer import Scorer
-from .video import ROW_FIELDS, ROW_TYPES, Failure, Notice, VideoOptions, VideoSummary, iter_scores, to_row
+from ..errors import StlpipsError
+from ..io.output import RowWriter
+from ..io.progress import Progress
+from ..video.stream import ROW_FIELDS, ROW_TYPES, Failure, Notice, VideoOptions, VideoSummary, iter_scores, to_row
+from .options import build_scorer, fail
 
 TOOL = "stlpips-score"
 _FLUSH_SECONDS = 0.5  # rows reach the file at least this often (CSV / JSON Lines)
@@ -96,7 +96,7 @@ def run_video(params: Mapping[str, Any]) -> None:
     """The whole ``--video`` run: exits 0, 1 (a video failed; rows scored before stay written) or 2 (usage)."""
     if params.get("engine", "local") != "local" or params.get("workers", 1) != 1:
         raise click.UsageError("--engine ray scores images; for many video pairs on Ray or a process pool, run "
-                               "stlpips_rt.video.score_pair_rows once per pair (docs/video.md)")
+                               "stlpips_rt.video.pool.score_pair_rows once per pair (docs/video.md)")
     for name, flag in _IMAGE_ONLY.items():
         if params.get(name):
             hint = "; use --report DIR for heat maps of the worst frames" if name == "heatmap_dir" else ""
@@ -119,9 +119,8 @@ def run_video(params: Mapping[str, Any]) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        scorer = Scorer(params["model"], providers=params["providers"], threads=params["threads"],
-                        precision=params["precision"], batch_size=params["batch_size"], resize=params["resize"],
-                        models_dir=params.get("models_dir"), max_memory=params.get("max_memory"))
+        scorer = build_scorer(params["model"], params.get("models_dir"), params["providers"], params["precision"],
+                              params["threads"], params["batch_size"], params.get("max_memory"), params["resize"])
         writer = _open_writer(output, fmt)
     except StlpipsError as exc:
         fail(TOOL, str(exc))
@@ -157,7 +156,7 @@ def run_video(params: Mapping[str, Any]) -> None:
         for summary in ordered:
             click.echo(_summary_line(summary, params["worst"], params["worst_gap"]), err=True)
     if params["report_dir"] is not None:
-        from .video_report import write_report
+        from ..video.report import write_report
 
         settings = {"alignment": options.align, "stride": str(options.stride)}
         if options.start is not None or options.end is not None:
@@ -180,7 +179,7 @@ def run_video(params: Mapping[str, Any]) -> None:
 
 def _open_writer(output: Path | None, fmt: str) -> Any:
     if fmt == "parquet":
-        from .output import ParquetRowWriter
+        from ..io.output import ParquetRowWriter
 
         assert output is not None
         return ParquetRowWriter(output, ROW_FIELDS, ROW_TYPES)
@@ -189,7 +188,7 @@ def _open_writer(output: Path | None, fmt: str) -> Any:
 
 def _expected_frames(ref: Path, options: VideoOptions) -> int:
     """For the progress bar only: the reference's frames in range / stride, from its container (0: unknown)."""
-    from .video import probe
+    from ..video.stream import probe
 
     try:
         info = probe(ref)

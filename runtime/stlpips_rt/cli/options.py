@@ -20,10 +20,13 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .precision import MODES, REDUCED
-from .providers import AUTO_ORDER
-from .tiling import parse_memory
-from .variants import DEFAULT
+from ..engine.model_files import resolve_model
+from ..engine.providers import AUTO_ORDER
+from ..io.images import ImageOptions
+from ..precision import MODES, REDUCED
+from ..scorer import Scorer
+from ..tiling.plan import parse_memory
+from ..variants import DEFAULT
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -86,7 +89,15 @@ def max_memory_option() -> Callable[[F], F]:
     return click.option("--max-memory", "max_memory", callback=_memory, default=None, metavar="SIZE",
                         help="Working memory for one graph run, e.g. 2G or 512M (default: a quarter of this "
                              "machine's memory). Larger pairs are scored tile by tile with the same result "
-                             "(needs a --tiles export; see docs/tiling.md).")
+                             "(docs/tiling.md).")
+
+
+def build_scorer(model: str | Path, models_dir: Path | None, providers: str, precision: str, threads: int | None,
+                 batch_size: int = 16, max_memory: int | str | None = None,
+                 resize: int | tuple[int, int] | None = None) -> Scorer:
+    """The Scorer a tool's shared options describe: the model looked up in ``--models`` first."""
+    return Scorer(resolve_model(model, [models_dir] if models_dir else []), providers, precision, threads=threads,
+                  batch_size=batch_size, max_memory=max_memory, image=ImageOptions(resize=resize))
 
 
 def fail(tool: str, message: str, code: int = 2) -> NoReturn:

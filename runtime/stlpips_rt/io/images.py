@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import (
+from ..errors import (
     ChannelError,
     ImageRangeError,
     ImageReadError,
@@ -39,17 +39,23 @@ class ImageOptions:
     """How inputs are interpreted.
 
     float_range: value range of float arrays, ``"0,1"`` or ``"-1,1"`` (None: float arrays are refused until
-    declared). max_pixels: pixel limit per image. resize: ``(height, width)`` to resize every image to with
-    bicubic interpolation (off by default: the metric is defined on the images as given).
+    declared). max_pixels: pixel limit per image (a guard against decompression bombs). resize: ``(height,
+    width)`` or one int for a square, to resize every image to with bicubic interpolation (off by default: the
+    metric is defined on the images as given).
     """
 
     float_range: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
-    resize: tuple[int, int] | None = None
+    resize: tuple[int, int] | int | None = None
 
     def __post_init__(self) -> None:
         if self.float_range is not None and normalize_range(self.float_range) != self.float_range:
             object.__setattr__(self, "float_range", normalize_range(self.float_range))
+        if self.resize is not None:
+            size = (self.resize, self.resize) if isinstance(self.resize, int) else tuple(self.resize)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f"resize must be (height, width) or one positive int, got {self.resize!r}")
+            object.__setattr__(self, "resize", (int(size[0]), int(size[1])))
 
 
 def normalize_range(value: str | tuple[float, float]) -> str:

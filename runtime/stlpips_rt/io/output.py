@@ -7,7 +7,6 @@ import io
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,37 +98,6 @@ class RowWriter:
             self._file.close()
 
 
-class Progress:
-    """A one-line progress bar on stderr, shown only on a terminal and only once a run takes over a second."""
-
-    def __init__(self, total: int, enabled: bool, unit: str = "pairs") -> None:
-        self.total = total
-        self.unit = unit
-        self.enabled = enabled and sys.stderr.isatty() and total > 0
-        self.start = time.monotonic()
-        self.shown = False
-        self._last = 0.0
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.start < 1.0 or (now - self._last < 0.1 and done < self.total):
-            return
-        self._last = now
-        width = 30
-        filled = int(width * done / self.total)
-        rate = done / max(now - self.start, 1e-9)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {self.unit} {rate:.1f}/s")
-        sys.stderr.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 PARQUET_EXTRA = "pip install 'stlpips-deploy[parquet]'"
 
 
@@ -146,7 +114,7 @@ class ParquetRowWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            from .errors import MissingExtraError
+            from ..errors import MissingExtraError
 
             raise MissingExtraError(f"Parquet output needs pyarrow, which is not installed: {PARQUET_EXTRA}") \
                 from None

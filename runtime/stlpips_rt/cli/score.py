@@ -12,13 +12,14 @@ from typing import Any
 import click
 import numpy as np
 
-from . import heatmap, images
-from .cli_options import CONTEXT, fail, max_memory_option, model_option, models_dir_option, runtime_options
-from .errors import ImageError, InferenceError, ModelNotFoundError, StlpipsError
-from .output import ERROR, FIELDS, OK, Progress, RowWriter, read_done, report_run
-from .pairs import Pair, from_csv, from_dirs, from_ref
-from .scorer import Scorer
-from .video_cli import refuse_video_options, run_video, video_options
+from ..errors import ImageError, InferenceError, ModelNotFoundError, StlpipsError
+from ..io import heatmap, images
+from ..io.output import ERROR, FIELDS, OK, RowWriter, read_done, report_run
+from ..io.pairs import Pair, from_csv, from_dirs, from_ref
+from ..io.progress import Progress
+from ..scorer import Scorer
+from .options import CONTEXT, build_scorer, fail, max_memory_option, model_option, models_dir_option, runtime_options
+from .video import refuse_video_options, run_video, video_options
 
 
 @dataclass
@@ -191,8 +192,7 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
         fmt = "jsonl" if output.suffix.lower() in (".jsonl", ".json") else "csv"
 
     try:
-        scorer = Scorer(model, providers=providers, threads=threads, precision=precision, batch_size=batch_size,
-                        resize=resize, models_dir=models_dir, max_memory=max_memory)
+        scorer = build_scorer(model, models_dir, providers, precision, threads, batch_size, max_memory, resize)
     except StlpipsError as exc:
         fail(TOOL, str(exc))
     if heatmap_dir is not None and not scorer.info.has_spatial:
@@ -250,7 +250,7 @@ def _main_ray(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_o
     if heatmap_dir is not None:
         raise click.UsageError("--heatmap is not available with --engine ray")
     try:
-        from .scale import job, ray_env
+        from ..scale import job, ray_env
 
         ray_env.require_ray()
     except ImportError as exc:

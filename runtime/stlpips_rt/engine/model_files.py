@@ -9,8 +9,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .contract import ModelInfo, ModelSpec
-from .errors import ModelNotFoundError, NotAnStlpipsModelError
+from ..contract import ModelInfo, ModelSpec
+from ..errors import ModelNotFoundError, NotAnStlpipsModelError
 
 MODEL_DIR_ENV = "STLPIPS_MODEL_DIR"
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ..errors import ChannelError, DeviceTensorError, ImageSizeError, InferenceError
 from .device_tensors import DeviceArray, DeviceTensor, device_tensor
-from .errors import ChannelError, DeviceTensorError, ImageSizeError, InferenceError
 
 # Which session providers can read memory on which device.
 PROVIDERS_FOR_DEVICE = {"cuda": ("cuda", "tensorrt"), "cpu": ("cpu",)}

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ProviderError
+from ..errors import ProviderError
 
 PROVIDER_NAME = "OpenVINOExecutionProvider"
 

@@ -1,0 +1,1 @@
+"""Inputs and outputs: images into model arrays, which pairs a run scores, result rows and progress, heat maps."""
