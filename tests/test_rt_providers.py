@@ -53,7 +53,7 @@ def test_auto_picks_the_first_available_in_tensorrt_cuda_openvino_cpu_order(mode
     # OpenVINO's own runtime (no plugin device here) is used only when asked for by name.
     expected = next(p for p in available if p != "openvino" or openvino_through_plugin())
     assert resolve_providers("auto") == [expected]
-    # GPU providers whose libraries do not load are passed over (gpu_session.py), with a warning.
+    # GPU providers whose libraries do not load are passed over (engine/session.py), with a warning.
     running = next(p for p in available if p not in ("tensorrt", "cuda") or not provider_library_problem(p))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ProviderFallbackWarning)

@@ -218,6 +218,6 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
     if "cpu" not in providers:
         entries.append(provider_options("cpu", cfg))
     # enable_fallback=0: onnxruntime's own fallback would rebuild a failed TensorRT session on CUDA without these
-    # options (TF32 on); gpu_session.py falls back itself, with them.
+    # options (TF32 on); session.py falls back itself, with them.
     return ort.InferenceSession(str(path), opts, providers=[e[0] for e in entries],
                                 provider_options=[e[1] for e in entries], enable_fallback=0)

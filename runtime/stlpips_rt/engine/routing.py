@@ -24,7 +24,7 @@ def route(model_path: Path, providers: str | Sequence[str], mode: str) -> tuple[
     candidates = available_providers() if auto else resolve_providers(providers)
     sibling = precision_sibling(model_path, "int8")
     path = fast_path(candidates, sibling is not None)
-    if path.provider in GPU_PROVIDERS:  # the GPU chain and its fp16 / TF32 choice: gpu_session.py
+    if path.provider in GPU_PROVIDERS:  # the GPU chain and its fp16 / TF32 choice: engine/session.py
         return model_path, resolve_providers(providers)
     chosen = [path.provider] + ([] if auto else [p for p in candidates if p != path.provider])
     return (sibling if path.file_precision == "int8" and sibling is not None else model_path), chosen
