@@ -49,10 +49,10 @@ def main(model: str, models_dir: Path | None, providers: str, precision: str, th
     POST /v1/score (multipart ref, dist), POST /v1/score_many (ref, dist, dist, ...), GET /v1/models, GET /healthz.
     --threads is per replica (each reserves that many CPUs from Ray, at least one). See docs/at_scale.md."""
     try:
-        from . import ray_env
+        from ..scale import ray_env
 
         ray_env.require_ray()
-        from . import service
+        from ..scale import service
     except ImportError as exc:
         fail(TOOL, str(exc))
     try:
