@@ -62,6 +62,44 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imports(name, path, modules) for name, path in modules.items()}
 
 
+def _internal_from_imports(name: str, path: Path) -> list[tuple[str, str, int]]:
+    """(source module, imported name, line) of every ``from ours import x`` in ``name``, functions included."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            if source.split(".")[0] in PACKAGES:
+                found += [(source, alias.name, node.lineno) for alias in node.names]
+    return found
+
+
+def test_every_internal_import_names_something_that_exists() -> None:
+    """Imports inside functions run only when called: a module moved under them fails late, so check them all."""
+    modules = _modules()
+    broken = []
+    for name, path in modules.items():
+        for source, imported, line in _internal_from_imports(name, path):
+            if f"{source}.{imported}" in modules:
+                continue
+            if source not in modules:
+                broken.append(f"{path.name}:{line}: no module {source}")
+                continue
+            tree = ast.parse(modules[source].read_text())
+            defined = {n.name for n in ast.walk(tree)
+                       if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+            defined |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            defined |= {a.asname or a.name.split(".")[0] for n in ast.walk(tree)
+                        if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names}
+            if imported not in defined:
+                broken.append(f"{name} line {line}: {source} has no {imported}")
+    assert not broken, "\n".join(broken)
+
+
 def test_no_import_cycles_in_runtime_or_export() -> None:
     graph = _graph()
     state: dict[str, int] = {}  # 1: on the current path, 2: done
