@@ -1,9 +1,12 @@
-"""The HTTP side of ``stlpips-serve``, free of Ray: reading a multipart request within limits, and turning the
-runtime's typed errors into JSON answers with their status codes."""
+"""The HTTP side of ``stlpips-serve``, free of Ray and of any web framework: the limits of one request, the ASGI
+guard that enforces the body limit before the routes see a byte, the checks of a scoring form, and the runtime's
+typed errors turned into JSON answers with their status codes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,10 @@ from ..errors import (
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 16_000_000  # 4000 x 4000; a service is stricter than the library's 50 MP
 MAX_FIELDS = 257  # ref + up to 256 candidates in one score_many request
+
+log = logging.getLogger("stlpips.serve")
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ def error_body(exc: BaseException) -> dict[str, Any]:
 
 async def read_body(headers: Any, stream: AsyncIterator[bytes], limit: int) -> bytes:
     """The request body, refused (:class:`RequestTooLargeError`) as soon as it is known to exceed ``limit``:
-    from ``Content-Length`` before anything is read, else while it streams in."""
+    from ``Content-Length`` before anything is read, else while it streams in (a chunked or lying client)."""
     declared = headers.get("content-length")
     if declared is not None:
         try:
@@ -77,38 +84,101 @@ async def read_body(headers: Any, stream: AsyncIterator[bytes], limit: int) -> b
     return b"".join(chunks)
 
 
-async def read_images(headers: Any, body: bytes, limits: Limits) -> dict[str, list[bytes]]:
-    """The multipart form's file fields: name -> the bytes of each part with that name, in order."""
-    from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
+class _Disconnected(Exception):
+    """The client went away before its body was complete: nobody is left to answer."""
 
-    content_type = headers.get("content-type", "")
+
+class RequestGuard:
+    """ASGI middleware in front of every route of the service:
+
+    - the body limit: a ``Content-Length`` over ``max_body_bytes()`` is answered 413 before anything is read;
+      any other body is read here chunk by chunk and refused (413) at the first chunk that takes it over the
+      limit, so that a chunked or lying client cannot make the service hold more; the routes (and the web
+      framework's form parser) then get the body replayed from memory;
+    - a trailing slash is ignored (``/v1/score/`` is ``/v1/score``), as the service always did;
+    - an exception that no handler answered becomes a 500 ``InternalError`` answer, logged with its traceback.
+
+    ``max_body_bytes`` is called per request: a replica's limit is known only once the replica is built."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: Callable[[], int]) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        try:
+            body = await read_body(headers, _body_chunks(receive), self.max_body_bytes())
+        except _Disconnected:
+            return
+        except StlpipsError as exc:
+            await send_json(send, status_of(exc), error_body(exc))
+            return
+        started = False
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, _replay(body, receive), tracked_send)
+        except Exception as exc:  # noqa: BLE001 - a bad request answers with an error, never ends the replica
+            log.exception("unexpected failure on %s %s", scope.get("method"), scope["path"])
+            if not started:
+                await send_json(send, 500, error_body(exc))
+
+
+async def _body_chunks(receive: Callable[[], Awaitable[dict]]) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+def _replay(body: bytes, receive: Callable[[], Awaitable[dict]]) -> Callable[[], Awaitable[dict]]:
+    """An ASGI ``receive`` that gives ``body`` in one message, then waits on the real one (disconnects)."""
+    pending = True
+
+    async def replayed() -> dict:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def send_json(send: Callable[[dict], Awaitable[None]], status: int, content: dict[str, Any]) -> None:
+    data = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def check_form(content_type: str, names: Sequence[str], limits: Limits, *, many: bool) -> None:
+    """Refuse (:class:`RequestError`) a scoring request that is not a multipart form, has more parts than
+    ``limits.max_fields``, or lacks its fields: exactly one ``ref``, and one ``dist`` (``many``: one or more).
+    ``names`` are the form's field names, one per part, in order."""
     if not content_type.startswith("multipart/form-data"):
         raise RequestError(f"Content-Type is {content_type or 'missing'!r}; send multipart/form-data with image "
                            "files in the fields ref and dist (curl -F ref=@a.png -F dist=@b.png)")
-
-    async def once() -> AsyncIterator[bytes]:
-        yield body
-
-    parser = MultiPartParser(headers, once(), max_files=limits.max_fields, max_fields=limits.max_fields,
-                             max_part_size=limits.max_body_bytes)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise RequestError(f"cannot parse the multipart body: {exc}") from None
-    fields: dict[str, list[bytes]] = {}
-    try:
-        for name, value in form.multi_items():
-            data = await value.read() if isinstance(value, UploadFile) else value.encode()
-            fields.setdefault(name, []).append(data)
-    finally:
-        await form.close()
-    return fields
-
-
-def one_field(fields: dict[str, list[bytes]], name: str) -> bytes:
-    values = fields.get(name, [])
-    if len(values) != 1:
-        raise RequestError(f"expected one {name!r} field with an image file, got {len(values)}; fields sent: "
-                           f"{', '.join(sorted(fields)) or 'none'}")
-    return values[0]
+    if len(names) > limits.max_fields:
+        raise RequestError(f"cannot parse the multipart body: {len(names)} parts, over this service's limit of "
+                           f"{limits.max_fields} (one ref and at most {limits.max_fields - 1} dist)")
+    sent = ", ".join(sorted(set(names))) or "none"
+    for name in ("ref",) if many else ("ref", "dist"):
+        if (count := names.count(name)) != 1:
+            raise RequestError(f"expected one {name!r} field with an image file, got {count}; fields sent: {sent}")
+    if many and "dist" not in names:
+        raise RequestError("expected one or more 'dist' fields with image files, got none")

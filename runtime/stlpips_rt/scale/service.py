@@ -1,6 +1,7 @@
 """``stlpips-serve``: an online scoring service on Ray Serve, with dynamic batching across concurrent requests.
 
-HTTP API (docs/at_scale.md has examples):
+A FastAPI application behind ``@serve.ingress``; its OpenAPI schema is served at ``GET /openapi.json`` and the
+interactive docs at ``GET /docs``. HTTP API (docs/at_scale.md has examples):
 
 - ``POST /v1/score``: multipart fields ``ref`` and ``dist`` (image files) -> ``{"distance", "model", "provider"}``
 - ``POST /v1/score_many``: ``ref`` and one or more ``dist`` -> ``{"distances": [...], "model", "provider"}``,
@@ -9,7 +10,9 @@ HTTP API (docs/at_scale.md has examples):
   ``GET /healthz``: ``{"status": "ok"}``
 
 Errors are ``{"error": {"type": <the runtime's error class>, "message": ...}}`` with 400 (bad image, size
-mismatch, malformed request), 413 (body or image over the limits, decompression bombs), 415 (not an image).
+mismatch, malformed request), 413 (body or image over the limits, decompression bombs), 415 (not an image),
+404 (no such route). The body limit is enforced by :class:`~stlpips_rt.scale.http.RequestGuard` before FastAPI
+parses anything.
 
 Exactness: concurrent ``/v1/score`` requests are gathered by ``serve.batch`` (up to ``max_batch``, waiting at
 most ``batch_wait_ms``). On CPU each gathered pair still runs as its own graph run, because onnxruntime's CPU
@@ -19,29 +22,30 @@ batch 1 vs 16). On CUDA and TensorRT the gathered pairs of one size are stacked 
 batching pays; ``stack`` overrides either way.
 """
 
-from __future__ import annotations
-
 import asyncio
 import io
-import logging
+import typing
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from fastapi import Depends, FastAPI, File, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from PIL import Image
+from pydantic import BaseModel, Field
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from ..errors import ImageTooLargeError, RequestError, StlpipsError
 from ..io import images
 from ..io.images import ImageOptions
 from .batch import _ScorerSpec
-from .http import Limits, error_body, one_field, read_body, read_images, status_of
+from .http import Limits, RequestGuard, check_form, error_body, status_of
 from .ray_env import ModelPayload
 
-log = logging.getLogger("stlpips.serve")
 APP_NAME = "stlpips"
+ROUTES = ("GET /v1/models", "POST /v1/score", "POST /v1/score_many", "GET /healthz", "GET /openapi.json", "GET /docs")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,168 @@ class ServiceConfig:
         return self.cpus_per_replica if self.cpus_per_replica is not None else float(self.threads or 1)
 
 
+# --- the answers' shapes (the OpenAPI schema's components) ------------------------------------------------------
+class ScoreAnswer(BaseModel):
+    distance: float = Field(description="The perceptual distance of dist from ref (0: identical).",
+                            examples=[0.0394633822])
+    model: str = Field(description="The model's short name.", examples=["alex-st"])
+    provider: str = Field(description="The execution provider that scored it.", examples=["cpu"])
+
+
+class ScoreManyAnswer(BaseModel):
+    distances: list[float] = Field(description="One distance per dist field, in the order sent.")
+    model: str = Field(description="The model's short name.", examples=["alex-st"])
+    provider: str = Field(description="The execution provider that scored them.", examples=["cpu"])
+
+
+class LimitsAnswer(BaseModel):
+    max_body_bytes: int = Field(description="Largest request body (413 above).")
+    max_pixels: int = Field(description="Largest image, from its header (413 above).")
+    max_request_pixels: int = Field(description="Most pixels of all of a request's images together (413 above).")
+    max_fields: int = Field(description="Most multipart parts of one request (one ref, the rest dist).")
+
+
+class BatchingAnswer(BaseModel):
+    max_batch: int = Field(description="Most concurrent /v1/score requests gathered into one batch.")
+    batch_wait_ms: float = Field(description="Longest a request waits for others to join its batch.")
+    stacked: bool = Field(description="Whether a gathered batch runs as one stacked graph run.")
+
+
+class ReplicaStats(BaseModel):
+    batches: int = Field(description="/v1/score batches this replica ran.")
+    pairs: int = Field(description="Pairs in them.")
+    largest_batch: int = Field(description="Pairs in the largest one.")
+
+
+class ModelCard(BaseModel):
+    model: str = Field(description="The model's short name.", examples=["alex-st"])
+    file: str = Field(description="The ONNX file's name.", examples=["stlpips_alex_st.onnx"])
+    net: str = Field(description="The backbone.", examples=["alex"])
+    variant: str = Field(description="st (ST-LPIPS, shift-tolerant) or lpips.", examples=["st"])
+    precision: str = Field(description="The arithmetic that runs (Scorer.precision): fp32, tf32, fp16, int8, bf16.",
+                           examples=["fp32"])
+    provider: str = Field(description="The execution provider.", examples=["cpu"])
+    min_size: int = Field(description="Smallest height and width the model scores.", examples=[21])
+    outputs: list[str] = Field(description="The graph's outputs.")
+    static_hw: list[int] | None = Field(description="The fixed input size of a static graph; null when dynamic.")
+    metadata: dict[str, str] = Field(description="The ONNX file's metadata (stlpips.* keys).")
+    limits: LimitsAnswer
+    batching: BatchingAnswer
+    replica_stats: ReplicaStats = Field(description="The counts of the replica that answered.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="The runtime's error class (or NotFound, InternalError).",
+                      examples=["ImageSizeError"])
+    message: str = Field(description="What was wrong, and what to do about it.")
+
+
+class ErrorAnswer(BaseModel):
+    error: ErrorDetail
+
+
+def _errors(**statuses: str) -> dict[int | str, dict[str, Any]]:
+    return {int(code[1:]): {"model": ErrorAnswer, "description": text} for code, text in statuses.items()}
+
+
+SCORE_ERRORS = _errors(
+    _400="ImageReadError (a truncated or corrupt image), ImageSizeError (the sizes differ, or an image is below "
+         "the model's minimum), RequestError (not multipart, a field missing or repeated, too many parts)",
+    _413="RequestTooLargeError (the body is over the limit, refused before it is read) or ImageTooLargeError (an "
+         "image, or all of them together, over the pixel limits, from their headers: decompression bombs)",
+    _415="NotAnImageError (data no image decoder recognises)",
+    _500="InferenceError or InternalError (a failure of the service's; logged, no internals in the answer)",
+)
+IMAGE = "An image file in any format Pillow decodes (PNG, JPEG, WebP, ...); EXIF orientation is applied."
+
+
+# --- the application -------------------------------------------------------------------------------------------
+def _replica() -> "ScoringService":
+    """The replica that runs this request (FastAPI dependencies and middleware have no ``self``)."""
+    return serve.get_replica_context().servable_object
+
+
+class _ServiceApp(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's schema less its 422 answers (a request that fails validation is answered 400 here), with the
+        forms named ScoreRequest and ScoreManyRequest rather than Body_score..."""
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            components = schema.get("components", {}).get("schemas", {})
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+                    form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data", {})
+                    ref = form.get("schema", {}).get("$ref", "")
+                    if ref.startswith("#/components/schemas/Body_"):
+                        old = ref.rsplit("/", 1)[1]
+                        name = "".join(w.title() for w in old[len("Body_"):].split("_")) + "Request"
+                        components[name] = {**components.pop(old), "title": name}
+                        form["schema"]["$ref"] = f"#/components/schemas/{name}"
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
+            self.openapi_schema = schema
+        return self.openapi_schema
+
+
+app = _ServiceApp(
+    title="stlpips-serve",
+    summary="Perceptual distances (ST-LPIPS, LPIPS) of image pairs, exact to the stlpips_rt Scorer.",
+    description="Errors answer `{\"error\": {\"type\": ..., \"message\": ...}}` with 400 (bad image or "
+                "request), 413 (over the limits), 415 (not an image), 404 (no such route), 500 (ours). "
+                "See docs/at_scale.md.",
+    version="1",
+    docs_url="/docs",
+    redoc_url=None,
+    openapi_url="/openapi.json",
+    generate_unique_id_function=lambda route: route.name,  # operationId: score, score_many, models, healthz
+)
+# The body limit sits in front of FastAPI, whose form parsing would otherwise read the whole body first.
+app.add_middleware(RequestGuard, max_body_bytes=lambda: _replica().limits.max_body_bytes)
+
+
+@app.exception_handler(StlpipsError)
+async def _runtime_error(request: Request, exc: StlpipsError) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=status_of(exc))
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    if exc.status_code in (404, 405):  # as before FastAPI: any other method or path is "no route"
+        message = f"no route {request.method} {request.url.path}; see {', '.join(ROUTES)}"
+        return JSONResponse({"error": {"type": "NotFound", "message": message}}, status_code=404)
+    if exc.status_code == 400:  # the multipart parser's complaints
+        return JSONResponse(error_body(RequestError(f"cannot parse the multipart body: {exc.detail}")), 400)
+    return JSONResponse({"error": {"type": "HTTPError", "message": str(exc.detail)}}, exc.status_code,
+                        headers=exc.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # check_form refuses a bad form before FastAPI validates the fields; this is the fallback for anything else.
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+    return JSONResponse(error_body(RequestError(f"malformed request: {problems}")), status_code=400)
+
+
+def _form_check(*, many: bool) -> Any:
+    """A dependency of the scoring routes: it runs before FastAPI validates the declared fields, so a bad form is
+    refused with the service's own 400 messages (check_form) rather than FastAPI's 422."""
+
+    async def check(request: Request) -> None:
+        form = await request.form()  # parsed once, by FastAPI, from the body RequestGuard let through
+        check_form(request.headers.get("content-type", ""), [name for name, _ in form.multi_items()],
+                   _replica().limits, many=many)
+
+    return check
+
+
+
+
+@serve.ingress(app)
 class ScoringService:
     """One replica: one Scorer, the HTTP routes, and the batched scoring of single pairs."""
 
@@ -91,42 +257,36 @@ class ScoringService:
         self._answer = {"model": info.short_name, "provider": self.scorer.provider}
         self.stats = {"batches": 0, "pairs": 0, "largest_batch": 0}  # this replica's /v1/score batches
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        route = (request.method, request.url.path.rstrip("/") or "/")
-        try:
-            if route == ("GET", "/healthz"):
-                return JSONResponse({"status": "ok"})
-            if route == ("GET", "/v1/models"):
-                return JSONResponse({**self.card, "replica_stats": self.stats})
-            if route == ("POST", "/v1/score"):
-                return JSONResponse(await self._score(request))
-            if route == ("POST", "/v1/score_many"):
-                return JSONResponse(await self._score_many(request))
-            return JSONResponse({"error": {"type": "NotFound", "message": f"no route {route[0]} {route[1]}; see "
-                                           "GET /v1/models, POST /v1/score, POST /v1/score_many, GET /healthz"}},
-                                status_code=404)
-        except Exception as exc:  # noqa: BLE001 - a bad request answers with an error, never ends the replica
-            if not isinstance(exc, StlpipsError):
-                log.exception("unexpected failure on %s %s", *route)
-            return JSONResponse(error_body(exc), status_code=status_of(exc))
+    @app.get("/healthz", response_model=Health, summary="Whether a replica answers")
+    async def healthz(self) -> Health:
+        return Health()
 
-    async def _form(self, request: Request) -> dict[str, list[bytes]]:
-        body = await read_body(request.headers, request.stream(), self.limits.max_body_bytes)
-        return await read_images(request.headers, body, self.limits)
+    @app.get("/v1/models", response_model=ModelCard, summary="The model, the limits and the batching")
+    async def models(self) -> ModelCard:
+        return ModelCard(**self.card, replica_stats=ReplicaStats(**self.stats))
 
-    async def _score(self, request: Request) -> dict[str, Any]:
-        fields = await self._form(request)
-        ref, dist = one_field(fields, "ref"), one_field(fields, "dist")
+    @app.post("/v1/score", response_model=ScoreAnswer, responses=SCORE_ERRORS, summary="Score one pair",
+              description="The distance of `dist` from `ref` (the same size). Concurrent requests are gathered "
+                          "into batches (`serve.batch`); every answer equals `Scorer.score` bit for bit on CPU.",
+              dependencies=[Depends(_form_check(many=False))])
+    async def score(self, ref: Annotated[bytes, File(description="The reference. " + IMAGE)],
+                    dist: Annotated[bytes, File(description="The distorted image, the size of ref. " + IMAGE)],
+                    ) -> ScoreAnswer:
         x0, x1 = await asyncio.to_thread(self._decode_pair, ref, dist)
-        return {"distance": await self._score_pairs((x0, x1)), **self._answer}
+        return ScoreAnswer(distance=await self._score_pairs((x0, x1)), **self._answer)
 
-    async def _score_many(self, request: Request) -> dict[str, Any]:
-        fields = await self._form(request)
-        ref, dists = one_field(fields, "ref"), fields.get("dist", [])
-        if not dists:
-            raise RequestError("expected one or more 'dist' fields with image files, got none")
-        distances = await asyncio.to_thread(self._run_many, ref, dists)
-        return {"distances": distances, **self._answer}
+    @app.post("/v1/score_many", response_model=ScoreManyAnswer, responses=SCORE_ERRORS,
+              summary="Score one reference against several images",
+              description="One `ref` and one or more `dist` fields (at most `limits.max_fields` - 1), the same "
+                          "size, scored through the broadcast graph; equals `Scorer.score_many` bit for bit.",
+              dependencies=[Depends(_form_check(many=True))])
+    async def score_many(self, ref: Annotated[bytes, File(description="The reference. " + IMAGE)],
+                         dist: Annotated[list[bytes], File(description="The images to score against ref, each "
+                                                                       "the size of ref, in one field each. "
+                                                                       + IMAGE)],
+                         ) -> ScoreManyAnswer:
+        distances = await asyncio.to_thread(self._run_many, ref, dist)
+        return ScoreManyAnswer(distances=distances, **self._answer)
 
     # --- decoding and inference (worker threads) ---------------------------------------------------------------
     def _decode(self, data: bytes, name: str) -> np.ndarray:
@@ -192,26 +352,27 @@ def app_builder(args: dict[str, str]) -> Any:
 
 def config_from_args(args: dict[str, str]) -> ServiceConfig:
     """A ServiceConfig from string arguments (ServiceConfig and Limits field names)."""
-    fields = {f.name: f.type for f in ServiceConfig.__dataclass_fields__.values()}
+    fields = typing.get_type_hints(ServiceConfig)
     limits, kwargs = {}, {}
     for key, value in args.items():
         if key in Limits.__dataclass_fields__:
             limits[key] = int(value)
         elif key in fields and key != "limits":
-            kwargs[key] = _parse(str(value), str(fields[key]))
+            kwargs[key] = _parse(str(value), fields[key])
         else:
             raise ValueError(f"unknown argument {key!r}; use ServiceConfig or Limits field names")
     return ServiceConfig(**kwargs, limits=Limits(**limits))
 
 
-def _parse(value: str, annotation: str) -> Any:
+def _parse(value: str, annotation: Any) -> Any:
+    kinds = typing.get_args(annotation) or (annotation,)  # int | None -> (int, NoneType)
     if value.lower() in ("none", "null", ""):
         return None
-    if annotation.startswith("bool"):
+    if bool in kinds:
         return value.lower() in ("1", "true", "yes")
-    if annotation.startswith("int"):
+    if int in kinds:
         return int(value)
-    if annotation.startswith("float"):
+    if float in kinds:
         return float(value)
     return value
 
