@@ -1,9 +1,12 @@
-"""stlpips-serve on Ray Serve: the HTTP API, exact answers (== Scorer), typed 4xx errors, and 32 concurrent clients
-on loopback mixing good and bad requests while /healthz keeps answering. Binds to 127.0.0.1 only; every request
-loop is bounded in count and has a timeout."""
+"""stlpips-serve on Ray Serve (FastAPI behind serve.ingress): the HTTP API, exact answers (== Scorer), typed 4xx
+errors with their messages, the body limit enforced before the body is read, the OpenAPI schema (every route with
+its request and answer shapes, and the real answers valid against it), /docs, and 32 concurrent clients on
+loopback mixing good and bad requests while /healthz keeps answering. Binds to 127.0.0.1 only; every request loop
+is bounded in count and has a timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import json
@@ -47,15 +50,20 @@ class Client:
         self.port = port
 
     def request(self, method: str, path: str, fields: list[tuple[str, bytes]] | None = None) -> tuple[int, dict]:
+        status, _, data = self.raw(method, path, fields)
+        return status, json.loads(data)
+
+    def raw(self, method: str, path: str, fields: list[tuple[str, bytes]] | None = None,
+            body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+        """(status, Content-Type, body bytes) of one request: multipart ``fields``, or ``body`` as it is."""
         conn = http.client.HTTPConnection(HOST, self.port, timeout=TIMEOUT_S)
         try:
-            if fields is None:
-                conn.request(method, path)
-            else:
-                body, content_type = multipart(fields)
-                conn.request(method, path, body=body, headers={"Content-Type": content_type})
+            headers = dict(headers or {})
+            if fields is not None:
+                body, headers["Content-Type"] = multipart(fields)
+            conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
-            return response.status, json.loads(response.read())
+            return response.status, response.getheader("Content-Type", ""), response.read()
         finally:
             conn.close()
 
@@ -141,13 +149,162 @@ def test_bad_requests_get_their_4xx_and_type(client: Client, case: str) -> None:
     assert body["error"]["message"]
 
 
+ROUTES = "GET /v1/models, POST /v1/score, POST /v1/score_many, GET /healthz, GET /openapi.json, GET /docs"
+
+
 def test_unknown_route_and_non_multipart(client: Client) -> None:
-    assert client.request("GET", "/v2/nothing")[0] == 404
-    conn = http.client.HTTPConnection(HOST, client.port, timeout=TIMEOUT_S)
-    conn.request("POST", "/v1/score", body=b"{}", headers={"Content-Type": "application/json"})
-    response = conn.getresponse()
-    assert response.status == 400 and json.loads(response.read())["error"]["type"] == "RequestError"
-    conn.close()
+    assert client.request("GET", "/v2/nothing") == (404, {"error": {
+        "type": "NotFound", "message": f"no route GET /v2/nothing; see {ROUTES}"}})
+    # Another method on a known path is no route either, as before FastAPI (not FastAPI's 405).
+    assert client.request("GET", "/v1/score") == (404, {"error": {
+        "type": "NotFound", "message": f"no route GET /v1/score; see {ROUTES}"}})
+    status, _, data = client.raw("POST", "/v1/score", body=b"{}", headers={"Content-Type": "application/json"})
+    assert (status, json.loads(data)) == (400, {"error": {"type": "RequestError", "message": (
+        "Content-Type is 'application/json'; send multipart/form-data with image files in the fields ref and dist "
+        "(curl -F ref=@a.png -F dist=@b.png)")}})
+
+
+FORM_ERRORS = {  # the messages the service answered before FastAPI, kept word for word
+    "missing dist": ("/v1/score", [("ref", png(1))],
+                     "expected one 'dist' field with an image file, got 0; fields sent: ref"),
+    "repeated ref": ("/v1/score", [("ref", png(1)), ("ref", png(1)), ("dist", png(2))],
+                     "expected one 'ref' field with an image file, got 2; fields sent: dist, ref"),
+    "no ref": ("/v1/score_many", [("dist", png(2))],
+               "expected one 'ref' field with an image file, got 0; fields sent: dist"),
+    "no dist": ("/v1/score_many", [("ref", png(1)), ("other", b"x")],
+                "expected one or more 'dist' fields with image files, got none"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORM_ERRORS))
+def test_form_errors_keep_their_messages(client: Client, case: str) -> None:
+    path, fields, message = FORM_ERRORS[case]
+    assert client.request("POST", path, fields) == (400, {"error": {"type": "RequestError", "message": message}})
+
+
+def test_malformed_and_oversized_forms_are_400(client: Client) -> None:
+    status, _, data = client.raw("POST", "/v1/score", body=b"--x\r\n",
+                                 headers={"Content-Type": "multipart/form-data"})  # no boundary
+    assert status == 400 and json.loads(data)["error"] == {
+        "type": "RequestError", "message": "cannot parse the multipart body: Missing boundary in multipart."}
+    status, body = client.request("POST", "/v1/score_many", [("ref", b"x")] + [("dist", b"x")] * 257)
+    assert status == 400 and body["error"]["type"] == "RequestError", body
+    assert "258 parts, over this service's limit of 257" in body["error"]["message"]
+
+
+def test_a_trailing_slash_is_ignored_as_before(client: Client, scorer: Scorer) -> None:
+    a, b = png(1), png(2)
+    status, body = client.request("POST", "/v1/score/", [("ref", a), ("dist", b)])
+    assert status == 200 and body["distance"] == scorer.score(Image.open(io.BytesIO(a)), Image.open(io.BytesIO(b)))
+    assert client.request("GET", "/healthz/") == (200, {"status": "ok"})
+
+
+def raw_request(port: int, head: bytes, parts: list[bytes]) -> tuple[int, dict, float]:
+    """Send ``head`` and ``parts`` on one connection without ever finishing the body, then read the answer:
+    (status, JSON body, seconds it took). An answer at all proves the service did not wait for the whole body."""
+    start = time.monotonic()
+    with socket.create_connection((HOST, port), timeout=TIMEOUT_S) as sock:
+        try:
+            sock.sendall(head)
+            for part in parts:
+                sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed while we were still sending: fine, the answer is still in the socket
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read()), time.monotonic() - start
+
+
+def test_an_over_limit_content_length_is_refused_before_reading_the_body(client: Client) -> None:
+    """A client that declares 1 GB and sends 1 KB of it gets its 413 at once: the limit is checked from the
+    header, before any of the body is awaited."""
+    head = (f"POST /v1/score HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {10**9}\r\n\r\n").encode()
+    status, body, _ = raw_request(client.port, head, [b"--b\r\n" + b"\0" * 1024])
+    assert status == 413 and body["error"]["type"] == "RequestTooLargeError", body
+    assert f"the body is {10**9} bytes, over this service's limit of {MAX_BODY} bytes" in body["error"]["message"]
+
+
+def test_a_chunked_body_is_refused_as_it_crosses_the_limit(client: Client) -> None:
+    """No Content-Length (chunked), twice the limit sent and the body never finished: the 413 comes while the
+    body is still open, so the service counted the bytes as they came instead of reading the body to its end."""
+    head = (f"POST /v1/score HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    chunk = b"\0" * 16_384
+    parts = [b"%x\r\n" % len(chunk) + chunk + b"\r\n"] * (2 * MAX_BODY // len(chunk))  # no terminating 0-chunk
+    status, body, _ = raw_request(client.port, head, parts)
+    assert (status, body["error"]["type"]) == (413, "RequestTooLargeError"), body
+    assert body["error"]["message"].startswith(f"the body is over this service's limit of {MAX_BODY} bytes")
+    assert client.request("GET", "/healthz") == (200, {"status": "ok"})
+
+
+def resolve(doc: dict, ref: str) -> dict:
+    node = doc
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "$ref"] + [r for v in node.values() for r in refs(v)]
+    return [r for v in node for r in refs(v)] if isinstance(node, list) else []
+
+
+def test_openapi_lists_every_route_with_its_request_and_answer_shapes(client: Client, scorer: Scorer) -> None:
+    status, content_type, data = client.raw("GET", "/openapi.json")
+    assert status == 200 and content_type.startswith("application/json")
+    doc = json.loads(data)
+    try:
+        from openapi_spec_validator import validate  # only where it is installed; not a dependency
+    except ImportError:
+        validate = None
+    if validate is not None:
+        validate(doc)
+    assert doc["openapi"].startswith("3.") and doc["info"]["title"] == "stlpips-serve"
+    for ref in refs(doc):  # every reference resolves
+        resolve(doc, ref)
+    routes = {path: set(ops) for path, ops in doc["paths"].items()}
+    assert routes == {"/healthz": {"get"}, "/v1/models": {"get"}, "/v1/score": {"post"}, "/v1/score_many": {"post"}}
+    answers = {"/healthz": "Health", "/v1/models": "ModelCard", "/v1/score": "ScoreAnswer",
+               "/v1/score_many": "ScoreManyAnswer"}
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+            assert ok == {"$ref": f"#/components/schemas/{answers[path]}"}, path
+            assert "422" not in op["responses"], path  # validation failures answer 400 here
+    for path, fields in {"/v1/score": {"ref": "string", "dist": "string"},
+                         "/v1/score_many": {"ref": "string", "dist": "array"}}.items():
+        op = doc["paths"][path]["post"]
+        form = resolve(doc, op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"])
+        assert {k: v["type"] for k, v in form["properties"].items()} == fields and set(form["required"]) == set(fields)
+        for code in ("400", "413", "415", "500"):
+            assert op["responses"][code]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorAnswer"}, (path, code)
+    card = doc["components"]["schemas"]["ModelCard"]
+    assert {"model", "limits", "batching", "replica_stats", "metadata"} <= set(card["required"])
+
+    # The real answers fit their documented shapes.
+    jsonschema = pytest.importorskip("jsonschema")
+
+    def check(answer: dict, name: str) -> None:
+        jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", **doc}).validate(answer)
+
+    a, b = png(1), png(2)
+    check(client.request("GET", "/healthz")[1], "Health")
+    check(client.request("GET", "/v1/models")[1], "ModelCard")
+    check(client.request("POST", "/v1/score", [("ref", a), ("dist", b)])[1], "ScoreAnswer")
+    check(client.request("POST", "/v1/score_many", [("ref", a), ("dist", b), ("dist", a)])[1], "ScoreManyAnswer")
+    check(client.request("POST", "/v1/score", [("ref", a)])[1], "ErrorAnswer")
+    with pytest.raises(jsonschema.ValidationError):
+        check({"distance": "near"}, "ScoreAnswer")
+
+
+def test_docs_answer_html_for_the_schema(client: Client) -> None:
+    status, content_type, data = client.raw("GET", "/docs")
+    assert status == 200 and content_type.startswith("text/html")
+    page = data.decode()
+    assert "swagger-ui" in page and "/openapi.json" in page
 
 
 def test_32_concurrent_clients_mixing_good_and_bad(client: Client, scorer: Scorer) -> None:
@@ -242,3 +399,73 @@ def test_service_replicas_build_their_scorer_with_the_memory_budget(ray_cluster,
     assert replica_scorer.plan(240, 260).tiled
     full_frame = Scorer(tiles_model, providers="cpu", max_memory="64G")
     assert replica_scorer.score(a, b) == pytest.approx(full_frame.score(a, b), rel=1e-6)
+
+
+def run_guard(headers: list[tuple[bytes, bytes]], receive, limit: int, path: str = "/v1/score", app=None):
+    """RequestGuard on one fake request: (what the inner app saw, what was sent back)."""
+    from stlpips_rt.scale.http import RequestGuard
+
+    seen: list[tuple[dict, bytes]] = []
+
+    async def inner(scope, receive, send) -> None:
+        message = await receive()
+        seen.append((scope, message["body"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    asyncio.run(RequestGuard(app or inner, lambda: limit)(scope, receive, send))
+    return seen, sent
+
+
+def endless_body(pulled: list[int], size: int = 1000):
+    async def receive() -> dict:
+        pulled.append(size)
+        return {"type": "http.request", "body": b"\0" * size, "more_body": True}
+
+    return receive
+
+
+def test_guard_refuses_a_declared_length_without_reading_anything() -> None:
+    pulled: list[int] = []
+    seen, sent = run_guard([(b"content-length", b"10001")], endless_body(pulled), 10_000)
+    assert pulled == [] and seen == []
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["error"]["type"] == "RequestTooLargeError"
+
+
+def test_guard_stops_reading_at_the_first_chunk_over_the_limit() -> None:
+    pulled: list[int] = []
+    seen, sent = run_guard([(b"transfer-encoding", b"chunked")], endless_body(pulled), 10_000)
+    assert sum(pulled) == 11_000 and seen == []  # 11 chunks of 1000 bytes, then no more
+    assert sent[0]["status"] == 413
+
+
+def test_guard_replays_a_body_within_the_limit_and_drops_a_trailing_slash() -> None:
+    chunks = [b"a" * 400, b"b" * 400, b""]
+
+    async def receive() -> dict:
+        body = chunks.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    seen, sent = run_guard([], receive, 800, path="/v1/score/")
+    assert [(scope["path"], body) for scope, body in seen] == [("/v1/score", b"a" * 400 + b"b" * 400)]
+    assert sent[0]["status"] == 200
+
+
+def test_guard_answers_an_unexpected_failure_with_500_and_no_internals() -> None:
+    async def failing(scope, receive, send) -> None:
+        raise RuntimeError("secret internals")
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    _, sent = run_guard([], receive, 10, app=failing)
+    assert sent[0]["status"] == 500
+    assert json.loads(sent[1]["body"]) == {"error": {"type": "InternalError",
+                                                     "message": "the service failed on this request; see its log"}}
