@@ -384,6 +384,7 @@ def test_serve_command_refuses_a_missing_model_before_starting_anything(tmp_path
 def test_service_replicas_build_their_scorer_with_the_memory_budget(ray_cluster, exported_model) -> None:
     """stlpips-serve's --max-memory reaches each replica's Scorer, which then tiles a large upload exactly instead
     of needing the memory of its full frame (the pixel limits stay a decompression-bomb guard only)."""
+    from stlpips_rt.io.images import ImageOptions
     from stlpips_rt.scale.batch import _ScorerSpec
     from stlpips_rt.scale.ray_env import ModelPayload
     from stlpips_rt.scale.service import config_from_args
@@ -391,7 +392,7 @@ def test_service_replicas_build_their_scorer_with_the_memory_budget(ray_cluster,
     tiles_model = exported_model("alex", "st", tiles=True)
     config = config_from_args({"model": str(tiles_model), "max_memory": "24M"})
     spec = _ScorerSpec(ModelPayload.put(config.model), "cpu", config.precision, config.threads, config.batch_size,
-                       None, config.limits.max_pixels, config.max_memory)
+                       ImageOptions(max_pixels=config.limits.max_pixels), config.max_memory)
     replica_scorer = spec.build()
     assert replica_scorer.max_memory == 24 * 2**20
     rng = np.random.default_rng(3)
