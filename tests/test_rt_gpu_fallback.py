@@ -17,7 +17,7 @@ from fake_gpu import FakeOnnxruntimeGpu
 from stlpips_rt import ModelNotFoundError, ProviderError, Scorer
 from stlpips_rt.engine import providers as prov
 from stlpips_rt.engine import session as gs
-from stlpips_rt.engine.options import CudaOptions, SessionConfig
+from stlpips_rt.engine.options import CudaOptions, SessionConfig, TensorRTOptions
 from stlpips_rt.engine.providers import provider_options
 from stlpips_rt.errors import ProviderFallbackWarning
 
@@ -36,7 +36,7 @@ def build(model: Path, **kwargs: Any) -> tuple[Scorer, list[warnings.WarningMess
 
 def test_auto_tries_tensorrt_cuda_cpu_in_one_session_with_exact_cuda_options(model: Path, monkeypatch) -> None:
     fake = FakeOnnxruntimeGpu(monkeypatch)
-    scorer, warned = build(model, providers="auto", tensorrt=prov.TensorRTOptions(cache_dir=model.parent / "trt"))
+    scorer, warned = build(model, providers="auto", provider_options=[TensorRTOptions(cache_dir=model.parent / "trt")])
     assert [c["chain"] for c in fake.calls] == [["tensorrt", "cuda", "cpu"]]
     assert (scorer.provider, scorer.precision, warned) == ("tensorrt", "fp32", [])
     options = fake.calls[0]["options"]
@@ -153,7 +153,7 @@ def test_fast_on_cuda_can_be_told_to_run_tf32(model_pair: Path, monkeypatch) -> 
 def test_fast_on_tensorrt_keeps_the_float32_graph(model_pair: Path, monkeypatch) -> None:
     fake = FakeOnnxruntimeGpu(monkeypatch)
     scorer, _ = build(model_pair, providers="tensorrt", precision="fast",
-                      tensorrt=prov.TensorRTOptions(cache_dir=model_pair.parent / "trt"))
+                      provider_options=[TensorRTOptions(cache_dir=model_pair.parent / "trt")])
     assert fake.calls[-1]["path"].name == "stlpips_alex_st.onnx"
     assert (scorer.provider, scorer.precision) == ("tensorrt", "fp16")  # TensorRT's own fp16
 

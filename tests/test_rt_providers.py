@@ -130,13 +130,22 @@ def test_gpu_provider_exact_matches_cpu(provider: str, model: Path, cpu_scores: 
     np.testing.assert_allclose(s.score_batch(*pairs()), cpu_scores, atol=1e-4)
 
 
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def test_openvino_exact_matches_cpu_and_fast_reports_bf16(model: Path, cpu_scores: np.ndarray) -> None:
     require("openvino")
     exact = Scorer(model, providers="openvino")
     assert (exact.provider, exact.precision) == ("openvino", "fp32")
     np.testing.assert_allclose(exact.score_batch(*pairs()), cpu_scores, atol=1e-5)
     fast = Scorer(model, providers="openvino", precision="fast")
-    assert fast.precision == "bf16"
+    # OpenVINO computes bf16 only where the CPU has bf16 instructions; elsewhere fast runs f32 and says so.
+    assert fast.precision == ("bf16" if _cpu_has_bf16() else "fp32")
     np.testing.assert_allclose(fast.score_batch(*pairs()), cpu_scores, atol=5e-3)
 
 

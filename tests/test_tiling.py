@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from stlpips_export.architectures import ARCHITECTURES
 from stlpips_export.geometry import layer_windows
-from stlpips_rt import MemoryBudgetError, ModelNotFoundError, Scorer
+from stlpips_rt import MemoryBudgetError, ModelError, Scorer
 from stlpips_rt.cli.score import main as score_cli
 from stlpips_rt.errors import InferenceError
 from stlpips_rt.tiling import ModelGeometry, parse_memory, plan_tiles, split_axis
@@ -195,7 +195,7 @@ def test_a_missing_tiles_file_is_a_clear_error(exported_model, tmp_path: Path) -
     scorer = Scorer(plain, providers="cpu", max_memory="12M")
     a, b = image_pair(200, 200)
     assert "cannot run" in str(scorer.plan(200, 200))
-    with pytest.raises(ModelNotFoundError, match="--tiles"):
+    with pytest.raises(ModelError, match="exported before every export carried them.*stlpips-export --net alex"):
         scorer.score(a, b)
     with pytest.raises(MemoryBudgetError, match="200x200"):
         Scorer(plain, providers="cpu", max_memory="1M").score(a, b)

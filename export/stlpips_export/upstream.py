@@ -43,13 +43,18 @@ def load_upstream(net: str, variant: str = "shift_tolerant", **kwargs: Any) -> A
 
     ``variant`` is upstream's name: ``"shift_tolerant"`` (ST-LPIPS), ``"antialiased"`` or ``"vanilla"``.
     """
-    _install_stubs()
+    added = _install_stubs()
     try:
         stlpips = importlib.import_module("stlpips_pytorch.stlpips")
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(
             f"the upstream reference needs `pip install stlpips-pytorch==0.0.2` ({exc})"
         ) from None
+    finally:
+        # Upstream keeps its own references; the stubs must not stand in for the real packages later in this
+        # process (matplotlib, for one, asks sys.modules["IPython"] for get_ipython).
+        for name in added:
+            sys.modules.pop(name, None)
     pretrained = variant == "shift_tolerant"
     model = stlpips.LPIPS(net=net, variant=variant, pretrained=pretrained, verbose=False, **kwargs)
     return model.eval()
