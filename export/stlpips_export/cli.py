@@ -59,11 +59,14 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--no-fuse", is_flag=True, help="Keep conv1 and its BlurPool separate (slower, same numbers).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Your own upstream-format checkpoint (.pth).")
 @click.option("--tolerance", type=float, help="Override the parity tolerance (max abs) for this export.")
+@click.option("--features/--no-features", default=True, show_default=True,
+              help="Also write the features graph beside a float32 file ({name}_features.onnx): each image's features "
+                   "once, for distance matrices (docs/matrix.md).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the written paths.")
 def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int | None, exporter: str | None,
          fp16: bool, int8: bool, calibration: Path | None, calibration_only: bool, gate_triplets: int, spatial: bool,
          layers: bool, tiles: bool, static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool,
-         weights: str | None, tolerance: float | None, quiet: bool) -> None:
+         weights: str | None, tolerance: float | None, features: bool, quiet: bool) -> None:
     """Export an ST-LPIPS / LPIPS model to ONNX, proving float32 parity with PyTorch before writing it."""
     if export_all and weights:
         raise click.UsageError("--all exports the registered weights; drop --weights or --all")
@@ -75,7 +78,7 @@ def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int 
                                     fp16=fp16, spatial=spatial, layers=layers, static_hw=static_hw,
                                     simplify=not no_simplify, fuse=not no_fuse, weights=weights, tolerance=tolerance,
                                     int8=int8, calibration=calibration, calibration_only=calibration_only,
-                                    gate_triplets=gate_triplets, tiles=tiles, exporter=exporter)
+                                    gate_triplets=gate_triplets, tiles=tiles, exporter=exporter, features=features)
             name = options.file_name
         except ExportError as exc:
             fail(TOOL, str(exc))
@@ -95,6 +98,8 @@ def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int 
             continue
         if quiet:
             click.echo(str(result.path))
+            if result.features is not None:
+                click.echo(str(result.features.path))
         else:
             click.echo(f"wrote {result.path} (min size {result.min_size}px, parity max abs "
                        f"{result.parity.max_abs:.2e}) in {time.perf_counter() - start:.1f}s")

@@ -56,6 +56,7 @@ class ExportOptions:
     gate_triplets: int = 2000
     tiles: bool = False  # add the per-layer distance maps tiled scoring reads (docs/tiling.md)
     exporter: str | None = None  # "dynamo" or "torchscript" (exporters.py); None: dynamo, torchscript for int8
+    features: bool = True  # also write the features graph beside float32 files (features_export.py, docs/matrix.md)
 
     def __post_init__(self) -> None:
         if self.exporter is None:
@@ -104,6 +105,7 @@ class ExportResult:
     metadata: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     memory_rates: dict[str, int] = field(default_factory=dict)  # bytes per pixel measured at each probed size
+    features: object | None = None  # features_export.FeaturesResult when the features graph was written
 
 
 Progress = Callable[[str], None]
@@ -188,7 +190,16 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
     set_metadata(graph, metadata)
     with _step("write", timings, progress):
         path = write_atomically(graph, Path(options.out_dir) / options.file_name)
-    return ExportResult(path, min_size, report, metadata, timings, rates)
+    features = None
+    if options.features and options.spec.precision == "fp32":
+        from .features_export import export_features
+
+        with _step("features", timings, progress):
+            features = export_features(model, exported, options.spec, metadata, options.out_dir, options.exporter,
+                                       options.opset, min_size, options.parity_tolerance, graph, options.simplify)
+        progress(f"features: {features.path.name} ({'up to date, kept' if features.reused else 'written'}), "
+                 f"head(features) vs pair graph max abs {features.max_abs:.2e}")
+    return ExportResult(path, min_size, report, metadata, timings, rates, features)
 
 
 def quantize_int8(fp32_graph: onnx.ModelProto, model: PerceptualDistance, min_size: int, options: ExportOptions,

@@ -39,6 +39,17 @@ def layer_map_axes(index: int) -> dict[int, str]:
     return {0: "N", 2: f"H{index}", 3: f"W{index}"}
 
 
+def feature_outputs(num_layers: int) -> tuple[str, ...]:
+    """Outputs of a features graph (``stlpips_{net}_{variant}_features.onnx``): each layer's unit-normalised
+    features ``[N, C_l, H_l, W_l]``, in layer order (docs/matrix.md)."""
+    return tuple(f"feat{i}" for i in range(num_layers))
+
+
+#: The one input of a features graph: images ``[N, 3, H, W]``, as ``in0``.
+FEATURES_INPUT = "image"
+#: :attr:`Key.KIND` of a features graph; a pair graph has no ``stlpips.kind``.
+KIND_FEATURES = "features"
+
 INPUT_RANGE = "-1,1"
 INPUT_LAYOUT = "NCHW,RGB"
 BATCH_RULE = "N0 == N1, or either is 1 (broadcast)"
@@ -88,6 +99,13 @@ class Key:
     LAYER_PAD_AFTER = "stlpips.layer_pad_after"
     BYTES_PER_PIXEL = "stlpips.bytes_per_pixel"
     LAYER_MAPS = "stlpips.layer_maps"
+    # Features graphs (docs/matrix.md): what a file computes ("features"; absent in pair graphs), the channels of
+    # each feat output, the head's learned 1x1 weights (base64 of float32 little-endian, layer after layer) and the
+    # pair graph they were exported with (its short name).
+    KIND = "stlpips.kind"
+    FEATURE_CHANNELS = "stlpips.feature_channels"
+    HEAD_WEIGHTS = "stlpips.head_weights"
+    PAIR_MODEL = "stlpips.pair_model"
 
     @classmethod
     def all(cls) -> tuple[str, ...]:
@@ -104,10 +122,11 @@ _STATIC = re.compile(r"^(\d+)x(\d+)$")
 class ModelSpec:
     """Everything that changes an exported graph, and so its file name and short name.
 
-    Names are ``{net}-{variant}[-fp16|-int8][-spatial][-layers][-tiles][-HxW][-unfused]`` (short) and
-    ``stlpips_{net}_{variant}[_fp16|_int8][_spatial][_layers][_tiles][_HxW][_unfused].onnx`` (file). ``unfused``
-    appears only for variants where fusion changes the graph; ``tiles`` adds the per-layer distance maps that
-    tiled scoring reads (:func:`layer_map_outputs`).
+    Names are ``{net}-{variant}[-fp16|-int8][-spatial][-layers][-tiles][-features][-HxW][-unfused]`` (short) and
+    ``stlpips_{net}_{variant}[_fp16|_int8][_spatial][_layers][_tiles][_features][_HxW][_unfused].onnx`` (file).
+    ``unfused`` appears only for variants where fusion changes the graph; ``tiles`` adds the per-layer distance
+    maps that tiled scoring reads (:func:`layer_map_outputs`); ``features`` is the features graph written beside a
+    pair graph (one image in, :func:`feature_outputs` out; :meth:`features_spec`).
     """
 
     net: str
@@ -118,6 +137,7 @@ class ModelSpec:
     static_hw: tuple[int, int] | None = None
     fused: bool = True
     tiles: bool = False
+    features: bool = False
 
     def __post_init__(self) -> None:
         get_variant(self.net, self.variant)
@@ -125,6 +145,12 @@ class ModelSpec:
             raise ValueError(f"precision must be one of {FILE_PRECISIONS}, got {self.precision!r}")
         if self.tiles and self.static_hw:
             raise ValueError("a tiles graph needs dynamic H and W; drop the static size or the tiles option")
+        if self.features and (self.spatial or self.layers or self.tiles or self.precision != "fp32"):
+            raise ValueError("a features graph is float32 and has no pair outputs (spatial, layers, tiles)")
+
+    def features_spec(self) -> ModelSpec:
+        """The features graph of this pair graph: same variant, static size and fusion, float32."""
+        return ModelSpec(self.net, self.variant, "fp32", static_hw=self.static_hw, fused=self.fused, features=True)
 
     @property
     def key(self) -> str:
@@ -136,8 +162,8 @@ class ModelSpec:
 
     def _suffixes(self) -> list[str]:
         parts = [] if self.precision == "fp32" else [self.precision]
-        parts += [name for name, on in (("spatial", self.spatial), ("layers", self.layers), ("tiles", self.tiles))
-                  if on]
+        parts += [name for name, on in (("spatial", self.spatial), ("layers", self.layers), ("tiles", self.tiles),
+                                        ("features", self.features)) if on]
         if self.static_hw:
             parts.append(f"{self.static_hw[0]}x{self.static_hw[1]}")
         if not self.fused and VARIANTS[self.key].fusable:
@@ -178,7 +204,7 @@ class ModelSpec:
             static = _STATIC.match(part)
             if part in FILE_PRECISIONS:
                 fields["precision"] = part
-            elif part in ("spatial", "layers", "tiles"):
+            elif part in ("spatial", "layers", "tiles", "features"):
                 fields[part] = True
             elif part == "unfused":
                 fields["fused"] = False
@@ -187,7 +213,7 @@ class ModelSpec:
             else:
                 raise ModelNotFoundError(
                     f"model {short_name!r}: unknown part {part!r}; short names end in any of -fp16, -int8, "
-                    "-spatial, -layers, -tiles, -HxW, -unfused"
+                    "-spatial, -layers, -tiles, -features, -HxW, -unfused"
                 )
         return cls(**fields)
 
@@ -243,6 +269,11 @@ class ModelInfo:
             raise refuse(f"no {Key.FORMAT} in its metadata_props")
         if fmt != FORMAT_VERSION:
             raise refuse(f"{Key.FORMAT} is {fmt!r}, this runtime reads format {FORMAT_VERSION}")
+        if meta.get(Key.KIND) == KIND_FEATURES:
+            raise NotAnStlpipsModelError(
+                f"{path}: a features graph (one image in, per-layer features out), not a pair graph; give the pair "
+                f"model ({meta.get(Key.PAIR_MODEL) or 'e.g. alex-st'}): Scorer.features and Scorer.matrix find this "
+                "file beside it")
         for key in REQUIRED_KEYS:
             if key not in meta:
                 raise refuse(f"metadata key {key} is missing")

@@ -1,0 +1,196 @@
+"""Features of many images, computed once: one float32 row per image (every layer's unit-normalised features,
+flattened and concatenated), in memory or spilled to disk (``np.memmap``), saved and loaded as a folder::
+
+    features.json      header: format, the features graph's sha256 and the model's short name, image size,
+                       layer shapes, image names
+    features.npy       float32 [N, D] (np.load(..., mmap_mode="r") reads it without loading it)
+    head_weights.npy   float32 [sum C_l]: the head's channel weights
+
+Features of another model (another sha256) are refused with :class:`FeaturesMismatchError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StlpipsError
+
+FORMAT = "stlpips-features/1"
+HEADER = "features.json"
+DATA = "features.npy"
+WEIGHTS = "head_weights.npy"
+
+
+class FeaturesMismatchError(StlpipsError):
+    """Features that cannot be compared: of another model, another image size, or a damaged folder."""
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Where each layer sits in an image's row: ``channels[l]`` x ``shapes[l]`` (H_l, W_l), layer after layer."""
+
+    channels: tuple[int, ...]
+    shapes: tuple[tuple[int, int], ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(c * h * w for c, (h, w) in zip(self.channels, self.shapes, strict=True))
+
+    @property
+    def dim(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def bytes_per_image(self) -> int:
+        return 4 * self.dim
+
+    def weight_vector(self, weights: Sequence[np.ndarray]) -> np.ndarray:
+        """float64 ``[D]``: ``w_{l,c} / (H_l W_l)`` at every element of layer l, channel c."""
+        parts = [np.repeat(np.asarray(w, dtype=np.float64) / (h * w_), h * w_)
+                 for w, (h, w_) in zip(weights, self.shapes, strict=True)]
+        return np.concatenate(parts)
+
+    def to_json(self) -> dict:
+        return {"channels": list(self.channels), "layer_hw": [list(s) for s in self.shapes]}
+
+
+class FeatureSet:
+    """Features of ``len(names)`` images of one size: ``data`` float32 ``[N, D]`` (an array or a memmap),
+    comparable with any other FeatureSet of the same ``model_sha256``. Build one with ``Scorer.features``."""
+
+    def __init__(self, data: np.ndarray, names: Sequence[str], image_hw: tuple[int, int], layout: FeatureLayout,
+                 head_weights: Sequence[np.ndarray], model_sha256: str, model_name: str,
+                 spill_path: Path | None = None) -> None:
+        if data.ndim != 2 or data.shape != (len(names), layout.dim):
+            raise FeaturesMismatchError(f"features of shape {data.shape} for {len(names)} images of {layout.dim} "
+                                        "values each")
+        self.data = data
+        self.names = list(names)
+        self.image_hw = (int(image_hw[0]), int(image_hw[1]))
+        self.layout = layout
+        self.head_weights = tuple(np.asarray(w, dtype=np.float32) for w in head_weights)
+        self.model_sha256 = model_sha256
+        self.model_name = model_name
+        self.spill_path = spill_path  # the memmap's file when spilled (removed by the owner, or kept as a cache)
+        self._weights: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        where = f", spilled to {self.spill_path}" if self.spill_path else ""
+        return (f"FeatureSet({len(self)} images of {self.image_hw[0]}x{self.image_hw[1]}, model {self.model_name} "
+                f"{self.model_sha256[:12]}, {self.layout.bytes_per_image:,} bytes each{where})")
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The head's float64 weight per element (:meth:`FeatureLayout.weight_vector`)."""
+        if self._weights is None:
+            self._weights = self.layout.weight_vector(self.head_weights)
+        return self._weights
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.layout.bytes_per_image
+
+    def layers(self, index: int) -> list[np.ndarray]:
+        """Image ``index``'s features per layer, ``[C_l, H_l, W_l]`` each."""
+        row, out, start = np.asarray(self.data[index]), [], 0
+        for c, (h, w), size in zip(self.layout.channels, self.layout.shapes, self.layout.sizes, strict=True):
+            out.append(row[start:start + size].reshape(c, h, w))
+            start += size
+        return out
+
+    def check_comparable(self, other: FeatureSet, what: str = "features") -> None:
+        """Raise :class:`FeaturesMismatchError` unless ``other`` comes from the same model and image size."""
+        if other.model_sha256 != self.model_sha256:
+            raise FeaturesMismatchError(
+                f"{what}: computed with another model ({other.model_name}, features graph sha256 "
+                f"{other.model_sha256[:12]}...) than these ({self.model_name}, {self.model_sha256[:12]}...); compute "
+                "both with one model")
+        if other.image_hw != self.image_hw or other.layout != self.layout:
+            raise FeaturesMismatchError(
+                f"{what}: images of {other.image_hw[0]}x{other.image_hw[1]} cannot be compared with images of "
+                f"{self.image_hw[0]}x{self.image_hw[1]}; resize both to one size (resize=)")
+
+    def check_model(self, sha256: str, name: str, what: str = "features") -> None:
+        if self.model_sha256 != sha256:
+            raise FeaturesMismatchError(
+                f"{what}: saved with model {self.model_name} (features graph sha256 {self.model_sha256[:12]}...), "
+                f"but this scorer runs {name} ({sha256[:12]}...); recompute them with this model, or load the model "
+                "they were computed with")
+
+    # --- saving and loading -----------------------------------------------------------------------------
+    def header(self) -> dict:
+        return {"format": FORMAT, "model_sha256": self.model_sha256, "model": self.model_name,
+                "image_hw": list(self.image_hw), **self.layout.to_json(), "count": len(self),
+                "dim": self.layout.dim, "names": self.names}
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the folder (features.json, features.npy, head_weights.npy); the header last, so a folder with a
+        header is complete."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / HEADER).unlink(missing_ok=True)
+        target = np.lib.format.open_memmap(folder / DATA, mode="w+", dtype=np.float32, shape=self.data.shape)
+        for start in range(0, len(self), 256):
+            target[start:start + 256] = self.data[start:start + 256]
+        target.flush()
+        del target
+        np.save(folder / WEIGHTS, np.concatenate(self.head_weights).astype(np.float32))
+        _write_json(folder / HEADER, self.header())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], mmap: bool = True) -> FeatureSet:
+        """Read a saved folder (memory-mapped unless ``mmap=False``)."""
+        folder = Path(folder)
+        try:
+            header = json.loads((folder / HEADER).read_text())
+        except FileNotFoundError:
+            raise FeaturesMismatchError(f"{folder}: no {HEADER}; not a saved features folder (Scorer.features(...)"
+                                        ".save(folder) writes one)") from None
+        except (OSError, ValueError) as exc:
+            raise FeaturesMismatchError(f"{folder}/{HEADER}: unreadable ({exc})") from None
+        if header.get("format") != FORMAT:
+            raise FeaturesMismatchError(f"{folder}: format {header.get('format')!r}, this runtime reads {FORMAT}")
+        try:
+            data = np.load(folder / DATA, mmap_mode="r" if mmap else None)
+            flat = np.load(folder / WEIGHTS)
+        except (OSError, ValueError) as exc:
+            raise FeaturesMismatchError(f"{folder}: damaged ({exc})") from None
+        layout = FeatureLayout(tuple(header["channels"]), tuple(tuple(s) for s in header["layer_hw"]))
+        splits = np.cumsum(layout.channels)[:-1]
+        return cls(data, header["names"], tuple(header["image_hw"]), layout, np.split(flat, splits),
+                   header["model_sha256"], header["model"])
+
+    @classmethod
+    def concat(cls, parts: Sequence[FeatureSet]) -> FeatureSet:
+        """One FeatureSet of several (same model and size), in memory."""
+        first = parts[0]
+        for other in parts[1:]:
+            first.check_comparable(other)
+        data = np.concatenate([np.asarray(p.data) for p in parts]) if parts else first.data
+        return cls(data, [n for p in parts for n in p.names], first.image_hw, first.layout, first.head_weights,
+                   first.model_sha256, first.model_name)
+
+
+def spill_file(directory: str | os.PathLike[str] | None, rows: int, dim: int) -> tuple[np.ndarray, Path]:
+    """A float32 ``[rows, dim]`` memmap in a new file under ``directory`` (default: the system's temp folder)."""
+    fd, name = tempfile.mkstemp(prefix="stlpips-features-", suffix=".npy", dir=directory)
+    os.close(fd)
+    data = np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(rows, dim))
+    return data, Path(name)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
