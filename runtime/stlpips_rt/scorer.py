@@ -6,6 +6,7 @@ import dataclasses
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,7 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
                              "stlpips.layer_*), which files exported before tiling support lack; re-export it")
         self._tiles_lock = threading.Lock()
         self._tiles_graph: tuple[Any, tiling.ModelGeometry] | None = None
+        self._features_graph: tuple[Any, Any] | None = None  # (run, matrix.FeatureModel), on first use
 
     def __repr__(self) -> str:
         return (f"Scorer(model={self.info.path.name!r}, provider={self.provider!r}, "
@@ -370,6 +372,117 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
         self._check_outputs(("dist_layers",))
         x0, x1 = self._load_pairs(a, b, float_range)
         return self.evaluate(x0, x1, ("dist_layers",))["dist_layers"]
+
+    # --- distance matrices (stlpips_rt.matrix, docs/matrix.md) ----------------------------------------------
+    def _features(self) -> tuple[Any, Any]:
+        """The features graph beside this model (``{name}_features.onnx``): its runner and description, loaded on
+        first use, always float32 on this scorer's provider."""
+        from .matrix import extract
+        from .matrix.model import FeatureModel, features_path
+
+        with self._tiles_lock:
+            if self._features_graph is None:
+                path = features_path(self.info.path, ModelSpec.from_file_name(self.info.path.name))
+                chosen, config, explicit = self._session_args
+                session = build_session(path, chosen, dataclasses.replace(config, precision="exact"),
+                                        explicit).session
+                model = FeatureModel.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
+                model.check_graph([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+                self._features_graph = (extract.session_runner(session), model)
+            return self._features_graph
+
+    def features(self, images_: Any, *, float_range: str | None = None, spill_dir: str | os.PathLike[str] | None = None,
+                 cache: str | os.PathLike[str] | None = None, skip_errors: bool = False,
+                 progress: Any = None) -> Any:
+        """Each image's features, computed once (one image per run of the features graph): a
+        :class:`~stlpips_rt.matrix.FeatureSet` for :meth:`matrix` and :meth:`nearest`, ``.save(folder)`` and
+        ``FeatureSet.load(folder)``. Images are paths, arrays, PIL images, a list or a 4-D batch, all of one size
+        (else an ImageSizeError names the others; ``resize=`` brings them to one). Past ``max_memory / 2`` the
+        features are spilled to a memory-mapped file in ``spill_dir``. ``cache``: a folder caching each file's
+        features by model, path, size and mtime. ``skip_errors``: leave unreadable images out
+        (``result.failed``) instead of raising."""
+        from .matrix import extract
+        from .matrix.cache import FeatureCache
+
+        run, model = self._features()
+        opts = self._options(float_range)
+        items = images.expand(images_, "images")
+
+        def loader(item: Any, name: str) -> Any:
+            def load() -> np.ndarray:
+                x = images.load(item, name, opts)
+                images.check_size(x, name, model.min_size, model.static_hw)
+                return x
+            return load
+
+        store = None
+        if cache is not None:
+            store = FeatureCache(cache, model.sha256, f"{opts.resize}|{opts.float_range}")
+            store.paths = {name: Path(item) for item, name in items if images.is_path(item)}
+            store_get = store.get
+
+            def get(name: str) -> Any:
+                return store_get(name) if name in store.paths else None
+
+            hooks = (get, store.put)
+        features, report = extract.compute(run, model, ((name, loader(item, name)) for item, name in items),
+                                           len(items), self.max_memory, spill_dir, skip_errors,
+                                           hooks if store is not None else None, progress)
+        features.failed = report.failed
+        features.report = report
+        return features
+
+    def _as_features(self, value: Any, what: str) -> Any:
+        from .matrix.features import FeatureSet
+
+        if isinstance(value, str | os.PathLike) and Path(value).is_dir() and (Path(value) / "features.json").is_file():
+            value = FeatureSet.load(value)
+        if isinstance(value, FeatureSet):
+            _, model = self._features()
+            value.check_model(model.sha256, model.name, what)
+            return value
+        return self.features(value)
+
+    def matrix_plan(self, rows: int, height: int, width: int, cols: int | None = None) -> Any:
+        """How a ``rows x rows`` (or ``rows x cols``) matrix of ``height x width`` images runs within
+        ``max_memory``: feature bytes, spilled or not, blocks; ``str(plan)`` says it in one line."""
+        from .matrix.plan import MatrixPlan
+
+        run, model = self._features()
+        outputs = run(np.zeros((1, 3, height, width), dtype=np.float32))
+        per_image = 4 * sum(int(np.prod(o.shape[1:])) for o in outputs)
+        return MatrixPlan(rows, cols, per_image, self.max_memory, self._head_threads())
+
+    def _head_threads(self) -> int:
+        return self.config.threads or os.cpu_count() or 1
+
+    def matrix(self, a: Any, b: Any = None, *, out: np.ndarray | None = None, progress: Any = None) -> np.ndarray:
+        """Distances of every pair: ``[N, N]`` when ``b`` is None (each unordered pair computed once, zero diagonal,
+        exactly symmetric), else ``[M, N]`` (rows ``a``, columns ``b``). ``a`` and ``b`` are images (as for
+        :meth:`features`), FeatureSets or saved features folders. float32, equal to :meth:`score` on each pair to
+        float32 rounding (docs/matrix.md). ``out``: an array (or ``np.lib.format.open_memmap``) to fill."""
+        from .matrix import head
+
+        fa = self._as_features(a, "a")
+        fb = None if b is None else self._as_features(b, "b")
+        if fb is not None:
+            fa.check_comparable(fb, "b")
+        plan = self.matrix_plan(len(fa), *fa.image_hw, None if fb is None else len(fb)) if fa.spill_path else None
+        kwargs = dict(threads=self._head_threads(), progress=progress,
+                      panel_rows=plan.panel_rows if plan is not None else None)
+        if fb is None:
+            return head.pairwise(fa.data, fa.weights, out, **kwargs)
+        return head.cross(fa.data, fb.data, fa.weights, out, **kwargs)
+
+    def nearest(self, queries: Any, corpus: Any = None, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest items of ``corpus`` to each query: indices ``[M, k]`` (int64) and distances
+        ``[M, k]`` (float32), nearest first, ties to the lower index. ``corpus=None``: the queries among
+        themselves, each image's own entry left out."""
+        from .matrix import head
+
+        if corpus is None:
+            return head.top_k(self.matrix(queries), k, exclude_self=True)
+        return head.top_k(self.matrix(queries, corpus), k)
 
     def score_video(self, ref: str | os.PathLike[str], dist: Any, **options: Any) -> np.ndarray:
         """Per-frame distances between a reference video and one distorted video (float32 ``[N]``) or a list of

@@ -80,6 +80,8 @@ class FeatureSet:
         self.model_name = model_name
         self.spill_path = spill_path  # the memmap's file when spilled (removed by the owner, or kept as a cache)
         self._weights: np.ndarray | None = None
+        self.failed: list = []  # extract.Failure of images left out (Scorer.features(skip_errors=True))
+        self.report = None  # extract.ExtractReport of the run that computed them
 
     def __len__(self) -> int:
         return len(self.names)

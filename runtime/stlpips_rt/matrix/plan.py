@@ -1,0 +1,71 @@
+"""What a distance matrix costs and how it is cut: feature bytes per image, in memory or spilled to disk, blocks
+of the head, panels of rows held in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .head import BLOCK, K_CHUNK, tasks
+
+#: float64 temporaries of one block in flight: two converted chunks of BLOCK rows and their squares.
+BLOCK_WORK_BYTES = 4 * BLOCK * K_CHUNK * 8
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+@dataclass(frozen=True)
+class MatrixPlan:
+    rows: int
+    cols: int | None  # None: rows x rows, each unordered pair once
+    bytes_per_image: int
+    max_memory: int
+    threads: int = 1
+
+    @property
+    def images(self) -> int:
+        return self.rows + (self.cols or 0)
+
+    @property
+    def feature_bytes(self) -> int:
+        return self.images * self.bytes_per_image
+
+    @property
+    def spilled(self) -> bool:
+        """Features past half the budget go to disk (np.memmap); the other half is the head's."""
+        return self.feature_bytes > self.max_memory // 2
+
+    @property
+    def panel_rows(self) -> int:
+        """Rows of features held in memory at once while the head runs (a multiple of BLOCK)."""
+        room = self.max_memory // 2 - self.threads * (BLOCK_WORK_BYTES + 2 * BLOCK * self.bytes_per_image)
+        rows = max(BLOCK, room // max(1, self.bytes_per_image) // BLOCK * BLOCK)
+        return min(rows, -(-self.rows // BLOCK) * BLOCK)
+
+    @property
+    def pairs(self) -> int:
+        return self.rows * (self.rows - 1) // 2 if self.cols is None else self.rows * self.cols
+
+    @property
+    def blocks(self) -> int:
+        return len(tasks(self.rows, self.cols))
+
+    @property
+    def passes(self) -> int:
+        return -(-self.rows // self.panel_rows)
+
+    def __str__(self) -> str:
+        shape = f"{self.rows:,} x {self.rows:,}" if self.cols is None else f"{self.rows:,} x {self.cols:,}"
+        where = (f"spilled to disk (np.memmap; over half of max_memory {_bytes(self.max_memory)}), the head holding "
+                 f"{self.panel_rows:,} rows in memory at a time ({self.passes} pass(es) over the columns)"
+                 if self.spilled else f"in memory (max_memory {_bytes(self.max_memory)})")
+        out = self.rows * (self.cols or self.rows) * 4
+        return (f"{shape} matrix, {self.pairs:,} pairs: features {self.bytes_per_image:,} bytes per image, "
+                f"{_bytes(self.feature_bytes)} for {self.images:,} images, {where}; head in {self.blocks:,} blocks of "
+                f"up to {BLOCK}x{BLOCK} on {self.threads} thread(s), about {_bytes(BLOCK_WORK_BYTES)} of float64 "
+                f"work each; output {_bytes(out)} float32")
