@@ -18,6 +18,7 @@ from ..io.output import ERROR, FIELDS, OK, RowWriter, read_done, report_run
 from ..io.pairs import Pair, from_csv, from_dirs, from_ref
 from ..io.progress import Progress
 from ..scorer import Scorer
+from .matrix import matrix_options, refuse_matrix_options, run_matrix, take_matrix_args
 from .options import CONTEXT, build_scorer, fail, max_memory_option, model_option, models_dir_option, runtime_options
 from .video import refuse_video_options, run_video, video_options
 
@@ -155,15 +156,22 @@ TOOL = "stlpips-score"
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0,
               help="With --engine ray: GPUs each actor reserves (use with --providers cuda or auto).")
 @video_options
+@matrix_options
 def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: Path | None, ref_dir: Path | None,
          dist_dir: Path | None, model: str, models_dir: Path | None, providers: str, precision: str,
          threads: int | None, max_memory: int | None, batch_size: int, resize: int | None, output: Path | None,
          fmt: str | None, resume: bool, heatmap_dir: Path | None, quiet: bool, engine: str, address: str | None,
          workers: int, gpus_per_worker: float, **video_args: Any) -> None:
-    """Score REF against DIST, or many pairs (--pairs, --ref-dir/--dist-dir, --ref/--dist-dir).
+    """Score REF against DIST, or many pairs (--pairs, --ref-dir/--dist-dir, --ref/--dist-dir), or every pair of a
+    folder (--matrix DIR, docs/matrix.md).
 
     Prints the distance for one pair; otherwise one row per pair (ref, dist, distance, status, error). Exits 1
     when any pair failed, 2 on a usage or set-up error. With --video, REF and DIST are videos (docs/video.md)."""
+    matrix_args = take_matrix_args(video_args)
+    if matrix_args["matrix_dir"] is not None:
+        run_matrix(click.get_current_context().params, matrix_args)
+        return
+    refuse_matrix_options(matrix_args)
     if video_args["video"]:
         run_video(click.get_current_context().params)
         return
