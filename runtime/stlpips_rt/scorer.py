@@ -456,11 +456,14 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
     def _head_threads(self) -> int:
         return self.config.threads or os.cpu_count() or 1
 
-    def matrix(self, a: Any, b: Any = None, *, out: np.ndarray | None = None, progress: Any = None) -> np.ndarray:
+    def matrix(self, a: Any, b: Any = None, *, out: np.ndarray | None = None, progress: Any = None,
+               block: int | None = None) -> np.ndarray:
         """Distances of every pair: ``[N, N]`` when ``b`` is None (each unordered pair computed once, zero diagonal,
         exactly symmetric), else ``[M, N]`` (rows ``a``, columns ``b``). ``a`` and ``b`` are images (as for
         :meth:`features`), FeatureSets or saved features folders. float32, equal to :meth:`score` on each pair to
-        float32 rounding (docs/matrix.md). ``out``: an array (or ``np.lib.format.open_memmap``) to fill."""
+        float32 rounding (docs/matrix.md). ``out``: an array (or ``np.lib.format.open_memmap``) to fill.
+        ``block``: images a side of the head's blocks (default ``matrix.head.BLOCK``; the same blocks give the same
+        bits, as on Ray)."""
         from .matrix import head
 
         fa = self._as_features(a, "a")
@@ -469,7 +472,7 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
             fa.check_comparable(fb, "b")
         plan = self.matrix_plan(len(fa), *fa.image_hw, None if fb is None else len(fb)) if fa.spill_path else None
         kwargs = dict(threads=self._head_threads(), progress=progress,
-                      panel_rows=plan.panel_rows if plan is not None else None)
+                      panel_rows=plan.panel_rows if plan is not None else None, block_size=block or head.BLOCK)
         if fb is None:
             return head.pairwise(fa.data, fa.weights, out, **kwargs)
         return head.cross(fa.data, fb.data, fa.weights, out, **kwargs)

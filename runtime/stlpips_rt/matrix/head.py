@@ -115,13 +115,13 @@ class Task:
         return m * (m - 1) // 2 if self.same else m * (self.cols.stop - self.cols.start)
 
 
-def tasks(n: int, m: int | None = None) -> list[Task]:
+def tasks(n: int, m: int | None = None, block: int = BLOCK) -> list[Task]:
     """The blocks of an ``n x n`` matrix (``m=None``: each unordered pair once, ``i <= j`` blocks) or an
-    ``n x m`` one, row block by row block."""
-    rows = [slice(s, min(n, s + BLOCK)) for s in range(0, n, BLOCK)]
+    ``n x m`` one, row block by row block, ``block`` images a side."""
+    rows = [slice(s, min(n, s + block)) for s in range(0, n, block)]
     if m is None:
         return [Task(r, c, r == c) for i, r in enumerate(rows) for c in rows[i:]]
-    cols = [slice(s, min(m, s + BLOCK)) for s in range(0, m, BLOCK)]
+    cols = [slice(s, min(m, s + block)) for s in range(0, m, block)]
     return [Task(r, c, False) for r in rows for c in cols]
 
 
@@ -148,18 +148,19 @@ def has_threadpoolctl() -> bool:
 
 def run_tasks(a: np.ndarray, b: np.ndarray | None, weights: np.ndarray, out: np.ndarray, threads: int = 1,
               panel_rows: int | None = None, progress: Progress | None = None,
-              todo: Sequence[Task] | None = None) -> np.ndarray:
+              todo: Sequence[Task] | None = None, block_size: int = BLOCK) -> np.ndarray:
     """Fill ``out`` (``[N, N]`` when ``b`` is None, else ``[N, M]``) block by block with ``threads`` threads.
 
     ``panel_rows`` bounds the rows of ``a`` held in memory at once (features on disk: ``a`` a memmap); the
-    columns' blocks are read once per panel. None: everything at once."""
+    columns' blocks are read once per panel. None: everything at once. ``block_size``: images a block side (the
+    same blocks give the same bits, here and on Ray)."""
     n = len(a)
-    todo = list(todo) if todo is not None else tasks(n, None if b is None else len(b))
+    todo = list(todo) if todo is not None else tasks(n, None if b is None else len(b), block_size)
     if not todo:
         return out
     sw = sqrt_weights(weights)
     threads = max(1, int(threads)) if has_threadpoolctl() else 1
-    panel = max(BLOCK, (panel_rows or n) // BLOCK * BLOCK)
+    panel = max(block_size, (panel_rows or n) // block_size * block_size)
     lock = threading.Lock()
     other = a if b is None else b
 

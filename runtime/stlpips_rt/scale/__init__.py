@@ -7,6 +7,8 @@ error naming the extra (``pip install 'stlpips-deploy[ray]'``) when it is missin
   ``distance``, ``status`` and ``error``, scored by a pool of actors that each hold one :class:`~stlpips_rt.Scorer`.
 - :func:`stlpips_rt.scale.batch.map_pairs`: the generic seam, one pair per task through a function of your own
   that gets the actor's Scorer (video pairs, per-pair outputs).
+- :func:`stlpips_rt.scale.matrix.score_matrix`: a distance matrix, features once per image in actors, blocks of
+  the matrix as tasks (docs/matrix.md).
 - ``stlpips-score --engine ray`` (:mod:`stlpips_rt.scale.job`) and ``stlpips-serve`` (:mod:`stlpips_rt.scale.service`).
 
 See docs/at_scale.md.
@@ -21,6 +23,7 @@ _PUBLIC = {
     "map_pairs": "batch",
     "pairs_dataset": "batch",
     "ScoringOptions": "batch",
+    "score_matrix": "matrix",
 }
 
 __all__ = sorted(_PUBLIC)
