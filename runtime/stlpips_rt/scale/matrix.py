@@ -82,13 +82,16 @@ class _FeatureWorker:
 
 
 def _block_task(weights: np.ndarray, same: bool, row_pieces: list[tuple[int, int, int]],
-                col_pieces: list[tuple[int, int, int]], *chunks: np.ndarray) -> np.ndarray:
+                col_pieces: list[tuple[int, int, int]], *chunks: np.ndarray) -> tuple[np.ndarray, str]:
     def gather(pieces: list[tuple[int, int, int]]) -> np.ndarray:
         return np.concatenate([chunks[k][s0:s1] for k, s0, s1 in pieces])
 
+    import ray
+
     with head.single_threaded_blas():
         rows = gather(row_pieces)
-        return head.block(rows, None if same else gather(col_pieces), weights)
+        values = head.block(rows, None if same else gather(col_pieces), weights)
+    return values, ray.get_runtime_context().get_node_id()
 
 
 @dataclass
@@ -104,6 +107,7 @@ class MatrixResult:
     blocks_done: int = 0  # results kept: one per block
     block_retries: int = 0  # block results that failed and were submitted again by the driver
     chunk_retries: int = 0
+    block_nodes: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, col) start -> node that made it
     feature_seconds: float = 0.0
     head_seconds: float = 0.0
 
@@ -227,7 +231,7 @@ def score_matrix(images_: Sequence[str | os.PathLike[str]], model: str | os.Path
         done, _ = ray.wait(list(running), num_returns=1)
         t = running.pop(done[0])
         try:
-            values = ray.get(done[0])
+            values, node = ray.get(done[0])
         except Exception:  # noqa: BLE001 - out of Ray's own retries: submit the block once more
             result.block_retries += 1
             running[submit(t)] = t
@@ -236,6 +240,7 @@ def score_matrix(images_: Sequence[str | os.PathLike[str]], model: str | os.Path
         if key in kept:
             continue
         kept.add(key)
+        result.block_nodes[key] = node
         matrix[t.rows, t.cols] = values
         if col_loc is None and not t.same:
             matrix[t.cols, t.rows] = values.T
