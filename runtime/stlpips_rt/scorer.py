@@ -443,15 +443,17 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
             return value
         return self.features(value)
 
-    def matrix_plan(self, rows: int, height: int, width: int, cols: int | None = None) -> Any:
+    def matrix_plan(self, rows: int, height: int, width: int, cols: int | None = None,
+                    block: int | None = None) -> Any:
         """How a ``rows x rows`` (or ``rows x cols``) matrix of ``height x width`` images runs within
         ``max_memory``: feature bytes, spilled or not, blocks; ``str(plan)`` says it in one line."""
+        from .matrix.head import BLOCK
         from .matrix.plan import MatrixPlan
 
         run, model = self._features()
         outputs = run(np.zeros((1, 3, height, width), dtype=np.float32))
         per_image = 4 * sum(int(np.prod(o.shape[1:])) for o in outputs)
-        return MatrixPlan(rows, cols, per_image, self.max_memory, self._head_threads())
+        return MatrixPlan(rows, cols, per_image, self.max_memory, self._head_threads(), block or BLOCK)
 
     def _head_threads(self) -> int:
         return self.config.threads or os.cpu_count() or 1
@@ -470,7 +472,8 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
         fb = None if b is None else self._as_features(b, "b")
         if fb is not None:
             fa.check_comparable(fb, "b")
-        plan = self.matrix_plan(len(fa), *fa.image_hw, None if fb is None else len(fb)) if fa.spill_path else None
+        plan = self.matrix_plan(len(fa), *fa.image_hw, None if fb is None else len(fb), block) \
+            if fa.spill_path is not None else None
         kwargs = dict(threads=self._head_threads(), progress=progress,
                       panel_rows=plan.panel_rows if plan is not None else None, block_size=block or head.BLOCK)
         if fb is None:

@@ -174,8 +174,9 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
                                   params["threads"], params["batch_size"], params["max_memory"], params["resize"])
         except StlpipsError as exc:
             fail(TOOL, str(exc))
-        rows, cols, matrix, failed = _local(scorer, files, others, output, cache, quiet)
-        where = f"({scorer.provider}, features {scorer._features()[1].path.name})"
+        rows, cols, matrix, failed, counts = _local(scorer, files, others, output, cache, quiet)
+        where = (f"({scorer.provider}; features of {counts[0]} image(s) computed, {counts[1]} from the cache"
+                 f"{' ' + str(cache) if cache is not None else ''})")
     written = write_result(matrix, rows, cols, output, top_k, threshold)
     if not quiet:
         mean, low, high = diversity(matrix, cols is None)
@@ -190,7 +191,7 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
 
 
 def _local(scorer: Any, files: list[Path], others: list[Path] | None, output: Path | None, cache: Path | None,
-           quiet: bool) -> tuple[list[str], list[str] | None, np.ndarray, list[tuple[str, str]]]:
+           quiet: bool) -> tuple[list[str], list[str] | None, np.ndarray, list[tuple[str, str]], tuple[int, int]]:
     progress = Progress(len(files) + len(others or []), enabled=not quiet, unit="images")
     done = [0]
 
@@ -227,7 +228,9 @@ def _local(scorer: Any, files: list[Path], others: list[Path] | None, output: Pa
     if out is not None:
         out.flush()
         _write_names(output, fa.names, None if fb is None else fb.names)
-    return fa.names, None if fb is None else fb.names, matrix, failed
+    reports = [f.report for f in (fa, fb) if f is not None]
+    counts = (sum(r.computed for r in reports), sum(r.cached for r in reports))
+    return fa.names, None if fb is None else fb.names, matrix, failed, counts
 
 
 def _write_names(output: Path | None, rows: list[str], cols: list[str] | None) -> None:

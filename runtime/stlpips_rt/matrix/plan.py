@@ -26,6 +26,7 @@ class MatrixPlan:
     bytes_per_image: int
     max_memory: int
     threads: int = 1
+    block: int = BLOCK
 
     @property
     def images(self) -> int:
@@ -43,9 +44,10 @@ class MatrixPlan:
     @property
     def panel_rows(self) -> int:
         """Rows of features held in memory at once while the head runs (a multiple of BLOCK)."""
-        room = self.max_memory // 2 - self.threads * (BLOCK_WORK_BYTES + 2 * BLOCK * self.bytes_per_image)
-        rows = max(BLOCK, room // max(1, self.bytes_per_image) // BLOCK * BLOCK)
-        return min(rows, -(-self.rows // BLOCK) * BLOCK)
+        b = self.block
+        room = self.max_memory // 2 - self.threads * (BLOCK_WORK_BYTES + 2 * b * self.bytes_per_image)
+        rows = max(b, room // max(1, self.bytes_per_image) // b * b)
+        return min(rows, -(-self.rows // b) * b)
 
     @property
     def pairs(self) -> int:
@@ -53,7 +55,7 @@ class MatrixPlan:
 
     @property
     def blocks(self) -> int:
-        return len(tasks(self.rows, self.cols))
+        return len(tasks(self.rows, self.cols, self.block))
 
     @property
     def passes(self) -> int:
@@ -67,5 +69,5 @@ class MatrixPlan:
         out = self.rows * (self.cols or self.rows) * 4
         return (f"{shape} matrix, {self.pairs:,} pairs: features {self.bytes_per_image:,} bytes per image, "
                 f"{_bytes(self.feature_bytes)} for {self.images:,} images, {where}; head in {self.blocks:,} blocks of "
-                f"up to {BLOCK}x{BLOCK} on {self.threads} thread(s), about {_bytes(BLOCK_WORK_BYTES)} of float64 "
-                f"work each; output {_bytes(out)} float32")
+                f"up to {self.block}x{self.block} on {self.threads} thread(s), about {_bytes(BLOCK_WORK_BYTES)} of "
+                f"float64 work each; output {_bytes(out)} float32")

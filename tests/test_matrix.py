@@ -1,0 +1,224 @@
+"""Distance matrices (docs/matrix.md): the features graph beside the model, Scorer.features / matrix / nearest
+against Scorer.score on every pair, saved features, spilling past max_memory, stlpips-score --matrix, and Ray
+(single process cluster: bit for bit; a simulated three-node cluster losing a worker node, in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from stlpips_rt import ImageSizeError, NotAnStlpipsModelError, Scorer
+from stlpips_rt.cli import main as score_cli
+from stlpips_rt.matrix import FeatureSet, FeaturesMismatchError, head
+from stlpips_rt.matrix.features import HEADER
+from stlpips_rt.matrix.model import FeatureModel
+
+SIZE = 32
+
+
+def _image(seed: int) -> np.ndarray:
+    """A smooth random image (natural-ish statistics, so distances spread)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 40, (SIZE // 4, SIZE // 4, 3)).repeat(4, 0).repeat(4, 1)
+    return np.clip(128 + base + rng.normal(0, 12, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model(exported_model) -> Path:
+    return exported_model("alex", "st")
+
+
+@pytest.fixture(scope="module")
+def scorer(model: Path) -> Scorer:
+    return Scorer(model, providers="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[np.ndarray]:
+    """9 images, then an exact copy of image 2 and a one-bit change of image 4 (distance ~1e-9)."""
+    items = [_image(i) for i in range(9)]
+    items.append(items[2].copy())
+    near = items[4].copy()
+    near[5, 7, 1] ^= 1
+    items.append(near)
+    return items
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory, corpus: list[np.ndarray]) -> Path:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("matrix-images")
+    for i, x in enumerate(corpus):
+        Image.fromarray(x).save(root / f"im{i:02d}.png")
+    data = (root / "im00.png").read_bytes()
+    (root / "zz_truncated.png").write_bytes(data[: len(data) // 3])
+    return root
+
+
+def _assert_close_to_score(matrix: np.ndarray, reference: np.ndarray) -> None:
+    small = reference < 1e-3
+    assert np.all(np.abs(matrix - reference)[small] <= 1e-9)
+    rel = np.abs(matrix - reference)[~small] / reference[~small]
+    assert rel.max() <= 1e-6, rel.max()
+
+
+def test_features_graph_is_written_beside_and_described(model: Path, scorer: Scorer) -> None:
+    path = model.with_name("stlpips_alex_st_features.onnx")
+    assert path.is_file()
+    _, features_model = scorer._features()
+    assert isinstance(features_model, FeatureModel) and features_model.path == path
+    assert features_model.channels == (64, 192, 384, 256, 256) and features_model.name == "alex-st"
+    assert all(w.dtype == np.float32 and (w >= 0).all() for w in features_model.weights)
+    with pytest.raises(NotAnStlpipsModelError, match="features graph"):
+        Scorer(path, providers="cpu")
+
+
+def test_matrix_equals_score_on_every_pair(scorer: Scorer, corpus: list[np.ndarray]) -> None:
+    matrix = scorer.matrix(corpus, block=4)  # several blocks, diagonal and off-diagonal
+    n = len(corpus)
+    reference = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            reference[i, j] = reference[j, i] = scorer.score(corpus[i], corpus[j])
+    assert matrix.dtype == np.float32 and matrix.shape == (n, n)
+    assert np.array_equal(matrix, matrix.T)
+    assert np.all(np.diag(matrix) == 0)
+    assert matrix[2, 9] == 0.0  # identical images: exactly 0
+    assert 0 < matrix[4, 10] < 1e-6  # the one-bit change survives (no cancellation)
+    _assert_close_to_score(matrix, reference)
+    # the block cut does not change the numbers beyond float32 rounding; the default cut is one block here
+    assert np.allclose(scorer.matrix(corpus), matrix, rtol=1e-6, atol=1e-12)
+
+
+def test_cross_matrix_nearest_and_saved_features(scorer: Scorer, corpus: list[np.ndarray], tmp_path: Path) -> None:
+    a, b = corpus[:4], corpus[4:]
+    cross = scorer.matrix(a, b)
+    reference = np.array([[scorer.score(x, y) for y in b] for x in a])
+    _assert_close_to_score(cross, reference)
+
+    saved = scorer.features(b).save(tmp_path / "feats")
+    loaded = FeatureSet.load(saved)
+    assert isinstance(loaded.data, np.memmap) and loaded.names == [f"images[{i}]" for i in range(len(b))]
+    assert np.array_equal(scorer.matrix(a, saved), cross)  # a folder path works too
+    assert np.array_equal(scorer.matrix(scorer.features(a), loaded), cross)
+
+    index, dist = scorer.nearest(a, b, k=2)
+    order = np.argsort(cross, axis=1, kind="stable")[:, :2]
+    assert np.array_equal(index, order) and np.array_equal(dist, np.take_along_axis(cross, order, axis=1))
+    index, dist = scorer.nearest(corpus, k=1)
+    assert index[2, 0] == 9 and dist[2, 0] == 0  # its copy, not itself
+
+    header = json.loads((saved / HEADER).read_text())
+    header["model_sha256"] = "0" * 64
+    (saved / HEADER).write_text(json.dumps(header))
+    with pytest.raises(FeaturesMismatchError, match="saved with model alex-st .*recompute them"):
+        scorer.matrix(a, saved)
+
+
+def test_images_of_different_sizes_are_named_or_resized(model: Path, corpus: list[np.ndarray]) -> None:
+    scorer = Scorer(model, providers="cpu", threads=1)
+    odd = [corpus[0], corpus[1], np.zeros((40, 36, 3), np.uint8), np.zeros((24, 24, 3), np.uint8)]
+    with pytest.raises(ImageSizeError, match=r"images\[2\].*images\[3\].*one image size.*32x32.*resize"):
+        scorer.features(odd)
+    resized = Scorer(model, providers="cpu", threads=1, resize=32).matrix(odd)
+    assert resized.shape == (4, 4)
+
+
+def test_features_past_the_budget_spill_to_disk(model: Path, scorer: Scorer, corpus: list[np.ndarray],
+                                                tmp_path: Path) -> None:
+    per_image = scorer.features(corpus[:1]).layout.bytes_per_image
+    small = Scorer(model, providers="cpu", threads=1, max_memory=per_image * 6)  # 3 images' worth for features
+    features = small.features(corpus, spill_dir=tmp_path)
+    assert isinstance(features.data, np.memmap) and features.spill_path is not None
+    assert features.spill_path.parent == tmp_path
+    plan = small.matrix_plan(len(corpus), SIZE, SIZE, block=4)
+    assert plan.spilled and plan.panel_rows < len(corpus) and "spilled to disk" in str(plan)
+    assert np.array_equal(small.matrix(features, block=4), scorer.matrix(corpus, block=4))
+
+
+def test_head_blocks_match_the_direct_form() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 0.1, (7, 300)).astype(np.float32)
+    data[5] = data[1]
+    data[6] = data[2] + np.float32(1e-7)
+    weights = rng.uniform(0, 1e-2, 300)
+    out = head.pairwise(data, weights, block_size=3, threads=2)
+    direct = np.array([[head.direct(x, y, weights) for y in data] for x in data], dtype=np.float32)
+    assert np.array_equal(out, out.T) and out[1, 5] == 0
+    assert np.allclose(out, direct, rtol=1e-6, atol=1e-12)
+    i, j, d = head.under(out, 1e-9, symmetric=True)
+    assert [(int(x), int(y)) for x, y in zip(i, j, strict=True)] == [(1, 5), (2, 6)]
+
+
+def test_cli_matrix_folder_cache_outputs_and_a_corrupt_file(model: Path, folder: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["--model", str(model), "--providers", "cpu", "--threads", "1", "--matrix", str(folder)]
+    first = runner.invoke(score_cli, [*base, "-o", str(tmp_path / "m.npy")])
+    assert first.exit_code == 1, first.output  # the truncated file is left out and named
+    assert "left out" in first.output and "zz_truncated.png" in first.output
+    assert "11 image(s) computed, 0 from the cache" in first.output and "95% interval" in first.output
+    matrix = np.load(tmp_path / "m.npy")
+    names = (tmp_path / "m.rows.txt").read_text().split()
+    assert matrix.shape == (11, 11) and len(names) == 11 and names[0].endswith("im00.png")
+    second = runner.invoke(score_cli, [*base, "-o", str(tmp_path / "m.csv")])
+    assert "0 image(s) computed, 11 from the cache" in second.output
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert len(rows) == 55 and {"a", "b", "distance"} <= set(rows[0])
+    by_pair = {(r["a"], r["b"]): float(r["distance"]) for r in rows}
+    assert by_pair[(names[2], names[9])] == 0.0
+    assert np.isclose(by_pair[(names[0], names[1])], matrix[0, 1], rtol=1e-7)
+    near = runner.invoke(score_cli, [*base, "--threshold", "1e-6", "-o", str(tmp_path / "dups.parquet")])
+    import pyarrow.parquet as pq
+
+    dups = pq.read_table(tmp_path / "dups.parquet").to_pylist()
+    assert near.exit_code == 1 and {(Path(d["a"]).name, Path(d["b"]).name) for d in dups} == \
+        {("im02.png", "im09.png"), ("im04.png", "im10.png")}
+    top = runner.invoke(score_cli, [*base, "--top-k", "1", "-q"])
+    nearest = [line for line in top.output.splitlines() if ",1," in line]
+    assert len(nearest) == 11 and any(line.endswith("im09.png,0") for line in nearest)
+
+
+@pytest.mark.ray
+def test_ray_matrix_equals_local_bit_for_bit(ray_cluster, model: Path, folder: Path) -> None:
+    from stlpips_rt.scale import score_matrix
+
+    files = sorted(str(p) for p in folder.glob("*.png"))
+    result = score_matrix(files, model, workers=1, threads=1, providers="cpu", block=4)
+    good = [f for f in files if not f.endswith("zz_truncated.png")]
+    assert result.rows == good and [n for n, _ in result.failed] == [files[-1]]
+    local = Scorer(model, providers="cpu", threads=1).matrix(good, block=4)
+    assert np.array_equal(result.matrix, local)
+    assert result.blocks_done == result.blocks == len(head.tasks(len(good), None, 4))
+    cross = score_matrix(good[:4], model, against=good[4:], workers=1, threads=1, providers="cpu", block=4)
+    assert np.array_equal(cross.matrix, Scorer(model, providers="cpu", threads=1).matrix(good[:4], good[4:],
+                                                                                         block=4))
+
+
+@pytest.mark.ray
+def test_ray_matrix_survives_losing_a_worker_node(model: Path, tmp_path: Path, repo_root: Path) -> None:
+    """A head and two worker nodes (own raylets, 1 CPU each, 80 MB object stores); one worker node is removed
+    after 2 of 15 blocks. Every block comes out exactly once, equal to the local matrix bit for bit."""
+    pytest.importorskip("ray")
+    from PIL import Image
+
+    for i in range(40):
+        Image.fromarray(_image(100 + i % 33)).save(tmp_path / f"im{i:02d}.png")
+    env = {"PYTHONPATH": str(repo_root / "runtime"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, str(repo_root / "tests" / "matrix_ray_cluster.py"), str(model),
+                           str(tmp_path), "--remove-at", "2", "--block", "8"], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["removed"], report
+    assert report["blocks"] == report["expected_blocks"] == report["blocks_done"] == 15
+    assert report["equal"] and report["max_abs"] == 0.0 and report["rows"]
