@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stlpips_rt import ImageSizeError, NotAnStlpipsModelError, Scorer
-from stlpips_rt.cli import main as score_cli
+from stlpips_rt import ImageOptions, ImageSizeError, NotAnStlpipsModelError, Scorer
+from stlpips_rt.cli.score import main as score_cli
 from stlpips_rt.matrix import FeatureSet, FeaturesMismatchError, head
 from stlpips_rt.matrix.features import HEADER
 from stlpips_rt.matrix.model import FeatureModel
@@ -127,7 +127,7 @@ def test_images_of_different_sizes_are_named_or_resized(model: Path, corpus: lis
     odd = [corpus[0], corpus[1], np.zeros((40, 36, 3), np.uint8), np.zeros((24, 24, 3), np.uint8)]
     with pytest.raises(ImageSizeError, match=r"images\[2\].*images\[3\].*one image size.*32x32.*resize"):
         scorer.features(odd)
-    resized = Scorer(model, providers="cpu", threads=1, resize=32).matrix(odd)
+    resized = Scorer(model, "cpu", threads=1, image=ImageOptions(resize=(32, 32))).matrix(odd)
     assert resized.shape == (4, 4)
 
 

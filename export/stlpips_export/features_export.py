@@ -14,6 +14,7 @@ import copy
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,17 +155,17 @@ def verify_head(features_graph: onnx.ModelProto, pair_graph: onnx.ModelProto | N
 
 def export_features(model: PerceptualDistance, exported: PerceptualDistance, spec: ModelSpec, pair_metadata: dict,
                     out_dir: Path, exporter: str, opset: int, min_size: int, tolerance: float,
-                    pair_graph: onnx.ModelProto | None = None, simplify: bool = True) -> FeaturesResult:
+                    pair_graph: onnx.ModelProto | None,
+                    simplify: Callable[[onnx.ModelProto], onnx.ModelProto] | None,
+                    write: Callable[[onnx.ModelProto, dict[str, str], Path], Path]) -> FeaturesResult:
     """Write ``spec.features_spec().file_name`` into ``out_dir``: ``exported`` (the fused copy the pair graph was
-    traced from) cut before the head, gated against ``pair_graph`` and the reference ``model``."""
-    from .onnx_export import read_metadata, set_metadata, write_atomically
-    from .onnx_export import simplify as onnxsim
-
+    traced from) cut before the head, gated against ``pair_graph`` and the reference ``model``. ``simplify`` and
+    ``write`` (stamp the metadata, write atomically) are the pair export's own steps (onnx_export.py)."""
     start = time.perf_counter()
     target = Path(out_dir) / spec.features_spec().file_name
     if target.is_file():  # e.g. written by the plain export before a --spatial or --tiles one: same graph
         try:
-            existing = read_metadata(target)
+            existing = {p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props}
         except Exception:  # noqa: BLE001 - unreadable: export it again
             existing = {}
         if existing.get(Key.KIND) == contract.KIND_FEATURES and all(
@@ -173,8 +174,8 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
                                   float(existing.get(Key.PARITY_MAX_REL, "nan")), reused=True)
     extractor = FeatureExtractor(copy.deepcopy(exported))
     graph = export_graph(extractor, exporter, opset, min_size, spec.static_hw)
-    if simplify:
-        graph = onnxsim(graph)
+    if simplify is not None:
+        graph = simplify(graph)
     weights = head_weights(model)
     onnx.checker.check_model(graph, full_check=True)
     result = verify_head(graph, pair_graph, model, weights, min_size, tolerance, spec.static_hw)
@@ -190,9 +191,6 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
         Key.PARITY_MAX_ABS: f"{result.max_abs:.3g}",
         Key.PARITY_MAX_REL: f"{result.max_rel:.3g}",
     })
-    set_metadata(graph, metadata)
-    graph.doc_string = ("ST-LPIPS / LPIPS features: input image float32 NCHW RGB in [-1, 1]; outputs feat0.. each "
-                        "layer's unit-normalised features. Head weights in metadata stlpips.head_weights.")
-    result.path = write_atomically(graph, Path(out_dir) / spec.features_spec().file_name)
+    result.path = write(graph, metadata, target)
     result.seconds = time.perf_counter() - start
     return result

@@ -196,10 +196,18 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
 
         with _step("features", timings, progress):
             features = export_features(model, exported, options.spec, metadata, options.out_dir, options.exporter,
-                                       options.opset, min_size, options.parity_tolerance, graph, options.simplify)
+                                       options.opset, min_size, options.parity_tolerance, graph,
+                                       simplify if options.simplify else None, _write_features)
         progress(f"features: {features.path.name} ({'up to date, kept' if features.reused else 'written'}), "
                  f"head(features) vs pair graph max abs {features.max_abs:.2e}")
     return ExportResult(path, min_size, report, metadata, timings, rates, features)
+
+
+def _write_features(graph: onnx.ModelProto, metadata: dict[str, str], path: Path) -> Path:
+    set_metadata(graph, metadata)
+    graph.doc_string = ("ST-LPIPS / LPIPS features: input image float32 NCHW RGB in [-1, 1]; outputs feat0.. each "
+                        "layer's unit-normalised features; head weights in metadata stlpips.head_weights.")
+    return write_atomically(graph, path)
 
 
 def quantize_int8(fp32_graph: onnx.ModelProto, model: PerceptualDistance, min_size: int, options: ExportOptions,

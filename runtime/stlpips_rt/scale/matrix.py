@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import images
 from ..contract import ModelSpec
 from ..errors import ImageSizeError, StlpipsError
+from ..io import images
 from ..matrix import head
 from ..matrix.extract import session_runner
 from ..matrix.features import FeatureLayout
@@ -49,13 +49,13 @@ class _FeatureWorker:
     """Holds the features graph; turns a chunk of image paths into feature rows."""
 
     def __init__(self, spec: _WorkerSpec) -> None:
-        from ..gpu_session import build_session
-        from ..providers import SessionConfig
+        from ..engine.options import SessionConfig
+        from ..engine.session import build_session
         from ..scorer import _is_auto
 
         chosen = ["cpu"] if _is_auto(spec.providers) else [p.strip() for p in str(spec.providers).split(",")]
         path = spec.features.local_path()
-        session = build_session(path, chosen, SessionConfig(threads=spec.threads, precision="exact"),
+        session = build_session(path, chosen, SessionConfig.build(spec.threads, "exact"),
                                 not _is_auto(spec.providers)).session
         self.model = FeatureModel.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map),
                                                 spec.features.sha256)
@@ -124,7 +124,7 @@ def score_matrix(images_: Sequence[str | os.PathLike[str]], model: str | os.Path
     ``Scorer(model).matrix(...)`` bit for bit on CPU with the same ``block``. ``progress(stage, done, total)``
     is called as chunks ("features") and blocks ("blocks") finish."""
     ray = require_ray()
-    from ..model import resolve_model
+    from ..engine.model_files import resolve_model
 
     pair_path = resolve_model(model, [models_dir] if models_dir else [])
     feat_path = features_path(pair_path, ModelSpec.from_file_name(pair_path.name),
@@ -268,7 +268,7 @@ def main_ray(files: list[Path], others: list[Path] | None, output: Path | None, 
     """The ``--matrix --engine ray`` branch of ``stlpips-score``: (rows, cols, matrix, failures, where)."""
     import click
 
-    from ..output import Progress
+    from ..io.progress import Progress
     from .ray_env import cluster
 
     if cache is not None and params.get("cache_dir"):
