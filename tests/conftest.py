@@ -30,7 +30,8 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Factory: ``exported_model(net="alex", variant="st", **ExportOptions fields) -> Path`` of a verified ONNX
-    file, exported once per session per distinct set of options."""
+    file, exported once per session per distinct set of options; ``features=True`` also writes (or adds) its
+    features graph beside it."""
     from stlpips_export.exporters import DEFAULT_EXPORTER
     from stlpips_export.onnx_export import ExportOptions, export_model
 
@@ -39,12 +40,19 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
     def export(net: str = "alex", variant: str = "st", **options: object) -> Path:
         # Every option that changes the graph changes the file name, so one folder holds them all; but for the
         # exporter, whose files have the same name (same contract, same numbers): a non-default one gets a subfolder.
-        wanted = ExportOptions(net=net, variant=variant, out_dir=out_dir, **options)
+        # The features graph (docs/matrix.md) only where a test asks for it (features=True): it is the same file for
+        # every graph option of a variant, and writing it beside each export would add its trace to every one.
+        features = bool(options.pop("features", False))
+        wanted = ExportOptions(net=net, variant=variant, out_dir=out_dir, features=features, **options)
         if wanted.exporter != DEFAULT_EXPORTER:
             wanted.out_dir = out_dir / wanted.exporter
         path = wanted.out_dir / wanted.file_name
         if not path.is_file():
             path = export_model(wanted).path
+        elif features and not path.with_name(wanted.spec.features_spec().file_name).is_file():
+            from stlpips_export.features_export import add_features
+
+            add_features(path)
         return path
 
     return export

@@ -31,7 +31,7 @@ def _image(seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model(exported_model) -> Path:
-    return exported_model("alex", "st")
+    return exported_model("alex", "st", features=True)
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +222,25 @@ def test_ray_matrix_survives_losing_a_worker_node(model: Path, tmp_path: Path, r
     assert report["removed"], report
     assert report["blocks"] == report["expected_blocks"] == report["blocks_done"] == 15
     assert report["equal"] and report["max_abs"] == 0.0 and report["rows"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["alex-st", "vgg-st", "alex-lpips", "vgg-lpips"])
+def test_every_variant_gets_a_gated_features_graph(exported_model, key: str) -> None:
+    """The export gate (head(features) vs the pair graph and PyTorch, float32 tolerance) passed for each variant,
+    and the matrix of three images equals Scorer.score."""
+    from stlpips_rt.contract import Key
+
+    net, variant = key.split("-")
+    model = exported_model(net, variant, features=True)
+    scorer = Scorer(model, "cpu", threads=1)
+    _, features_model = scorer._features()
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(features_model.path), load_external_data=False).metadata_props}
+    assert float(meta[Key.PARITY_MAX_ABS]) <= 1e-5 and meta[Key.PAIR_MODEL] == key
+    images = [_image(200 + i) for i in range(3)]
+    matrix = scorer.matrix(images)
+    reference = np.array([[scorer.score(a, b) if i != j else 0.0 for j, b in enumerate(images)]
+                          for i, a in enumerate(images)])
+    _assert_close_to_score(matrix, reference)
