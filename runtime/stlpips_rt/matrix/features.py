@@ -11,9 +11,11 @@ Features of another model (another sha256) are refused with :class:`FeaturesMism
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +80,9 @@ class FeatureSet:
         self.head_weights = tuple(np.asarray(w, dtype=np.float32) for w in head_weights)
         self.model_sha256 = model_sha256
         self.model_name = model_name
-        self.spill_path = spill_path  # the memmap's file when spilled (removed by the owner, or kept as a cache)
+        self.spill_path = spill_path  # the memmap's file when spilled: removed when this object goes
+        if spill_path is not None:
+            weakref.finalize(self, _remove, spill_path)
         self._weights: np.ndarray | None = None
         self.failed: list = []  # extract.Failure of images left out (Scorer.features(skip_errors=True))
         self.report = None  # extract.ExtractReport of the run that computed them
@@ -190,6 +194,11 @@ def spill_file(directory: str | os.PathLike[str] | None, rows: int, dim: int) ->
     os.close(fd)
     data = np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(rows, dim))
     return data, Path(name)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _write_json(path: Path, value: dict) -> None:

@@ -170,8 +170,8 @@ def run_tasks(a: np.ndarray, b: np.ndarray | None, weights: np.ndarray, out: np.
             out[task.rows, task.cols] = values
             if b is None and not task.same:
                 out[task.cols, task.rows] = values.T
-        if progress is not None:
-            progress(task.pairs)
+            if progress is not None:
+                progress(task.pairs)
 
     with single_threaded_blas(), ThreadPoolExecutor(max_workers=threads) as pool:
         for p0 in range(0, n, panel):
