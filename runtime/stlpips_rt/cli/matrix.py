@@ -223,6 +223,8 @@ def _local(scorer: Any, files: list[Path], others: list[Path] | None, output: Pa
 
     try:
         matrix = scorer.matrix(fa, fb, out=out, progress=pairs_done)
+    except StlpipsError as exc:  # e.g. the two folders' images differ in size
+        fail(TOOL, str(exc), code=1)
     finally:
         bar.close()
     if out is not None:

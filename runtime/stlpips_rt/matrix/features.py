@@ -124,7 +124,7 @@ class FeatureSet:
         if other.image_hw != self.image_hw or other.layout != self.layout:
             raise FeaturesMismatchError(
                 f"{what}: images of {other.image_hw[0]}x{other.image_hw[1]} cannot be compared with images of "
-                f"{self.image_hw[0]}x{self.image_hw[1]}; resize both to one size (resize=)")
+                f"{self.image_hw[0]}x{self.image_hw[1]}; resize both to one size (ImageOptions(resize=...), --resize)")
 
     def check_model(self, sha256: str, name: str, what: str = "features") -> None:
         if self.model_sha256 != sha256:
