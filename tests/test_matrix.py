@@ -226,10 +226,14 @@ def test_ray_matrix_survives_losing_a_worker_node(model: Path, tmp_path: Path, r
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["alex-st", "vgg-st", "alex-lpips", "vgg-lpips"])
-def test_every_variant_gets_a_gated_features_graph(exported_model, key: str) -> None:
+def test_every_variant_gets_a_gated_features_graph(request: pytest.FixtureRequest, exported_model, key: str) -> None:
     """The export gate (head(features) vs the pair graph and PyTorch, float32 tolerance) passed for each variant,
-    and the matrix of three images equals Scorer.score."""
+    and the matrix of three images equals Scorer.score. Opt-in (``-m slow``): it exports the vgg models (minutes
+    each on 2 cores)."""
     from stlpips_rt.contract import Key
+
+    if "slow" not in (request.config.getoption("-m") or ""):
+        pytest.skip("exports every variant; run with -m slow")
 
     net, variant = key.split("-")
     model = exported_model(net, variant, features=True)
