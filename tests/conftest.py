@@ -50,7 +50,7 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
         if not path.is_file():
             path = export_model(wanted).path
         elif features and not path.with_name(wanted.spec.features_spec().file_name).is_file():
-            from stlpips_export.features_export import add_features
+            from stlpips_export.features_add import add_features
 
             add_features(path)
         return path
