@@ -14,8 +14,8 @@ exactly 0. Results are rounded to float32, as the pair graph's ``dist``.
 
 Exactness across machines and engines: a block's numbers depend only on its rows and on :data:`BLOCK` and
 :data:`K_CHUNK` (fixed here), so the local run and the Ray run (stlpips_rt.scale.matrix), which cut the matrix into
-the same blocks, agree bit for bit on one BLAS. Each block runs with a single-threaded BLAS (``threadpoolctl``
-when installed) and blocks run in parallel threads: on a shared 2-core machine OpenBLAS's own two threads ran 8x
+the same blocks, agree bit for bit on one BLAS. Each block runs with a single-threaded BLAS (``threadpoolctl``)
+and blocks run in parallel threads: on a shared 2-core machine OpenBLAS's own two threads ran 8x
 slower than one (docs/matrix.md).
 """
 
@@ -28,6 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 BLOCK = 128
 K_CHUNK = 1 << 15
@@ -127,23 +128,10 @@ def tasks(n: int, m: int | None = None, block: int = BLOCK) -> list[Task]:
 
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Limit BLAS to one thread while blocks run in parallel threads (needs threadpoolctl; without it, BLAS keeps
-    its own threading)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
+    """Limit BLAS to one thread while blocks run in parallel threads: on 2 cores OpenBLAS's own threading ran the
+    block products 8x slower than one thread per block (docs/matrix.md)."""
     with threadpool_limits(limits=1, user_api="blas"):
         yield
-
-
-def has_threadpoolctl() -> bool:
-    try:
-        import threadpoolctl  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def run_tasks(a: np.ndarray, b: np.ndarray | None, weights: np.ndarray, out: np.ndarray, threads: int = 1,
@@ -159,7 +147,7 @@ def run_tasks(a: np.ndarray, b: np.ndarray | None, weights: np.ndarray, out: np.
     if not todo:
         return out
     sw = sqrt_weights(weights)
-    threads = max(1, int(threads)) if has_threadpoolctl() else 1
+    threads = max(1, int(threads))
     panel = max(block_size, (panel_rows or n) // block_size * block_size)
     lock = threading.Lock()
     other = a if b is None else b
