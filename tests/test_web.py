@@ -290,6 +290,17 @@ def test_page_scores_picked_images_with_a_heat_map(web, python_scorers, tmp_path
     assert shown["errorShown"] == "none"
     assert shown["last"]["distance"] == pytest.approx(expected, abs=TOL)
 
+    # A model picked from disk (the page's file input), without dist_map: the distance, and no heat map.
+    plain = web.models["alex-st"].name
+    web.eval(f"const blob = await (await fetch('/data/{plain}')).blob();"
+             f"const dt = new DataTransfer(); dt.items.add(new File([blob], '{plain}'));"
+             "const input = document.getElementById('model-file'); input.files = dt.files;"
+             "window.stlpipsApp.last = null; input.dispatchEvent(new Event('change')); return true;")
+    shown = _run_page(web, "page_a.png", "page_b.png")
+    assert shown["last"]["distance"] == pytest.approx(python_scorers["alex-st"].score(a, b), abs=TOL)
+    assert shown["last"]["map"] is None and shown["heat"][2] == "none"
+    assert web.eval("return window.stlpipsApp.scorer.info.outputs;") == ["dist"]
+
 
 def test_threads_in_a_cross_origin_isolated_page(web, python_scorers):
     with StaticServer(web.data, isolated=True) as isolated:

@@ -30,8 +30,9 @@ async function loadModel(source, label) {
   state.modelSource = source;
   $('model-info').textContent = `Loading ${label}…`;
   try {
-    if (state.scorer) await state.scorer.release();
-    state.scorer = null;
+    const previous = state.scorer;
+    state.scorer = null; // no run starts on the old model from here on
+    if (previous) await previous.release();
     state.scorer = await stlpips.loadScorer(source, { backend: $('backend').value });
     const i = state.scorer.info;
     $('model-info').innerHTML = '';

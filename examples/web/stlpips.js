@@ -425,7 +425,9 @@ export class Scorer {
     };
   }
 
+  /** Free the session (after the run in progress, if any); the scorer cannot be used afterwards. */
   async release() {
+    await this._queue;
     await this.session.release();
   }
 }
