@@ -187,12 +187,18 @@ function makeCanvas(width, height) {
   return canvas;
 }
 
-function readPixels(source, width, height) {
+function readPixels(source, width, height, name) {
   // sRGB canvas, read often (a CPU-backed canvas: no GPU readback), drawn at 1:1 with no smoothing.
   const ctx = makeCanvas(width, height).getContext('2d', { willReadFrequently: true, colorSpace: 'srgb' });
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(source, 0, 0);
-  return ctx.getImageData(0, 0, width, height, { colorSpace: 'srgb' });
+  try {
+    return ctx.getImageData(0, 0, width, height, { colorSpace: 'srgb' });
+  } catch (err) {
+    if (err.name !== 'SecurityError') throw err;
+    throw new ImageValueError(name, 'the browser will not let the page read this image\'s pixels (a cross-origin '
+      + "image without CORS); serve it with Access-Control-Allow-Origin and set img.crossOrigin = 'anonymous'");
+  }
 }
 
 function isA(value, ctorName) {
@@ -222,17 +228,17 @@ export async function readImage(image, name = 'image') {
       }
     }
     const bitmap = await createImageBitmap(image, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
-    try { return readPixels(bitmap, bitmap.width, bitmap.height); } finally { bitmap.close(); }
+    try { return readPixels(bitmap, bitmap.width, bitmap.height, name); } finally { bitmap.close(); }
   }
   if (isA(image, 'ImageBitmap')) {
     if (image.width === 0 || image.height === 0) {
       throw new ImageValueError(name, 'the ImageBitmap is empty (closed or transferred?)');
     }
-    return readPixels(image, image.width, image.height);
+    return readPixels(image, image.width, image.height, name);
   }
   if (isA(image, 'HTMLCanvasElement') || isA(image, 'OffscreenCanvas')) {
     if (image.width === 0 || image.height === 0) throw new ImageValueError(name, 'the canvas is 0 pixels wide or high');
-    return readPixels(image, image.width, image.height);
+    return readPixels(image, image.width, image.height, name);
   }
   const kind = image === null ? 'null' : (image?.constructor?.name ?? typeof image);
   throw new ImageValueError(name, `unsupported input type ${kind}; pass an ImageData, ImageBitmap, `
@@ -272,6 +278,8 @@ async function pickBackend(wanted) {
   return 'wasm';
 }
 
+const wasmThreads = new WeakMap(); // onnxruntime-web module -> the WASM threads it was initialised with
+
 /**
  * Load an stlpips model and return a scorer.
  *
@@ -308,10 +316,16 @@ export async function loadScorer(source, options = {}) {
     throw new NotAnStlpipsModelError(`${name}: metadata declares outputs ${missing.join(', ')} that the graph does `
       + 'not have; re-export it');
   }
+  // onnxruntime-web fixes its WASM thread count at its first session, once per page: remember what that was.
   const isolated = typeof crossOriginIsolated !== 'undefined' && crossOriginIsolated;
+  if (!wasmThreads.has(ort)) wasmThreads.set(ort, isolated ? ort.env.wasm.numThreads || 1 : 1);
+  if (options.threads !== undefined && options.threads !== wasmThreads.get(ort) && isolated) {
+    console.warn(`stlpips: threads: ${options.threads} ignored; onnxruntime-web already runs `
+      + `${wasmThreads.get(ort)} WASM thread(s) in this page (set it before the first loadScorer)`);
+  }
   return new Scorer(ort, session, info, name, {
     backend,
-    threads: backend === 'wasm' ? (isolated ? ort.env.wasm.numThreads || 1 : 1) : null,
+    threads: backend === 'wasm' ? wasmThreads.get(ort) : null,
     maxWasmBytes: options.maxWasmBytes ?? DEFAULT_MAX_WASM_BYTES,
     modelSize: bytes.length,
   });
