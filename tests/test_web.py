@@ -18,7 +18,7 @@ from PIL import Image
 from web_harness import Browser, StaticServer, missing_requirement, open_page, rgba_b64
 
 from stlpips_rt import Scorer
-from stlpips_rt.images import to_model_input, uint8_to_unit
+from stlpips_rt.io.images import to_model_input, uint8_to_unit
 
 WHY_NOT = missing_requirement()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"browser tests: {WHY_NOT}")

@@ -161,7 +161,7 @@ export function modelInfo(meta, name = 'model') {
 }
 
 // --- images -> the graph's input -----------------------------------------------------------------------------
-// uint8 v -> float32 v / 127.5 - 1, exactly as numpy computes it in float32 (stlpips_rt.images.uint8_to_unit):
+// uint8 v -> float32 v / 127.5 - 1, exactly as numpy computes it in float32 (stlpips_rt.io.images.uint8_to_unit):
 // both steps are rounded to float32 (Math.fround after a double operation gives the correctly rounded float32
 // result for one division or subtraction), so the table holds bit for bit what the Python runtime feeds.
 const UNIT = new Float32Array(256);
