@@ -1,0 +1,184 @@
+// The page: pick or drop two images, score them with the model given by ?model=URL or picked from disk.
+import * as stlpips from './stlpips.js';
+
+window.stlpips = { ...stlpips, loadScorer: stlpips.loadScorer };
+
+const $ = (id) => document.getElementById(id);
+const state = { scorer: null, modelSource: null, images: { a: null, b: null }, names: {}, runs: 0 };
+window.stlpipsApp = state;
+
+// The ramp of the Python runtime's heat maps (stlpips_rt/heatmap.py): black, purple, red, orange, pale yellow.
+const RAMP = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
+
+function showError(err) {
+  const box = $('error');
+  if (!err) { box.style.display = 'none'; box.textContent = ''; return; }
+  box.textContent = `${err.name ?? 'Error'}: ${err.message ?? err}`;
+  box.style.display = 'block';
+}
+
+function setStatus(text) { $('status').textContent = text; }
+
+if (!navigator.gpu) {
+  const opt = $('backend').querySelector('option[value=webgpu]');
+  opt.disabled = true;
+  opt.textContent = 'WebGPU (not offered by this browser)';
+}
+
+async function loadModel(source, label) {
+  showError(null);
+  state.modelSource = source;
+  $('model-info').textContent = `Loading ${label}…`;
+  try {
+    const previous = state.scorer;
+    state.scorer = null; // no run starts on the old model from here on
+    if (previous) await previous.release();
+    state.scorer = await stlpips.loadScorer(source, { backend: $('backend').value });
+    const i = state.scorer.info;
+    $('model-info').innerHTML = '';
+    const pills = [i.shortName, i.precision, ...i.outputs];
+    for (const p of pills) {
+      const s = document.createElement('span');
+      s.className = 'pill';
+      s.textContent = p;
+      $('model-info').append(s);
+    }
+    const rest = document.createElement('span');
+    rest.textContent = ` min ${i.minSize}px · up to ${state.scorer.maxPixels?.toLocaleString() ?? '?'} px per image`
+      + ` · ${label}`;
+    $('model-info').append(rest);
+    $('backend-used').textContent = state.scorer.backend.toUpperCase();
+    $('threads').textContent = state.scorer.threads ?? '–';
+  } catch (err) {
+    $('model-info').textContent = `Could not load ${label}.`;
+    showError(err);
+    return;
+  }
+  await maybeScore();
+}
+
+async function decodeFile(file) {
+  // No colour-space conversion: the pixels as stored, as PIL decodes them.
+  return createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+}
+
+async function setImage(which, file) {
+  showError(null);
+  let bitmap;
+  try {
+    bitmap = await decodeFile(file);
+  } catch {
+    showError(new Error(`${file.name}: the browser cannot decode it as an image; use a PNG, JPEG or WebP`));
+    return;
+  }
+  state.images[which]?.close?.();
+  state.images[which] = bitmap;
+  state.names = { ...state.names, [which]: file.name };
+  const canvas = $(`preview-${which}`);
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext('2d').drawImage(bitmap, 0, 0);
+  canvas.hidden = false;
+  $(`drop-${which}`).querySelector('.hint').hidden = true;
+  $(`size-${which}`).textContent = `${file.name} · ${bitmap.width}×${bitmap.height}`;
+  await maybeScore();
+}
+
+function drawHeat(map) {
+  const canvas = $('heat');
+  canvas.width = map.width;
+  canvas.height = map.height;
+  const ctx = canvas.getContext('2d');
+  const img = ctx.createImageData(map.width, map.height);
+  let top = 0;
+  for (const v of map.data) if (v > top) top = v;
+  for (let i = 0; i < map.data.length; i++) {
+    const t = top > 0 ? Math.min(Math.max(map.data[i] / top, 0), 1) : 0;
+    const pos = t * (RAMP.length - 1);
+    const lo = Math.min(Math.floor(pos), RAMP.length - 2);
+    const f = pos - lo;
+    for (let c = 0; c < 3; c++) img.data[4 * i + c] = Math.round(RAMP[lo][c] * (1 - f) + RAMP[lo + 1][c] * f);
+    img.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+  canvas.style.display = 'block';
+  $('heat-note').textContent = 'Where the images differ, per pixel';
+  $('heat-legend').hidden = false;
+  $('heat-max').textContent = top.toPrecision(3);
+}
+
+// Scores whenever the model or an image changes. Runs queue in the scorer; only the latest one updates the page.
+async function maybeScore() {
+  const { scorer, images } = state;
+  if (!scorer || !images.a || !images.b) return null;
+  const generation = (state.generation = (state.generation ?? 0) + 1);
+  const latest = () => generation === state.generation;
+  const names = [state.names.a, state.names.b];
+  showError(null);
+  setStatus('Scoring…');
+  $('distance').textContent = '…';
+  let result;
+  try {
+    const t0 = performance.now();
+    const { distance, map } = await scorer.scoreWithMap(images.a, images.b);
+    const ms = performance.now() - t0;
+    result = { names, distance, ms, backend: scorer.backend, map: map && { width: map.width, height: map.height } };
+    if (latest()) {
+      $('distance').textContent = distance.toFixed(6);
+      $('time').textContent = `${ms.toFixed(0)} ms`;
+      $('backend-used').textContent = scorer.backend.toUpperCase();
+      $('threads').textContent = scorer.threads ?? '–';
+      $('pair-size').textContent = `${images.a.width}×${images.a.height}`;
+      if (map) {
+        drawHeat(map);
+      } else {
+        $('heat').style.display = 'none';
+        $('heat-legend').hidden = true;
+        $('heat-note').textContent = `${scorer.info.shortName} has no dist_map output: export it with --spatial `
+          + 'for a heat map.';
+      }
+      setStatus('Done.');
+    }
+  } catch (err) {
+    result = { names, error: { name: err.name, message: err.message } };
+    if (latest()) {
+      for (const id of ['distance', 'time', 'pair-size']) $(id).textContent = '–';
+      $('heat').style.display = 'none';
+      $('heat-legend').hidden = true;
+      $('heat-note').textContent = 'No result.';
+      setStatus('Failed.');
+      showError(err);
+    }
+  }
+  state.runs += 1;
+  if (latest()) state.last = result;
+  return result;
+}
+
+for (const which of ['a', 'b']) {
+  const zone = $(`drop-${which}`);
+  $(`file-${which}`).addEventListener('change', (e) => { if (e.target.files[0]) setImage(which, e.target.files[0]); });
+  zone.addEventListener('dragover', (e) => { e.preventDefault(); zone.classList.add('over'); });
+  zone.addEventListener('dragleave', () => zone.classList.remove('over'));
+  zone.addEventListener('drop', (e) => {
+    e.preventDefault();
+    zone.classList.remove('over');
+    if (e.dataTransfer.files[0]) setImage(which, e.dataTransfer.files[0]);
+  });
+}
+
+$('model-file').addEventListener('change', (e) => {
+  const file = e.target.files[0];
+  if (file) loadModel(file, file.name);
+});
+$('backend').addEventListener('change', () => {
+  if (state.modelSource) loadModel(state.modelSource, 'the model again');
+});
+
+const params = new URLSearchParams(location.search);
+if (params.get('backend')) $('backend').value = params.get('backend');
+if (params.get('model')) {
+  state.ready = loadModel(params.get('model'), params.get('model'));
+} else {
+  state.ready = Promise.resolve();
+}

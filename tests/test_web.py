@@ -1,0 +1,353 @@
+"""The browser host (examples/web): the same .onnx files scored by onnxruntime-web in headless Chromium, held
+against the Python runtime on the same uint8 pixels.
+
+One browser for the module (tests/web_harness.py); pages are reloaded only where a test needs another URL. Skips
+with the reason where Chromium, Node.js or examples/web/node_modules are missing (scripts/setup_web.sh installs
+them; scripts/test.sh runs it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from web_harness import Browser, StaticServer, missing_requirement, open_page, rgba_b64
+
+from stlpips_rt import Scorer
+from stlpips_rt.io.images import to_model_input, uint8_to_unit
+
+WHY_NOT = missing_requirement()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"browser tests: {WHY_NOT}")
+
+TOL = 1e-5
+SHAPES = [(64, 64), (67, 93), (128, 96)]  # (H, W)
+
+
+class Web:
+    """The served folder, the browser and the models (by file name under /data/)."""
+
+    def __init__(self, browser: Browser, server: StaticServer, data: Path, models: dict[str, Path]) -> None:
+        self.browser, self.server, self.data, self.models = browser, server, data, models
+        self.page: str | None = None
+
+    def ensure_page(self, url: str) -> None:
+        if self.page != url:
+            open_page(self.browser, url)
+            self.page = url
+
+    def module_page(self) -> None:
+        self.ensure_page(self.server.url + "index.html")
+
+    def eval(self, body: str):  # noqa: ANN201 - JSON from the page
+        return self.browser.eval(body)
+
+    def scorer_js(self, key: str, **options: object) -> str:
+        """JS expression: the page's cached scorer of models[key] (loaded on first use)."""
+        name = self.models[key].name
+        return (f"(window.__scorers ??= {{}})[{json.dumps(name)}] ??= "
+                f"await stlpips.loadScorer('/data/{name}', {json.dumps(options)})")
+
+    def score(self, key: str, a: np.ndarray, b: np.ndarray, kind: str = "imageData") -> float:
+        (ha, wa, _), (hb, wb, _) = a.shape, b.shape
+        return self.eval(f"const s = {self.scorer_js(key)};"
+                         f"return await s.score(__t.{kind}('{rgba_b64(a)}', {wa}, {ha}), "
+                         f"__t.{kind}('{rgba_b64(b)}', {wb}, {hb}));")
+
+    def error(self, call: str, key: str = "alex-st") -> dict:
+        """The {name, message} of what ``call`` (JS statements, with ``s`` the scorer) throws; fails if it throws
+        nothing."""
+        err = self.eval(f"const s = {self.scorer_js(key)}; return await __t.error((async () => {{ {call}; }})());")
+        assert err is not None, f"no error from {call}"
+        return err
+
+
+@pytest.fixture(scope="module")
+def web(exported_model, tmp_path_factory):
+    data = tmp_path_factory.mktemp("webdata")
+    models = {"alex-st": exported_model("alex", "st"), "vgg-st": exported_model("vgg", "st"),
+              "alex-st-spatial": exported_model("alex", "st", spatial=True, layers=True)}
+    for path in models.values():
+        (data / path.name).symlink_to(path)
+    server = StaticServer(data)
+    browser = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield Web(browser, server, data, models)
+    finally:
+        browser.close()
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def python_scorers(web):
+    return {key: Scorer(str(path), providers="cpu", threads=1) for key, path in web.models.items()}
+
+
+def random_pair(seed: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    # b: a with noise added, and new content in its left third: a clear distance, not that of unrelated images
+    b = np.clip(a.astype(np.int16) + rng.integers(-40, 41, (h, w, 3)), 0, 255).astype(np.uint8)
+    b[:, : w // 3] = rng.integers(0, 256, (h, w // 3, 3), dtype=np.uint8)
+    return a, b
+
+
+# --- conversion and metadata ---------------------------------------------------------------------------------
+def test_uint8_conversion_is_the_runtimes_bit_for_bit(web):
+    web.module_page()
+    values = np.arange(256, dtype=np.uint8)
+    rgb = np.stack([values, values[::-1], (values * 7).astype(np.uint8)], axis=1).reshape(16, 16, 3)
+    got = web.eval(f"const d = __t.imageData('{rgba_b64(rgb)}', 16, 16);"
+                   "return Array.from(stlpips.toModelInput(d.data, 16, 16));")
+    expected = to_model_input(rgb)[0]  # [3, H, W]
+    got = np.asarray(got, dtype=np.float64).astype(np.float32).reshape(3, 16, 16)
+    assert got.tobytes() == expected.tobytes()  # layout (NCHW, RGB order, alpha dropped) and every bit
+    assert np.array_equal(got[0].ravel(), uint8_to_unit(values))
+
+
+def test_metadata_is_read_from_the_file(web, python_scorers):
+    web.module_page()
+    for key in ("alex-st", "alex-st-spatial"):
+        info = web.eval(f"const s = {web.scorer_js(key)}; return s.info;")
+        py = python_scorers[key].info
+        assert info["metadata"] == py.metadata
+        assert (info["net"], info["variant"], info["minSize"], info["precision"]) == \
+               (py.net, py.variant, py.min_size, py.precision)
+        assert tuple(info["outputs"]) == py.outputs
+        assert info["hasSpatial"] == py.has_spatial
+        assert info["bytesPerPixel"] == float(py.metadata["stlpips.bytes_per_pixel"])
+
+
+# --- distances against the Python runtime --------------------------------------------------------------------
+def test_authors_example_pair(web, shared_data, python_scorers):
+    web.module_page()
+    for name in ("ex_ref.png", "ex_p0.png"):
+        target = web.data / name
+        if not target.exists():
+            shutil.copyfile(shared_data / name, target)
+    got = web.eval(f"const s = {web.scorer_js('alex-st')};"
+                   "const img = [await __t.img('/data/ex_ref.png'), await __t.img('/data/ex_p0.png')];"
+                   "const bmp = [await __t.bitmap('/data/ex_ref.png'), await __t.bitmap('/data/ex_p0.png')];"
+                   "return {img: await s.score(...img), bitmap: await s.score(...bmp)};")
+    python = python_scorers["alex-st"].score(shared_data / "ex_ref.png", shared_data / "ex_p0.png")
+    for kind in ("img", "bitmap"):
+        assert got[kind] == pytest.approx(0.7777555, abs=TOL), kind
+        assert got[kind] == pytest.approx(python, abs=TOL), kind
+
+
+def _png_with_gamma(rgb: np.ndarray, path: Path, gamma: float) -> None:
+    """Write a PNG with a gAMA chunk (file gamma ``gamma``): a colour-managed decoder changes its pixels, PIL and
+    the Python runtime do not."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    data = buf.getvalue()
+    body = b"gAMA" + struct.pack(">I", round(gamma * 100000))
+    chunk = struct.pack(">I", 4) + body + struct.pack(">I", zlib.crc32(body))
+    end_of_ihdr = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    path.write_bytes(data[:end_of_ihdr] + chunk + data[end_of_ihdr:])
+
+
+def test_images_are_read_without_colour_management(web, python_scorers):
+    """A PNG whose gAMA chunk a colour-managed decoder would apply: <img>, ImageBitmap and the page's file decoding
+    must give the stored pixels, as PIL does, so the distance to the same pixels without the chunk is 0."""
+    web.module_page()
+    a, _ = random_pair(21, 64, 80)
+    Image.fromarray(a).save(web.data / "plain.png")
+    _png_with_gamma(a, web.data / "gamma.png", 1.0)
+    assert python_scorers["alex-st"].score(web.data / "plain.png", web.data / "gamma.png") == 0.0
+    got = web.eval(f"const s = {web.scorer_js('alex-st')};"
+                   "return {img: await s.score(await __t.img('/data/plain.png'), await __t.img('/data/gamma.png')),"
+                   "  bitmap: await s.score(await __t.bitmap('/data/plain.png'), await __t.bitmap('/data/gamma.png')),"
+                   "  managed: await (async () => { const b = await createImageBitmap(await (await fetch("
+                   "    '/data/gamma.png')).blob()); const c = new OffscreenCanvas(b.width, b.height).getContext('2d');"
+                   "    c.drawImage(b, 0, 0); return Array.from(c.getImageData(0, 0, 4, 1).data); })()};")
+    assert got["img"] == 0.0 and got["bitmap"] == 0.0
+    # the check could fail: this browser does apply the chunk when asked to manage colour
+    assert got["managed"][:3] != a[0, 0].tolist()
+
+
+@pytest.mark.parametrize("key", ["alex-st", "vgg-st"])
+def test_random_shapes_match_python(web, python_scorers, key):
+    web.module_page()
+    scorer = python_scorers[key]
+    for i, (h, w) in enumerate(SHAPES):
+        a, b = random_pair(i, h, w)
+        expected = scorer.score(a, b)
+        got = web.score(key, a, b)
+        assert got == pytest.approx(expected, abs=TOL), (key, h, w)
+        assert got > 0.01  # a real distance, not a degenerate zero
+    # the same pixels through a canvas element (drawn and read back: exact for opaque pixels)
+    a, b = random_pair(9, 67, 93)
+    assert web.score(key, a, b, kind="canvas") == pytest.approx(scorer.score(a, b), abs=TOL)
+
+
+def test_spatial_map_matches_python(web, python_scorers):
+    web.module_page()
+    a, b = random_pair(5, 67, 93)
+    got = web.eval(f"const s = {web.scorer_js('alex-st-spatial')};"
+                   f"const a = __t.imageData('{rgba_b64(a)}', 93, 67), b = __t.imageData('{rgba_b64(b)}', 93, 67);"
+                   "const m = await s.spatialMap(a, b); const r = await s.scoreWithMap(a, b);"
+                   "return {w: m.width, h: m.height, data: Array.from(m.data), score: await s.score(a, b),"
+                   "        both: r.distance, bothMap: Array.from(r.map.data)};")
+    expected = python_scorers["alex-st-spatial"].spatial(a, b)
+    assert (got["h"], got["w"]) == expected.shape == (67, 93)
+    heat = np.asarray(got["data"], dtype=np.float32).reshape(67, 93)
+    np.testing.assert_allclose(heat, expected, rtol=0, atol=TOL)
+    assert heat.max() > 0.05
+    assert got["score"] == pytest.approx(python_scorers["alex-st-spatial"].score(a, b), abs=TOL)
+    assert got["both"] == got["score"]
+    np.testing.assert_array_equal(np.asarray(got["bothMap"], dtype=np.float32).reshape(67, 93), heat)
+
+
+# --- refusals ------------------------------------------------------------------------------------------------
+def test_bad_input_is_refused_with_what_to_do(web):
+    web.module_page()
+    img = "__t.imageData(btoa('\\xff'.repeat(4 * {w} * {h})), {w}, {h})"
+
+    def pair(h0: int, w0: int, h1: int, w1: int) -> str:
+        return f"{img.format(w=w0, h=h0)}, {img.format(w=w1, h=h1)}"
+
+    err = web.error(f"await s.score({pair(64, 64, 64, 65)})")
+    assert err["name"] == "ImageSizeError"
+    assert "sizes differ (64x64 vs 64x65, HxW)" in err["message"] and "crop or resize" in err["message"]
+
+    min_size = web.eval(f"const s = {web.scorer_js('alex-st')}; return s.info.minSize;")
+    small = min_size - 1
+    err = web.error(f"await s.score({pair(small, 40, small, 40)})")
+    assert err["name"] == "ImageSizeError"
+    assert err["message"].startswith(f"a: {small}x40 pixels is below this model's minimum of {min_size}x{min_size}")
+
+    err = web.error("await s.score('ref.png', 'dist.png')")
+    assert err["name"] == "ImageValueError" and "unsupported input type" in err["message"]
+
+    err = web.error(f"await s.spatialMap({pair(64, 64, 64, 64)})")
+    assert err["name"] == "ModelError" and "--spatial" in err["message"]
+
+
+def test_files_that_are_not_stlpips_models_are_refused(web):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    web.module_page()
+    x = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, "H", "W"]) for n in ("in0", "in1")]
+    y = helper.make_tensor_value_info("dist", TensorProto.FLOAT, [1, 3, "H", "W"])
+    graph = helper.make_graph([helper.make_node("Sub", ["in0", "in1"], ["dist"])], "plain", x, [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), web.data / "plain.onnx")
+    (web.data / "notes.onnx").write_text("this is not a model\n")
+    stripped = onnx.load(web.models["alex-st"])
+    for prop in stripped.metadata_props:
+        if prop.key == "stlpips.format":
+            prop.value = "7"
+    onnx.save(stripped, web.data / "format7.onnx")
+
+    def refusal(name: str) -> dict:
+        return web.eval(f"return await __t.error(stlpips.loadScorer('/data/{name}'));")
+
+    err = refusal("plain.onnx")
+    assert err["name"] == "NotAnStlpipsModelError"
+    assert "no stlpips.format in its metadata_props" in err["message"] and "stlpips-export" in err["message"]
+    err = refusal("notes.onnx")
+    assert err["name"] == "NotAnStlpipsModelError" and "stlpips-export" in err["message"]
+    err = refusal("format7.onnx")
+    assert err["name"] == "NotAnStlpipsModelError" and "format 1" in err["message"]
+    err = refusal("missing.onnx")
+    assert err["name"] == "ModelError" and "404" in err["message"]
+
+
+def test_large_pair_gets_a_clear_error_and_the_page_lives_on(web, python_scorers):
+    web.module_page()
+    err = web.error("const big = () => new ImageData(4000, 3000); await s.score(big(), big())")
+    assert err["name"] == "ImageTooLargeError"
+    message = err["message"]
+    assert message.startswith("a vs b: 3000x4000 pixels needs about") and "stlpips.bytes_per_pixel" in message
+    assert "budget of 1.50 GiB" in message and "Downscale or crop" in message
+    limit = web.eval(f"const s = {web.scorer_js('alex-st')}; return s.maxPixels;")
+    bpp = float(python_scorers["alex-st"].info.metadata["stlpips.bytes_per_pixel"])
+    assert limit == int(1.5 * 2**30 // bpp)
+    a, b = random_pair(0, 64, 64)  # the same scorer still works afterwards
+    assert web.score("alex-st", a, b) == pytest.approx(python_scorers["alex-st"].score(a, b), abs=TOL)
+
+
+# --- the page ------------------------------------------------------------------------------------------------
+def _pick(which: str, name: str) -> str:
+    """JS: put /data/NAME into the page's file input for image `which` and fire its change event."""
+    return (f"{{ const blob = await (await fetch('/data/{name}')).blob();"
+            f"  const dt = new DataTransfer(); dt.items.add(new File([blob], '{name}', {{type: 'image/png'}}));"
+            f"  const input = document.getElementById('file-{which}'); input.files = dt.files;"
+            "  input.dispatchEvent(new Event('change')); }")
+
+
+def _run_page(web, a_name: str, b_name: str) -> dict:
+    """Pick two images in the page; wait for the run that scored this pair (the page scores on every change)."""
+    web.eval(f"await window.stlpipsApp.ready; {_pick('a', a_name)} {_pick('b', b_name)} return true;")
+    names = json.dumps([a_name, b_name], separators=(",", ":"))  # as JSON.stringify writes it
+    return web.eval(f"const done = () => JSON.stringify(window.stlpipsApp.last?.names) === '{names}';"
+                    "for (let i = 0; i < 2400 && !done(); i++) await new Promise((r) => setTimeout(r, 50));"
+                    "if (!done()) throw new Error('the page never scored the pair');"
+                    "const $ = (id) => document.getElementById(id);"
+                    "return {last: window.stlpipsApp.last, distance: $('distance').textContent,"
+                    "  backend: $('backend-used').textContent, time: $('time').textContent,"
+                    "  heat: [$('heat').width, $('heat').height, getComputedStyle($('heat')).display],"
+                    "  error: $('error').textContent, errorShown: getComputedStyle($('error')).display};")
+
+
+def test_page_scores_picked_images_with_a_heat_map(web, python_scorers, tmp_path):
+    a, b = random_pair(11, 96, 128)
+    Image.fromarray(a).save(web.data / "page_a.png")
+    Image.fromarray(b).save(web.data / "page_b.png")
+    model = web.models["alex-st-spatial"].name
+    web.ensure_page(f"{web.server.url}index.html?model=/data/{model}")
+    shown = _run_page(web, "page_a.png", "page_b.png")
+    expected = python_scorers["alex-st-spatial"].score(a, b)
+    assert shown["errorShown"] == "none", shown["error"]
+    assert shown["last"]["distance"] == pytest.approx(expected, abs=TOL)
+    assert shown["distance"] == f"{shown['last']['distance']:.6f}"
+    assert shown["backend"] == "WASM" and shown["time"].endswith(" ms")
+    assert shown["heat"] == [128, 96, "block"]
+    shot = tmp_path / "page.png"
+    web.browser.screenshot(shot)
+    assert Image.open(shot).size[0] == 1200
+
+    # A 4000x3000 pair through the page: an error on the page, not a crashed tab; then a small pair again.
+    Image.new("RGB", (4000, 3000), (120, 130, 140)).save(web.data / "big_a.png")
+    Image.new("RGB", (4000, 3000), (121, 130, 140)).save(web.data / "big_b.png")
+    shown = _run_page(web, "big_a.png", "big_b.png")
+    assert shown["errorShown"] == "block"
+    assert shown["error"].startswith("ImageTooLargeError: a vs b: 3000x4000 pixels needs about")
+    shown = _run_page(web, "page_a.png", "page_b.png")
+    assert shown["errorShown"] == "none"
+    assert shown["last"]["distance"] == pytest.approx(expected, abs=TOL)
+
+    # A model picked from disk (the page's file input), without dist_map: the distance, and no heat map.
+    plain = web.models["alex-st"].name
+    web.eval(f"const blob = await (await fetch('/data/{plain}')).blob();"
+             f"const dt = new DataTransfer(); dt.items.add(new File([blob], '{plain}'));"
+             "const input = document.getElementById('model-file'); input.files = dt.files;"
+             "window.stlpipsApp.last = null; input.dispatchEvent(new Event('change')); return true;")
+    shown = _run_page(web, "page_a.png", "page_b.png")
+    assert shown["last"]["distance"] == pytest.approx(python_scorers["alex-st"].score(a, b), abs=TOL)
+    assert shown["last"]["map"] is None and shown["heat"][2] == "none"
+    assert web.eval("return window.stlpipsApp.scorer.info.outputs;") == ["dist"]
+
+
+def test_threads_in_a_cross_origin_isolated_page(web, python_scorers):
+    with StaticServer(web.data, isolated=True) as isolated:
+        web.ensure_page(isolated.url + "index.html")
+        try:
+            assert web.eval("return crossOriginIsolated;") is True
+            a, b = random_pair(3, 67, 93)
+            got = web.eval(f"const s = await stlpips.loadScorer('/data/{web.models['alex-st'].name}', {{threads: 2}});"
+                           f"const d = await s.score(__t.imageData('{rgba_b64(a)}', 93, 67), "
+                           f"__t.imageData('{rgba_b64(b)}', 93, 67));"
+                           "await s.release(); return {d, threads: s.threads};")
+        finally:
+            web.page = None  # the next test reloads from the plain server
+    assert got["threads"] == 2
+    assert got["d"] == pytest.approx(python_scorers["alex-st"].score(a, b), abs=TOL)
