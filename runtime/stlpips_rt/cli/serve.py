@@ -46,7 +46,8 @@ def main(model: str, models_dir: Path | None, providers: str, precision: str, th
          max_body_mb: float, max_pixels: int, max_memory: int | None, address: str | None) -> None:
     """Serve perceptual distances over HTTP on Ray Serve, until interrupted (Ctrl-C or SIGTERM).
 
-    POST /v1/score (multipart ref, dist), POST /v1/score_many (ref, dist, dist, ...), GET /v1/models, GET /healthz.
+    POST /v1/score (multipart ref, dist), POST /v1/score_many (ref, dist, dist, ...), GET /v1/models, GET /healthz;
+    the OpenAPI schema at GET /openapi.json and interactive docs at GET /docs.
     --threads is per replica (each reserves that many CPUs from Ray, at least one). See docs/at_scale.md."""
     try:
         from ..scale import ray_env
