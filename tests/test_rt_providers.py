@@ -10,15 +10,19 @@ import numpy as np
 import pytest
 
 from stlpips_rt import ProviderError, Scorer, TensorRTOptions, available_providers, unavailable_reasons
+from stlpips_rt.engine import providers as providers_module
 from stlpips_rt.engine.cuda_libraries import provider_library_problem
 from stlpips_rt.engine.openvino_direct import OpenVinoSession
 from stlpips_rt.engine.options import CudaOptions, SessionConfig
 from stlpips_rt.engine.providers import (
     AUTO_ORDER,
+    PROVIDERS,
+    auto_provider,
     openvino_through_plugin,
     provider_options,
     resolve_providers,
 )
+from stlpips_rt.engine.routing import route
 from stlpips_rt.errors import ProviderFallbackWarning
 from stlpips_rt.precision import runs_as
 
@@ -47,17 +51,66 @@ def require(provider: str) -> None:
         pytest.skip(f"{provider} is listed but cannot load: {provider_library_problem(provider)}")
 
 
-def test_auto_picks_the_first_available_in_tensorrt_cuda_openvino_cpu_order(model: Path) -> None:
+def test_auto_picks_the_first_available_in_tensorrt_cuda_cpu_order(model: Path) -> None:
     available = available_providers()
-    assert available[-1] == "cpu" and available == [p for p in AUTO_ORDER if p in available]
-    # OpenVINO's own runtime (no plugin device here) is used only when asked for by name.
-    expected = next(p for p in available if p != "openvino" or openvino_through_plugin())
+    assert available[-1] == "cpu" and available == [p for p in PROVIDERS if p in available]
+    expected = next(p for p in AUTO_ORDER if p in available)  # never OpenVINO, whatever it offers here
     assert resolve_providers("auto") == [expected]
     # GPU providers whose libraries do not load are passed over (engine/session.py), with a warning.
-    running = next(p for p in available if p not in ("tensorrt", "cuda") or not provider_library_problem(p))
+    running = next(p for p in available if p not in ("tensorrt", "cuda", "openvino")
+                   or (p != "openvino" and not provider_library_problem(p)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ProviderFallbackWarning)
         assert Scorer(model).provider == (expected if expected not in ("tensorrt", "cuda") else running)
+
+
+class FakeEpDevice:
+    """What onnxruntime's OpenVINO plugin offers on an Intel CPU: one device."""
+
+    ep_name = "OpenVINOExecutionProvider"
+    ep_metadata = {"ov_device": "CPU"}
+
+
+@pytest.fixture(params=["intel: the plugin offers a device", "amd: the plugin offers none"])
+def plugin_answer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both answers of onnxruntime's OpenVINO plugin, whatever this machine's CPU is; True when it offers one."""
+    offered = request.param.startswith("intel")
+    answer = ([FakeEpDevice()], "") if offered else ([], "the plugin only enumerates Intel hardware")
+    monkeypatch.setattr(providers_module, "_openvino_devices", lambda: answer)
+    monkeypatch.setattr(providers_module, "openvino_runtime_reason", lambda: "")  # OpenVINO's own runtime is there
+    return offered
+
+
+def _without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu_only = [p for p in ort_providers() if p not in ("TensorrtExecutionProvider", "CUDAExecutionProvider")]
+    monkeypatch.setattr(providers_module.ort, "get_available_providers", lambda: cpu_only)
+
+
+def ort_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def test_auto_exact_is_the_cpu_provider_whatever_the_openvino_plugin_offers(
+        plugin_answer: bool, model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_gpu(monkeypatch)
+    assert "openvino" in available_providers()  # usable when named, in both cases ...
+    assert openvino_through_plugin() is plugin_answer
+    assert auto_provider() == "cpu" and resolve_providers("auto") == ["cpu"]  # ... but never taken by "auto"
+    assert route(model, "auto", "exact") == (model, ["cpu"])
+    assert Scorer(model).provider == "cpu"
+    # "fast" is the fast path's choice (bf16 on OpenVINO, through the plugin or OpenVINO's own runtime).
+    assert route(model, "auto", "fast")[1] == ["openvino"]
+
+
+def test_auto_keeps_the_gpu_chain_where_a_gpu_provider_is_available(
+        plugin_answer: bool, model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(providers_module.ort, "get_available_providers", lambda: gpu)
+    assert auto_provider() == "tensorrt"
+    monkeypatch.setattr(providers_module.ort, "get_available_providers", lambda: gpu[1:])
+    assert resolve_providers("auto") == ["cuda"] and route(model, "auto", "exact") == (model, ["cuda"])
 
 
 def test_short_and_onnxruntime_names_and_lists_are_accepted() -> None:
@@ -105,8 +158,8 @@ def test_cuda_options_keep_fp32_in_exact_mode() -> None:
 
 
 def test_precision_labels_say_what_runs() -> None:
-    assert [runs_as(p, "exact", "fp32") for p in AUTO_ORDER] == ["fp32"] * 4
-    assert [runs_as(p, "fast", "fp32") for p in AUTO_ORDER] == ["fp16", "tf32", "bf16", "fp32"]
+    assert [runs_as(p, "exact", "fp32") for p in PROVIDERS] == ["fp32"] * 4
+    assert [runs_as(p, "fast", "fp32") for p in PROVIDERS] == ["fp16", "tf32", "bf16", "fp32"]
     assert runs_as("cpu", "exact", "fp16") == "fp16"
 
 

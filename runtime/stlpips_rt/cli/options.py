@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ..engine.model_files import resolve_model
-from ..engine.providers import AUTO_ORDER
+from ..engine.providers import PROVIDERS
 from ..io.images import ImageOptions
 from ..precision import MODES, REDUCED
 from ..scorer import Scorer
@@ -65,7 +65,8 @@ def runtime_options(providers: str = "auto", precision: bool = True) -> Callable
     group = [
         click.option("--providers", default=providers, show_default=True,
                      help=f"auto{', all' if providers == 'all' else ''}, or a comma list of "
-                          f"{', '.join(AUTO_ORDER)}."),
+                          f"{', '.join(PROVIDERS)} (auto: a GPU where there is one, else "
+                          "the CPU provider; OpenVINO only when named or for --precision fast)."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads (default: one per core)."),
     ]

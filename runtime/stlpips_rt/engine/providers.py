@@ -1,7 +1,12 @@
 """Execution provider selection and session options (TensorRT, CUDA, OpenVINO, CPU).
 
 Users name providers by short names (``"tensorrt"``, ``"cuda"``, ``"openvino"``, ``"cpu"``) or by onnxruntime's
-names (``"CUDAExecutionProvider"``). ``"auto"`` takes the first available of :data:`AUTO_ORDER`.
+names (``"CUDAExecutionProvider"``). ``"auto"`` takes the first available of :data:`AUTO_ORDER`: a GPU chain
+(TensorRT, CUDA, then the CPU) where one is available, else onnxruntime's CPU provider, on every CPU. OpenVINO
+runs only when named, or for ``precision="fast"`` where :func:`stlpips_rt.precision.fast_path` picks it: whether
+onnxruntime's OpenVINO plugin offers a device depends on the CPU's vendor (Intel yes, AMD no), and the engine that
+computes a distance must not (docs/reproducibility.md: onnxruntime's CPU provider is also the more accurate of the
+two against a float64 reference).
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ ORT_NAMES = {
     "cpu": "CPUExecutionProvider",
 }
 SHORT_NAMES = {v: k for k, v in ORT_NAMES.items()}
-AUTO_ORDER = ("tensorrt", "cuda", "openvino", "cpu")
+#: Every provider the runtime knows, in the order :func:`available_providers` lists them.
+PROVIDERS = ("tensorrt", "cuda", "openvino", "cpu")
+#: What ``"auto"`` tries (``precision="exact"``), first available wins: OpenVINO is not in it (module docstring).
+AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 
 
 # --- OpenVINO plugin -----------------------------------------------------------------------------------------
@@ -64,7 +72,7 @@ def _openvino_devices() -> tuple[list[Any], str]:
         return _OV_STATE["devices"], _OV_STATE["reason"]
 
 
-def unavailable_reasons(only: Sequence[str] = AUTO_ORDER) -> dict[str, str]:
+def unavailable_reasons(only: Sequence[str] = PROVIDERS) -> dict[str, str]:
     """Short provider name -> why it cannot be used here (only for providers that are unavailable), among
     ``only``. OpenVINO is probed only when asked about: loading its plugin costs about 46 MB."""
     built_in = set(ort.get_available_providers())
@@ -90,18 +98,35 @@ def openvino_through_plugin() -> bool:
 
 
 def available_providers() -> list[str]:
-    """Short names of the usable providers, in the order ``"auto"`` tries them."""
+    """Short names of the usable providers, in :data:`PROVIDERS` order (the CPU always last)."""
     missing = unavailable_reasons()
-    return [p for p in AUTO_ORDER if p not in missing]
+    return [p for p in PROVIDERS if p not in missing]
 
 
 def auto_provider() -> str:
-    """What ``"auto"`` picks: the first available onnxruntime execution provider. OpenVINO's own runtime (used
-    where the plugin offers no device) is taken only when asked for by name."""
-    available = available_providers()
-    if "openvino" in available and not openvino_through_plugin():
-        available.remove("openvino")
-    return available[0]
+    """What ``"auto"`` picks for ``precision="exact"``: the first available of :data:`AUTO_ORDER` (TensorRT, CUDA,
+    the CPU provider). The same on an Intel and an AMD CPU: OpenVINO is never probed here, whatever its plugin
+    offers."""
+    missing = unavailable_reasons([p for p in AUTO_ORDER if p != "cpu"])
+    return next(p for p in AUTO_ORDER if p not in missing)
+
+
+def engine_of(session: Any) -> dict[str, str]:
+    """The engine a session computes with and its version: ``{"name": "onnxruntime", "version": "1.32.0"}``, or
+    OpenVINO's own runtime, or onnxruntime with its OpenVINO plugin (both versions)."""
+    if isinstance(session, OpenVinoSession):
+        import openvino
+
+        return {"name": "openvino", "version": openvino.get_version()}
+    engine = {"name": "onnxruntime", "version": ort.__version__}
+    if "OpenVINOExecutionProvider" in session.get_providers()[:1]:
+        try:
+            from importlib.metadata import version
+
+            engine["openvino_plugin"] = version("onnxruntime-ep-openvino")
+        except Exception:  # noqa: BLE001 - the version is a courtesy
+            pass
+    return engine
 
 
 def normalize(name: str) -> str:
@@ -111,7 +136,7 @@ def normalize(name: str) -> str:
         return key.lower()
     if key in SHORT_NAMES:
         return SHORT_NAMES[key]
-    raise ProviderError(f"unknown provider {name!r}; choose from auto, {', '.join(AUTO_ORDER)}")
+    raise ProviderError(f"unknown provider {name!r}; choose from auto, {', '.join(PROVIDERS)}")
 
 
 def resolve_providers(spec: str | Sequence[str]) -> list[str]:
