@@ -17,6 +17,7 @@ from sample_images import write_image
 from stlpips_rt import Scorer
 from stlpips_rt.cli.score import main
 from stlpips_rt.io.progress import Progress
+from stlpips_rt.precision import tolerance
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +55,29 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def same_distance(written: str | float, expected: float, scorer: Scorer) -> bool:
+    """A written distance against ``scorer``'s number for the pair: the same float32 on the CPU provider (a
+    distance there is a function of the pair alone: docs/reproducibility.md); elsewhere (a GPU's kernels may vary
+    with the batch) within the tolerance stlpips_rt.precision states for the arithmetic that ran."""
+    if scorer.provider == "cpu":
+        return bool(np.float32(written) == np.float32(expected))
+    return abs(float(written) - expected) <= tolerance(scorer.precision).max_abs
+
+
 def test_single_pair_prints_the_distance(model: Path, folders: tuple[Path, Path]) -> None:
     refs, dists = folders
     code, out, _ = invoke("--model", model, refs / "img0.png", dists / "img0.png")
     assert code == 0
-    expected = Scorer(model, providers="cpu").score(refs / "img0.png", dists / "img0.png")
-    assert float(out.strip()) == pytest.approx(expected, abs=1e-6)
+    scorer = Scorer(model)  # the engine "auto" picks, as the command's
+    assert np.float32(out.strip()) == np.float32(scorer.score(refs / "img0.png", dists / "img0.png"))
 
 
 def test_single_pair_reproduces_the_reference_number(model: Path, shared_data: Path) -> None:
+    # 0.7777555: upstream PyTorch's number for the authors' example pair (7 decimals): another engine, so the
+    # comparison takes the tolerance of the arithmetic that ran here, not the printed digits.
     code, out, _ = invoke("--model", model, shared_data / "ex_ref.png", shared_data / "ex_p0.png")
-    assert code == 0 and out.strip() == "0.7777555"
+    ran = Scorer(model).precision
+    assert code == 0 and abs(float(out) - 0.7777555) <= tolerance(ran).max_abs
 
 
 def test_short_model_name_is_resolved_in_models_folder(model: Path, folders, monkeypatch, tmp_path: Path) -> None:
@@ -74,8 +87,8 @@ def test_short_model_name_is_resolved_in_models_folder(model: Path, folders, mon
     monkeypatch.delenv("STLPIPS_MODEL_DIR", raising=False)
     refs, dists = folders
     code, out, _ = invoke("--model", "alex-st", refs / "img1.png", dists / "img1.png")
-    expected = Scorer(model, providers="cpu").score(refs / "img1.png", dists / "img1.png")
-    assert code == 0 and out.strip() == f"{expected:.7f}"
+    expected = Scorer(model).score(refs / "img1.png", dists / "img1.png")  # the same engine: the same float32
+    assert code == 0 and np.float32(out.strip()) == np.float32(expected)
 
 
 def test_folders_are_matched_by_name_and_a_missing_partner_is_an_error_row(model: Path, folders, tmp_path) -> None:
@@ -87,9 +100,9 @@ def test_folders_are_matched_by_name_and_a_missing_partner_is_an_error_row(model
     assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"]
     assert "no file named lonely.png" in rows[4]["error"]
     assert code == 1 and "1 pair(s) failed" in err
-    scorer = Scorer(model, providers="cpu")
+    scorer = Scorer(model)
     for r in rows[:4]:
-        assert float(r["distance"]) == pytest.approx(scorer.score(r["ref"], r["dist"]), abs=1e-6)
+        assert same_distance(r["distance"], scorer.score(r["ref"], r["dist"]), scorer)
 
 
 def test_one_reference_against_a_folder_matches_pairwise_scores(model: Path, folders, tmp_path) -> None:
@@ -100,9 +113,9 @@ def test_one_reference_against_a_folder_matches_pairwise_scores(model: Path, fol
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
-    scorer = Scorer(model, providers="cpu")
+    scorer = Scorer(model)
     for r in rows:
-        assert r["distance"] == pytest.approx(scorer.score(r["ref"], r["dist"]), abs=1e-6)
+        assert same_distance(r["distance"], scorer.score(r["ref"], r["dist"]), scorer)
 
 
 def test_pairs_csv_bad_files_become_error_rows_and_the_run_goes_on(model: Path, folders, tmp_path) -> None:
@@ -233,11 +246,3 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_only(monkeypatch: pytest.
     quiet.update(5)
     quiet.close()
     assert sys.stderr.getvalue() == ""
-
-
-def test_parquet_output_without_ray_is_refused_not_written_as_csv(model: Path, folders, tmp_path: Path) -> None:
-    refs, dists = folders
-    out = tmp_path / "rows.parquet"
-    code, _, err = invoke("--model", model, "--ref-dir", refs, "--dist-dir", dists, "-o", out)
-    assert code == 2 and "Parquet rows come from --engine ray" in err
-    assert not out.exists()

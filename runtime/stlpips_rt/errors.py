@@ -108,6 +108,12 @@ class VideoMismatchError(VideoError):
     """Two videos that cannot be paired as asked: frame sizes, frame counts or frame rates differ."""
 
 
+# --- outputs -----------------------------------------------------------------------------------------------
+class OutputMismatchError(StlpipsError):
+    """``--resume`` into an output another set-up wrote (another model file, precision, provider or resize), or
+    one without a manifest saying which: resuming would mix two models' distances in one file."""
+
+
 # --- optional dependencies ---------------------------------------------------------------------------------
 class MissingExtraError(StlpipsError):
     """A feature needs an optional dependency that is not installed; the message names the extra."""

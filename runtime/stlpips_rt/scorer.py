@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,13 +14,13 @@ import numpy as np
 
 from . import precision as precision_modes
 from .batching import plan_runs
-from .contract import ModelInfo, ModelSpec
+from .contract import Key, ModelInfo, ModelSpec
 from .deprecated import MOVED, translate
 from .engine.device_run import DeviceRunner, check_float_range, device_pair
 from .engine.device_tensors import DeviceArray
 from .engine.model_files import info_from_session, resolve_model
 from .engine.options import ProviderOptions, SessionConfig
-from .engine.providers import SHORT_NAMES
+from .engine.providers import SHORT_NAMES, engine_of
 from .engine.routing import route
 from .engine.session import build_session
 from .errors import (
@@ -30,7 +31,7 @@ from .errors import (
     NotAnStlpipsModelError,
     StlpipsError,
 )
-from .io import images
+from .io import images, manifest
 from .tiling import plan as tiling
 from .tiling import run as tiled
 
@@ -55,7 +56,8 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
         model: path to an .onnx file, or a short name (``"alex-st"``, ``"vgg-lpips"``, ``"alex-st-spatial"``)
             looked up in ``$STLPIPS_MODEL_DIR``, then ``./models`` (:func:`stlpips_rt.resolve_model` searches other
             folders too).
-        providers: ``"auto"`` (TensorRT, CUDA, OpenVINO, CPU: the first available), a short name, a
+        providers: ``"auto"`` (TensorRT, CUDA, CPU: the first available; OpenVINO only when named, or for
+            ``precision="fast"`` where the fast path takes it: docs/reproducibility.md), a short name, a
             comma-separated list or a list. An explicit provider that is not available raises ProviderError.
             TensorRT and CUDA are tried as one chain (TensorRT, CUDA, CPU); a GPU provider named here never
             silently becomes the CPU (engine/session.py, docs/gpu.md).
@@ -141,6 +143,29 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
     def __repr__(self) -> str:
         return (f"Scorer(model={self.info.path.name!r}, provider={self.provider!r}, "
                 f"precision={self.precision!r}, batch_size={self.batch_size})")
+
+    def provenance(self) -> dict[str, Any]:
+        """What computes this Scorer's distances, as a JSON-ready dict: the model file (name, sha256, short name,
+        metadata format, file precision), the provider and precision that run, the engine and its version, the
+        resize applied to inputs, the threads, the stlpips-deploy version and the CPU. ``stlpips-score`` writes it
+        beside every output (docs/reproducibility.md)."""
+        from . import __version__
+
+        meta = self.info.metadata
+        resize = self.image_options.resize
+        return {
+            "stlpips_deploy": __version__,
+            "model": {"file": self.info.path.name, "sha256": manifest.file_sha256(self.info.path),
+                      "short_name": self.info.short_name, "format": meta.get(Key.FORMAT),
+                      "file_precision": self.info.precision},
+            "provider": self.provider,
+            "precision": self.precision,
+            "engine": engine_of(self._session),
+            "resize": None if resize is None else list(resize) if isinstance(resize, tuple) else [resize, resize],
+            "threads": self.config.threads,
+            "cpu": manifest.cpu_name(),
+            "machine": platform.machine(),
+        }
 
     # --- inputs ------------------------------------------------------------------------------------------
     def _options(self, float_range: str | None) -> images.ImageOptions:

@@ -13,8 +13,18 @@ import click
 import numpy as np
 
 from ..errors import ImageError, InferenceError, ModelNotFoundError, StlpipsError
-from ..io import heatmap, images
-from ..io.output import ERROR, FIELDS, OK, RowWriter, read_done, report_run
+from ..io import heatmap, images, manifest
+from ..io.output import (
+    ERROR,
+    FIELDS,
+    OK,
+    ROW_TYPES,
+    ParquetRowWriter,
+    RowWriter,
+    format_distance,
+    read_done,
+    report_run,
+)
 from ..io.pairs import Pair, from_csv, from_dirs, from_ref
 from ..io.progress import Progress
 from ..scorer import Scorer
@@ -74,7 +84,8 @@ def _score_chunk(scorer: Scorer, loaded: list[LoadedPair], outputs: tuple[str, .
             rows.append(error_row(item.pair, item.error or failure))
             k += 0 if item.error else 1
             continue
-        row = {**error_row(item.pair, ""), "distance": round(float(results["dist"][k]), 7), "status": OK}
+        # The graph's float32 as is: the writers format it (io.output.format_distance) or store it (Parquet).
+        row = {**error_row(item.pair, ""), "distance": float(results["dist"][k]), "status": OK}
         if heatmap_dir is not None:
             out = heatmap_dir / _heatmap_name(item.pair)
             heatmap.save(out, item.ref, item.dist, results["dist_map"][k][0])
@@ -84,7 +95,7 @@ def _score_chunk(scorer: Scorer, loaded: list[LoadedPair], outputs: tuple[str, .
     return rows
 
 
-def _run(scorer: Scorer, pairs: list[Pair], writer: RowWriter, progress: Progress, broadcast: bool,
+def _run(scorer: Scorer, pairs: list[Pair], writer: RowWriter | ParquetRowWriter, progress: Progress, broadcast: bool,
          heatmap_dir: Path | None) -> None:
     outputs = ("dist", "dist_map") if heatmap_dir is not None else ("dist",)
     size = scorer.batch_size
@@ -141,9 +152,10 @@ TOOL = "stlpips-score"
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write rows to this file (default: stdout).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), default=None,
-              help="Row format (default csv; a single pair without --format prints just the distance; parquet: "
-                   "--video only).")
-@click.option("--resume", is_flag=True, help="Skip pairs already scored in --output.")
+              help="Row format (default: by -o's suffix, else csv; a single pair without --format prints just the "
+                   "distance).")
+@click.option("--resume", is_flag=True, help="Skip pairs already scored in --output (written by the same model file, "
+                                             "precision, provider and resize: its manifest says).")
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write a PNG per pair showing where the images differ (needs a spatial model).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
@@ -192,12 +204,11 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
                   batch_size, threads, resize, output, resume, heatmap_dir, quiet, address, workers, gpus_per_worker)
     if address is not None or workers != 1 or gpus_per_worker:
         raise click.UsageError("--address, --workers and --gpus-per-worker need --engine ray")
-    if fmt == "parquet":
-        raise click.UsageError("--format parquet is for --video rows (--engine ray writes Parquet by -o's suffix)")
-    if output is not None and output.suffix.lower() == ".parquet":
-        raise click.UsageError("Parquet rows come from --engine ray (or --video); write .csv or .jsonl here")
     if output is not None and fmt is None:
-        fmt = "jsonl" if output.suffix.lower() in (".jsonl", ".json") else "csv"
+        fmt = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}.get(
+            output.suffix.lower(), "csv")
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("Parquet rows need a file: -o rows.parquet")
 
     try:
         scorer = build_scorer(model, models_dir, providers, precision, threads, batch_size, max_memory, resize)
@@ -210,7 +221,7 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
 
     if ref and dist and fmt is None and output is None:
         try:
-            click.echo(f"{scorer.score(ref, dist):.7f}")
+            click.echo(format_distance(scorer.score(ref, dist)))
         except StlpipsError as exc:
             fail(TOOL, str(exc), code=1)
         return
@@ -219,16 +230,33 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
 
     fields = FIELDS + (["heatmap"] if heatmap_dir is not None else [])
     fmt = fmt or "csv"
-    kept = read_done(output, fmt) if resume and output is not None else []
+    provenance = scorer.provenance()
+    resumed = bool(resume and output is not None and output.exists())
+    if resumed:
+        assert output is not None
+        try:  # before anything is written: a refused resume leaves the output byte for byte as it was
+            manifest.check_resume(output, provenance)
+        except StlpipsError as exc:
+            fail(TOOL, str(exc))
+    kept = read_done(output, fmt) if resumed and output is not None else []
     done_keys = {(r["ref"], r["dist"]) for r in kept}
     todo = [p for p in pairs if p.key not in done_keys]
-    writer = RowWriter(output, fmt, fields, kept)
+    writer: RowWriter | ParquetRowWriter
+    if fmt == "parquet":
+        assert output is not None
+        writer = ParquetRowWriter(output, fields, ROW_TYPES, keep=kept, metadata=manifest.parquet_metadata(provenance))
+    else:
+        writer = RowWriter(output, fmt, fields, kept)
+    if output is not None:
+        manifest.write_manifest(output, provenance, resumed=resumed)
     progress = Progress(len(todo), enabled=not quiet)
     try:
         _run(scorer, todo, writer, progress, broadcast=bool(ref_one), heatmap_dir=heatmap_dir)
     finally:
         progress.close()
         writer.close()
+        if output is not None:
+            manifest.write_manifest(output, provenance, rows=writer.written, resumed=True)
     status = report_run(writer.written, writer.failed, len(pairs) - len(todo) if resume else None,
                         f"({scorer.provider}, {scorer.precision})", quiet)
     if status:

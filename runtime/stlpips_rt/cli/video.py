@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ..errors import StlpipsError
+from ..io import manifest
 from ..io.output import RowWriter
 from ..io.progress import Progress
 from ..video.stream import ROW_FIELDS, ROW_TYPES, Failure, Notice, VideoOptions, VideoSummary, iter_scores, to_row
@@ -82,10 +83,9 @@ def _row_format(output: Path | None, fmt: str | None) -> str:
 
 
 def _text_row(row: dict[str, Any]) -> dict[str, Any]:
-    """CSV / JSON Lines rows: distances with 7 decimals as the image rows have them, times in microseconds."""
+    """CSV / JSON Lines rows: times in microseconds; distances as the writer formats every distance (the shortest
+    decimal of the float32, io.output.format_distance)."""
     out = dict(row)
-    if out["distance"] is not None:
-        out["distance"] = round(out["distance"], 7)
     for key in ("time", "dist_time"):
         if out[key] is not None:
             out[key] = round(out[key], 6)
@@ -121,9 +121,12 @@ def run_video(params: Mapping[str, Any]) -> None:
     try:
         scorer = build_scorer(params["model"], params.get("models_dir"), params["providers"], params["precision"],
                               params["threads"], params["batch_size"], params.get("max_memory"), params["resize"])
-        writer = _open_writer(output, fmt)
+        provenance = scorer.provenance()
+        writer = _open_writer(output, fmt, provenance)
     except StlpipsError as exc:
         fail(TOOL, str(exc))
+    if output is not None:
+        manifest.write_manifest(output, provenance)
 
     quiet = params["quiet"]
     summaries = {str(d): VideoSummary(str(d)) for d in dists}
@@ -150,6 +153,8 @@ def run_video(params: Mapping[str, Any]) -> None:
     finally:
         progress.close()
         writer.close()
+        if output is not None:
+            manifest.write_manifest(output, provenance, rows=writer.written, resumed=True)
 
     ordered = list(summaries.values())
     if not quiet:
@@ -177,12 +182,12 @@ def run_video(params: Mapping[str, Any]) -> None:
         sys.exit(1)
 
 
-def _open_writer(output: Path | None, fmt: str) -> Any:
+def _open_writer(output: Path | None, fmt: str, provenance: dict[str, Any]) -> Any:
     if fmt == "parquet":
         from ..io.output import ParquetRowWriter
 
         assert output is not None
-        return ParquetRowWriter(output, ROW_FIELDS, ROW_TYPES)
+        return ParquetRowWriter(output, ROW_FIELDS, ROW_TYPES, metadata=manifest.parquet_metadata(provenance))
     return RowWriter(output, fmt, ROW_FIELDS, [])
 
 

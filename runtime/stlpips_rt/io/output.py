@@ -1,4 +1,10 @@
-"""Result rows of ``stlpips-score``: CSV or JSON Lines, flushed as they are written, resumable."""
+"""Result rows of ``stlpips-score``: CSV, JSON Lines or Parquet, flushed as they are written, resumable.
+
+Every distance written anywhere (rows, the printed single pair, the service's answers) goes through
+:func:`format_distance`: the shortest decimal that reads back as the very float32 the graph computed, so a written
+number gives the computed one back bit for bit (``np.float32(text) == distance``). Parquet stores the float32
+itself.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +16,52 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 FIELDS = ["ref", "dist", "distance", "status", "error"]
 OK, ERROR = "ok", "error"
+#: Columns that hold distances (formatted by :func:`format_distance` in text, float32 in Parquet).
+DISTANCE_FIELDS = frozenset({"distance"})
+#: Arrow types of the image rows' columns (Parquet output).
+ROW_TYPES = {"ref": "string", "dist": "string", "distance": "float32", "status": "string", "error": "string",
+             "heatmap": "string"}
 
 
-def read_done(path: Path, fmt: str) -> list[dict[str, str]]:
+def format_distance(value: float | np.floating[Any] | str) -> str:
+    """A distance as text: the shortest decimal that round-trips the float32 ``value`` (numpy's float32 repr,
+    positional: ``0.77775556``, not the widened double's ``0.7777555584907532`` nor a 7-decimal rounding that
+    can name a neighbouring float32). ``np.float32(format_distance(x)) == np.float32(x)`` for every float32."""
+    return np.format_float_positional(np.float32(value), unique=True, trim="-")
+
+
+def json_distance(value: float | np.floating[Any] | str | None) -> float | None:
+    """A distance for JSON: the Python float whose repr is :func:`format_distance`'s text (json writes floats by
+    repr), so a JSON reader gets the same shortest decimal. None (no distance) stays None."""
+    return None if value is None else float(format_distance(value))
+
+
+def _text_cells(row: dict[str, Any], fields: list[str], json_out: bool) -> dict[str, Any]:
+    out = {}
+    for k in fields:
+        v = row.get(k)
+        if k in DISTANCE_FIELDS and v is not None and v != "":
+            v = json_distance(v) if json_out else format_distance(v)
+        out[k] = v if json_out else ("" if v is None else v)
+    return out
+
+
+def read_done(path: Path, fmt: str) -> list[dict[str, Any]]:
     """Rows of an earlier run that scored successfully. A torn last line (an interrupted write) and error rows
     are dropped, so that resuming retries them."""
     if not path.exists():
         return []
-    text = path.read_text()
     rows: list[dict[str, Any]] = []
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        return [r for r in rows if r.get("status") == OK and r.get("ref") is not None and r.get("dist") is not None]
+    text = path.read_text()
     if fmt == "jsonl":
         for line in text.splitlines():
             try:
@@ -72,10 +113,10 @@ class RowWriter:
         if self.fmt == "csv":
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n")
             w.writeheader()
-            w.writerows(keep)
+            w.writerows(_text_cells(row, self.fields, False) for row in keep)
         else:
             for row in keep:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(_text_cells(row, self.fields, True)) + "\n")
         f.flush()
 
     def write(self, row: dict[str, Any]) -> None:
@@ -83,11 +124,10 @@ class RowWriter:
             self.failed += 1
         self.written += 1
         if self.fmt == "csv":
-            out = {k: ("" if row.get(k) is None else row.get(k)) for k in self.fields}
             csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore",
-                           lineterminator="\n").writerow(out)
+                           lineterminator="\n").writerow(_text_cells(row, self.fields, False))
         else:
-            self._file.write(json.dumps({k: row.get(k) for k in self.fields}) + "\n")
+            self._file.write(json.dumps(_text_cells(row, self.fields, True)) + "\n")
 
     def flush(self) -> None:
         self._file.flush()
@@ -105,11 +145,14 @@ class ParquetRowWriter:
     """RowWriter's interface for Parquet: rows are buffered and written as row groups of ``group_rows``.
 
     A Parquet file is readable only once closed (its footer comes last), so ``flush`` writes no partial row
-    group; ``close`` (also on errors and Ctrl-C, from a ``finally``) writes the rest and the footer. Use CSV or
-    JSON Lines where a run may be killed outright. ``types`` maps each field to an Arrow type name
-    (``"string"``, ``"int64"``, ``"float64"``, ``"float32"``)."""
+    group; ``close`` (also on errors and Ctrl-C, from a ``finally``) writes the rest and the footer. The file is
+    written beside the target (``NAME.tmp``) and renamed over it on close, so a run killed outright leaves the
+    earlier file (and the rows it kept, ``keep``: written first) as it was; use CSV or JSON Lines where the rows of
+    a run that may be killed must survive. ``types`` maps each field to an Arrow type name (``"string"``,
+    ``"int64"``, ``"float64"``, ``"float32"``); ``metadata`` goes into the file's key-value metadata."""
 
-    def __init__(self, target: Path, fields: list[str], types: dict[str, str], group_rows: int = 10_000) -> None:
+    def __init__(self, target: Path, fields: list[str], types: dict[str, str], group_rows: int = 10_000,
+                 keep: list[dict[str, Any]] | None = None, metadata: dict[str, str] | None = None) -> None:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -120,13 +163,15 @@ class ParquetRowWriter:
                 from None
         self._pa = pa
         self.fields = fields
-        self.schema = pa.schema([(name, getattr(pa, types[name])()) for name in fields])
+        self.schema = pa.schema([(name, getattr(pa, types[name])()) for name in fields], metadata=metadata)
         self.group_rows = group_rows
         self.failed = 0
         self.written = 0
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[dict[str, Any]] = [{k: row.get(k) for k in self.fields} for row in keep or []]
         target.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(str(target), self.schema)
+        self._target = target
+        self._tmp = target.with_name(target.name + ".tmp")
+        self._writer = pq.ParquetWriter(str(self._tmp), self.schema)
 
     def write(self, row: dict[str, Any]) -> None:
         if row["status"] != OK:
@@ -147,3 +192,4 @@ class ParquetRowWriter:
     def close(self) -> None:
         self._write_group()
         self._writer.close()
+        os.replace(self._tmp, self._target)

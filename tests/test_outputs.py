@@ -1,0 +1,181 @@
+"""Written distances give the computed float32 back (CSV, JSON Lines, Parquet, the printed pair, video rows), and
+every output carries its provenance: a manifest beside it, Parquet's key-value metadata, and a ``--resume`` that
+refuses an output another model file, precision, provider or resize wrote, leaving it byte for byte."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sample_images import write_image
+
+from stlpips_rt import Scorer, __version__
+from stlpips_rt.cli.score import main
+from stlpips_rt.io.manifest import PARQUET_KEY, manifest_path
+from stlpips_rt.io.output import format_distance, json_distance
+
+
+@pytest.fixture(scope="module")
+def model(exported_model) -> Path:
+    return exported_model("alex", "st")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("outputs")
+    refs, dists = root / "refs", root / "dists"
+    refs.mkdir()
+    dists.mkdir()
+    for i in range(5):
+        write_image(refs / f"img{i}.png", 10 + i, (48, 64) if i == 4 else (64, 64))
+        write_image(dists / f"img{i}.png", 200 + i, (48, 64) if i == 4 else (64, 64))
+    return refs, dists
+
+
+def invoke(*args: object) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def expected_distances(model: Path, refs: Path, dists: Path) -> dict[str, np.float32]:
+    scorer = Scorer(model, providers="cpu", batch_size=1)
+    return {p.name: np.float32(scorer.score(p, dists / p.name)) for p in sorted(refs.glob("*.png"))}
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(min_value=0.0, max_value=4.0, width=32, allow_subnormal=True))
+def test_format_distance_is_the_shortest_text_that_gives_the_float32_back(x: float) -> None:
+    value = np.float32(x)
+    text = format_distance(value)
+    assert np.float32(text) == value and "e" not in text
+    assert np.float32(json.loads(json.dumps(json_distance(value)))) == value
+    assert len(text.lstrip("0.").replace(".", "")) <= 9  # never the widened double's 17 digits
+    if len(text) > 3:  # no shorter decimal gives the same float32 back
+        assert np.float32(text[:-1] or "0") != value or text[:-1].endswith(".")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_every_written_distance_reads_back_as_the_computed_float32(model: Path, folders, tmp_path: Path,
+                                                                   suffix: str) -> None:
+    refs, dists = folders
+    out = tmp_path / f"rows{suffix}"
+    code, _, err = invoke("--model", model, "--providers", "cpu", "--ref-dir", refs, "--dist-dir", dists, "-o", out,
+                          "--batch-size", "3", "-q")
+    assert code == 0, err
+    if suffix == ".csv":
+        rows = list(csv.DictReader(out.open()))
+    elif suffix == ".jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        pq = pytest.importorskip("pyarrow.parquet")
+        table = pq.read_table(out)
+        assert str(table.schema.field("distance").type) == "float"  # float32, the graph's own type
+        rows = table.to_pylist()
+    expected = expected_distances(model, refs, dists)
+    assert len(rows) == len(expected)
+    for row in rows:
+        assert np.float32(row["distance"]) == expected[Path(row["ref"]).name], row
+
+
+def test_the_printed_pair_reads_back_as_the_computed_float32(model: Path, folders) -> None:
+    refs, dists = folders
+    for name in ("img0.png", "img4.png"):
+        code, out, _ = invoke("--model", model, "--providers", "cpu", refs / name, dists / name)
+        assert code == 0
+        expected = np.float32(Scorer(model, providers="cpu").score(refs / name, dists / name))
+        assert np.float32(out.strip()) == expected and out.strip() == format_distance(expected)
+
+
+def test_manifest_and_parquet_metadata_name_what_computed_the_distances(model: Path, folders, tmp_path) -> None:
+    import hashlib
+
+    refs, dists = folders
+    out = tmp_path / "rows.parquet"
+    code, _, err = invoke("--model", model, "--providers", "cpu", "--ref-dir", refs, "--dist-dir", dists, "-o", out,
+                          "-q")
+    assert code == 0, err
+    doc = json.loads(manifest_path(out).read_text())
+    prov = doc["provenance"]
+    assert manifest_path(out).name == "rows.parquet.manifest.json"
+    assert prov["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert prov["model"]["short_name"] == "alex-st" and prov["model"]["format"]
+    assert (prov["provider"], prov["precision"]) == ("cpu", "fp32")
+    import onnxruntime
+
+    assert prov["engine"] == {"name": "onnxruntime", "version": onnxruntime.__version__}
+    assert prov["stlpips_deploy"] == __version__ and prov["cpu"]
+    assert doc["runs"][-1]["rows_written"] == 5
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert json.loads(pq.read_schema(out).metadata[PARQUET_KEY.encode()]) == prov
+
+
+def _other_model(model: Path, tmp_path: Path) -> Path:
+    """The same graph in another file (one more metadata entry): another sha256."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "note": "a copy"})
+    path = tmp_path / "copy" / model.name
+    path.parent.mkdir()
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("change", ["model", "precision", "providers", "resize", "no manifest"])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_resume_refuses_another_set_up_and_changes_nothing(model: Path, folders, tmp_path: Path, change: str,
+                                                           suffix: str) -> None:
+    refs, dists = folders
+    out = tmp_path / f"rows{suffix}"
+    base = ["--ref-dir", refs, "--dist-dir", dists, "-o", out, "-q"]
+    code, _, err = invoke("--model", model, "--providers", "cpu", *base)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    args = {"model": ["--model", _other_model(model, tmp_path) if change == "model" else model],
+            "precision": ["--precision", "fast" if change == "precision" else "exact"],
+            "providers": ["--providers", "openvino" if change == "providers" else "cpu"],
+            "resize": ["--resize", "48"] if change == "resize" else []}
+    if change == "no manifest":
+        manifest_path(out).unlink()
+        before.pop(manifest_path(out).name)
+    ran = Scorer(model, providers="cpu", precision="fast")
+    if change == "precision" and ran.precision == "fp32" and ran.provider == "cpu":
+        pytest.skip("fast runs as exact here (no reduced-precision engine installed)")
+    code, _, err = invoke(*[a for v in args.values() for a in v], *base, "--resume")
+    assert code == 2 and "--resume" in err and ("another set-up" in err or "no manifest" in err), err
+    if change not in ("no manifest",):
+        assert change.rstrip("s") in err or (change == "model" and "sha256" in err)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_resume_with_the_same_set_up_keeps_every_row(model: Path, folders, tmp_path: Path, suffix: str) -> None:
+    refs, dists = folders
+    out = tmp_path / f"rows{suffix}"
+    partial = tmp_path / "refs"
+    partial.mkdir()
+    for name in ("img0.png", "img1.png"):
+        (partial / name).write_bytes((refs / name).read_bytes())
+    code, _, _ = invoke("--model", model, "--providers", "cpu", "--ref-dir", partial, "--dist-dir", dists, "-o", out)
+    assert code == 0
+    code, _, err = invoke("--model", model, "--providers", "cpu", "--ref-dir", refs, "--dist-dir", dists, "-o", out,
+                          "--resume")
+    assert code == 0 and "2 already done" in err, err
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(out).to_pylist()
+    elif suffix == ".csv":
+        rows = list(csv.DictReader(out.open()))
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = expected_distances(model, refs, dists)
+    got = {Path(r["ref"]).name: np.float32(r["distance"]) for r in rows}
+    assert got == expected
+    assert len(json.loads(manifest_path(out).read_text())["runs"]) == 2
