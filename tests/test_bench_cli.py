@@ -18,7 +18,8 @@ def test_a_tiny_quick_run_writes_json_and_markdown_for_every_side(tmp_path, expo
     model_dir = exported_model("alex", "st").parent
     sides = ["reference", "runtime:cpu:exact"]
     if importlib.util.find_spec("stlpips_pytorch") is not None:
-        sides[:0] = ["upstream", "tuned"]  # the tuned peer: upstream's model on channels_last tensors
+        # the tuned peers: upstream's model on channels_last tensors, and in bfloat16 autocast
+        sides[:0] = ["upstream", "tuned", "tuned-bf16"]
     out = tmp_path / "bench"
     result = CliRunner().invoke(main, [
         "--quick", "--nets", "alex", "--shapes", "32:1,2", "--sides", ",".join(sides), "--seconds", "0.05",
@@ -62,6 +63,28 @@ def fake_report(runtime_pairs_per_s: float) -> dict:
                        {"side": "runtime:cpu:exact", "net": "alex", "seconds": [0.6], "peak_rss_mb": [150.0],
                         "error": None}],
     }
+
+
+@pytest.mark.parametrize("load", [0.5, 3.5])
+def test_a_run_on_a_busy_machine_is_marked_unfit_for_the_readme(load: float) -> None:
+    from stlpips_export.bench.cli import busy
+
+    report = fake_report(25.0)
+    report["machine"]["load_samples"] = [0.2, load, 0.1]  # 2 cores: 3.5 means others shared the CPU mid-run
+    report["fit_for_readme"] = not busy(report["machine"])
+    md = markdown(report)
+    assert report["fit_for_readme"] is (load < 2)
+    assert ("Unfit for the README" in md) is (load > 2)
+
+
+def test_fast_sides_get_the_pytorch_bf16_autocast_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stlpips_export.bench import cli
+    from stlpips_export.bench.worker import TORCH_SIDES
+
+    monkeypatch.setattr("stlpips_rt.engine.providers.available_providers", lambda: ["openvino", "cpu"])
+    assert "tuned-bf16" in TORCH_SIDES and "tuned-bf16" in cli.default_sides("all")
+    monkeypatch.setattr("stlpips_rt.engine.providers.available_providers", lambda: ["cpu"])
+    assert "tuned-bf16" not in cli.default_sides("all")  # no reduced-precision side: no reduced-precision peer
 
 
 @pytest.mark.parametrize(("runtime", "met"), [(25.0, "yes"), (15.0, "no")])

@@ -58,6 +58,11 @@ TOLERANCES = {
 }
 
 
+#: Tiled vs full-frame distance of one pair, relative (docs/tiling.md): the tiles sum the same terms in another
+#: order, so they agree to float32 rounding, not bit for bit.
+TILED_MAX_REL = 1e-6
+
+
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"precision must be one of {', '.join(MODES)}, got {mode!r}")

@@ -30,6 +30,8 @@ from .worker import TORCH_SIDES
 UPSTREAM = "upstream"
 #: The tuned PyTorch peer: upstream's model on channels_last tensors (worker.py).
 TUNED = "tuned"
+#: The fast path's PyTorch peer: ``tuned`` in bfloat16 autocast (worker.py).
+TUNED_BF16 = "tuned-bf16"
 DEFAULT_SHAPES = "64:1,16,50;256:1,4"
 QUICK_SHAPES = "64:1,16;256:1"
 
@@ -129,7 +131,17 @@ def default_sides(providers: str = "all", int8_files: bool = False) -> list[str]
         sides.append(f"runtime:{provider}:exact")
         if has_fast_mode(provider) or (int8_files and provider in INT8_ENGINES):
             sides.append(f"runtime:{provider}:fast")  # elsewhere "fast" runs float32: the same run as exact
+    if any(s.endswith(":fast") for s in sides):
+        sides.insert(2, TUNED_BF16)  # a reduced-precision runtime side gets PyTorch's reduced precision as its peer
     return sides
+
+
+def busy(machine: dict[str, Any]) -> bool:
+    """True when the machine was shared: a 1-minute load average above its core count at the start, the end or
+    any configuration of the run. Such a run's figures are unfit for the README (slower and noisier)."""
+    samples = [machine["load_average_start"][0], machine.get("load_average_end", [0.0])[0],
+               *machine.get("load_samples", [])]
+    return max(samples) > (machine.get("cores") or 1)
 
 
 def int8_files_exist(nets: list[str], models_dir: Path | None) -> bool:
@@ -236,7 +248,8 @@ def log(message: str) -> None:
 @click.option("--nets", default="alex,vgg", show_default=True, help="backbones (the ST variant of each).")
 @click.option("--shapes", default=None, help=f"SIZE:BATCH,...;SIZE:... (default {DEFAULT_SHAPES}).")
 @click.option("--sides", default=None,
-              help="comma-separated: upstream, tuned, tuned-compiled, reference, runtime:<provider>:<exact|fast> "
+              help="comma-separated: upstream, tuned, tuned-compiled, tuned-bf16, reference, "
+                   "runtime:<provider>:<exact|fast> "
                    "(provider auto: as Scorer picks it; default: all available).")
 @click.option("--rounds", default=None, type=int, help="alternating rounds per configuration (default 3; quick 1).")
 @click.option("--seconds", default=None, type=float,
@@ -315,7 +328,9 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
                         for batch in batches if batch > 1]
         configs.sort(key=lambda c: (c[0], c[1], c[2], c[3] != "plain"))
         details: dict[str, str] = {}
+        report["machine"]["load_samples"] = []
         for net, size, batch, mode in configs:
+            report["machine"]["load_samples"].append(os.getloadavg()[0])
             row = {side: Measurement(net, size, batch, mode, side) for side in side_list}
             for r in range(rounds):
                 order = side_list[r % len(side_list):] + side_list[: r % len(side_list)]
@@ -363,6 +378,11 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
             if e.seconds))
 
     report["machine"]["load_average_end"] = os.getloadavg()
+    report["machine"]["busy"] = busy(report["machine"])
+    report["fit_for_readme"] = not report["machine"]["busy"]
+    if report["machine"]["busy"]:
+        log(f"the load average rose above the {os.cpu_count()} cores during this run: its figures are marked unfit "
+            "for the README (bench.json fit_for_readme=false)")
     report["wall_seconds"] = time.time() - started
     report["measurements"] = [
         {**{k: v for k, v in asdict(m).items() if k != "latencies"}, "calls": len(m.latencies),

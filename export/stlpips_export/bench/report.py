@@ -11,6 +11,8 @@ BROADCAST_TARGET, COLD_TARGET = 1.8, 1 / 3
 TARGETS = (
     ("fast", 64, 16, "upstream", 5.0), ("fast", 256, 4, "upstream", 5.0),
     ("fast", 64, 16, "tuned", 3.0), ("fast", 256, 4, "tuned", 3.0),
+    # PyTorch's own reduced precision (bfloat16 autocast) is the fast path's like-for-like peer.
+    ("fast", 64, 16, "tuned-bf16", 1.0), ("fast", 256, 4, "tuned-bf16", 1.0),
     ("exact", 256, None, "upstream", 2.0), ("exact", 64, 16, "upstream", 1.7),
     ("exact", 64, None, "tuned", 1.0), ("exact", 256, None, "tuned", 1.0),
 )
@@ -31,6 +33,11 @@ def markdown(report: dict[str, Any]) -> str:
     mach = report["machine"]
     add("# stlpips-bench: ST-LPIPS throughput, latency, cold start and memory\n")
     add(f"Command: `{report['command']}` ({report['wall_seconds']:.0f} s)\n")
+    if report.get("fit_for_readme") is False:
+        peak_load = max([mach["load_average_start"][0], mach["load_average_end"][0], *mach.get("load_samples", [])])
+        add(f"> **Unfit for the README**: the 1-minute load average reached {peak_load:.2f} on {mach['cores']} "
+            "cores during this run, so other processes shared the CPU. Take the README's figures from a run on a "
+            "quiet machine (load below the core count throughout).\n")
     add(f"Machine: {mach['cpu']}, {mach['cores']} cores. Load average (1/5/15 min) at start "
         f"{', '.join(f'{v:.2f}' for v in mach['load_average_start'])}, at end "
         f"{', '.join(f'{v:.2f}' for v in mach['load_average_end'])}: a load above the core count means other "
@@ -43,7 +50,9 @@ def markdown(report: dict[str, Any]) -> str:
         add(f"- `{side}`: {detail}")
     add("")
     add("Peers: `upstream` is stlpips_pytorch as its users run it (contiguous NCHW tensors, eager); `tuned` is the "
-        "same model on channels_last tensors (one line of PyTorch). Every claim below names the peer it beats.\n")
+        "same model on channels_last tensors (one line of PyTorch); `tuned-bf16` is `tuned` under "
+        "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`, the fast path's peer. Every claim below names the peer "
+        "it beats.\n")
     for provider, reason in report.get("unavailable_providers", {}).items():
         add(f"- not measured, provider `{provider}`: {reason}")
     add("")
@@ -204,9 +213,10 @@ def summary_table(report: dict[str, Any]) -> str:
             if m is None or m["error"] or not m["calls"]:
                 cells.append("-")
                 continue
-            ratios = [f"{m['pairs_per_s'] / peer['pairs_per_s']:.2f}x {short}" for name, short in
-                      (("upstream", "up"), ("tuned", "tuned")) if side != name
-                      and (peer := row.get(name)) and peer["calls"] and not peer["error"]]
+            peers = (("upstream", "up"), ("tuned", "tuned")) + ((("tuned-bf16", "bf16"),) if side.endswith(":fast")
+                                                                else ())
+            ratios = [f"{m['pairs_per_s'] / peer['pairs_per_s']:.2f}x {short}" for name, short in peers
+                      if side != name and (peer := row.get(name)) and peer["calls"] and not peer["error"]]
             cells.append(_fmt(m["pairs_per_s"]) + (f" ({', '.join(ratios)})" if ratios else ""))
         out.append(f"| {net}-st | {size} | {batch} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(out)

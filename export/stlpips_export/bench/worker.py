@@ -2,7 +2,9 @@
 
 Run as ``python -m stlpips_export.bench.worker SIDE THREADS [MODELS_DIR]``. SIDE is ``upstream`` (eager, contiguous
 NCHW tensors: as its users run it), ``tuned`` (the same upstream model on ``channels_last`` tensors: the one-line
-PyTorch tuning), ``tuned-compiled`` (``tuned`` under ``torch.compile``), ``reference`` or
+PyTorch tuning), ``tuned-compiled`` (``tuned`` under ``torch.compile``), ``tuned-bf16`` (``tuned`` under
+``torch.autocast("cpu", dtype=torch.bfloat16)``: PyTorch's own reduced precision, the peer of ``fast``),
+``reference`` or
 ``runtime:<provider>:<precision>`` (provider ``auto`` lets the runtime choose, as ``Scorer`` does). Requests (one
 JSON object per line):
 
@@ -34,8 +36,9 @@ def make_inputs(size: int, batch: int, mode: str) -> tuple[np.ndarray, np.ndarra
     return in0, in1
 
 
-#: PyTorch sides: upstream as its users run it, the tuned peer (channels_last, optionally compiled), the reference.
-TORCH_SIDES = ("upstream", "tuned", "tuned-compiled", "reference")
+#: PyTorch sides: upstream as its users run it, the tuned peer (channels_last, optionally compiled, or in bfloat16
+#: autocast: the fast path's peer), the reference.
+TORCH_SIDES = ("upstream", "tuned", "tuned-compiled", "tuned-bf16", "reference")
 
 
 class TorchSide:
@@ -48,7 +51,9 @@ class TorchSide:
         self.torch, self.kind, self.models = torch, kind, {}
         layout = "channels_last model and inputs" if kind.startswith("tuned") else "contiguous NCHW"
         mode = "torch.compile (default mode)" if kind == "tuned-compiled" else "eager"
-        self.detail = f"PyTorch {torch.__version__} {mode}, float32, {layout}, {threads} threads, inference_mode"
+        arithmetic = ('bfloat16 autocast (torch.autocast("cpu", dtype=torch.bfloat16))' if kind == "tuned-bf16"
+                      else "float32")
+        self.detail = f"PyTorch {torch.__version__} {mode}, {arithmetic}, {layout}, {threads} threads, inference_mode"
 
     @property
     def channels_last(self) -> bool:
@@ -77,11 +82,14 @@ class TorchSide:
             t0 = t0.contiguous(memory_format=self.torch.channels_last)
             t1 = t1.contiguous(memory_format=self.torch.channels_last)
 
+        autocast = self.kind == "tuned-bf16"
+
         def call() -> np.ndarray:
-            with self.torch.inference_mode():
+            with self.torch.inference_mode(), self.torch.autocast("cpu", dtype=self.torch.bfloat16,
+                                                                  enabled=autocast):
                 out = model(t0, t1)
             out = out[0] if isinstance(out, tuple) else out
-            return out.reshape(-1).numpy()
+            return out.reshape(-1).float().numpy()
 
         return call
 

@@ -1,0 +1,107 @@
+"""A distance is a function of the pair: on one engine and file, a pair's float32 distance is the same bit for bit
+whatever the batch size, its position in the batch, the other pairs beside it and the thread count; tiled and
+full-frame scoring agree within ``precision.TILED_MAX_REL`` (docs/reproducibility.md). Property-based: hypothesis
+draws sizes, batches and orders (few examples: each runs the graph)."""
+
+from __future__ import annotations
+
+from functools import cache, lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stlpips_rt import Scorer
+from stlpips_rt.precision import TILED_MAX_REL
+
+FEW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+               derandomize=True)
+
+
+@pytest.fixture(scope="module")
+def model(exported_model) -> Path:
+    return exported_model("alex", "st")
+
+
+@cache
+def scorer(path: Path, batch_size: int = 16, threads: int | None = None) -> Scorer:
+    return Scorer(path, providers="cpu", batch_size=batch_size, threads=threads)
+
+
+@lru_cache(maxsize=256)
+def pair(seed: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A pair in [-1, 1]: smooth random content and a distorted copy of seeded strength."""
+    rng = np.random.default_rng([seed, h, w])
+    a = rng.uniform(-1, 1, (3, h, w)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, rng.uniform(0.05, 0.6), a.shape), -1, 1).astype(np.float32)
+    return a, b
+
+
+@lru_cache(maxsize=256)
+def alone(path: Path, seed: int, h: int, w: int) -> np.uint32:
+    """The pair scored by itself (a batch of one): its float32 distance's bits."""
+    a, b = pair(seed, h, w)
+    return scorer(path, batch_size=1).evaluate([a], [b])["dist"].reshape(-1).view(np.uint32)[0]
+
+
+sizes = st.sampled_from([(64, 64), (48, 80), (33, 57), (96, 72)])
+pairs_st = st.lists(st.tuples(st.integers(0, 5), sizes), min_size=2, max_size=9, unique=True)
+
+
+@FEW
+@given(items=pairs_st, batch_size=st.integers(1, 6), data=st.data())
+def test_a_distance_does_not_depend_on_batch_size_position_or_companions(model: Path, items, batch_size: int,
+                                                                        data: st.DataObject) -> None:
+    order = data.draw(st.permutations(range(len(items))))
+    chosen = [items[i] for i in order]
+    x0 = [pair(seed, *hw)[0] for seed, hw in chosen]
+    x1 = [pair(seed, *hw)[1] for seed, hw in chosen]
+    got = scorer(model, batch_size=batch_size).evaluate(x0, x1)["dist"].reshape(-1).view(np.uint32)
+    expected = np.array([alone(model, seed, *hw) for seed, hw in chosen], dtype=np.uint32)
+    np.testing.assert_array_equal(got, expected, err_msg=f"batch_size={batch_size}, pairs={chosen}")
+
+
+@FEW
+@given(items=pairs_st, threads=st.sampled_from([1, 2, 3]))
+def test_a_distance_does_not_depend_on_the_thread_count(model: Path, items, threads: int) -> None:
+    x0 = [pair(seed, *hw)[0] for seed, hw in items]
+    x1 = [pair(seed, *hw)[1] for seed, hw in items]
+    got = scorer(model, threads=threads).evaluate(x0, x1)["dist"].reshape(-1).view(np.uint32)
+    expected = np.array([alone(model, seed, *hw) for seed, hw in items], dtype=np.uint32)
+    np.testing.assert_array_equal(got, expected, err_msg=f"threads={threads}")
+
+
+@FEW
+@given(seed=st.integers(0, 3), n=st.integers(1, 5))
+def test_one_reference_against_many_equals_each_pair_alone(model: Path, seed: int, n: int) -> None:
+    """The broadcast graph (one reference, its features computed once) gives each candidate its own pair's bits."""
+    ref = pair(seed, 64, 64)[0]
+    candidates = [pair(seed + 10 + i, 64, 64)[1] for i in range(n)]
+    got = scorer(model).evaluate(ref, candidates)["dist"].reshape(-1)
+    alone_each = [scorer(model, batch_size=1).evaluate([ref], [c])["dist"].reshape(-1)[0] for c in candidates]
+    np.testing.assert_array_equal(got.view(np.uint32), np.array(alone_each, dtype=np.float32).view(np.uint32))
+
+
+@pytest.fixture(scope="module")
+def tiles_model(exported_model) -> Path:
+    return exported_model("alex", "st", tiles=True)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=True)
+@given(h=st.integers(60, 140), w=st.integers(60, 140), seed=st.integers(0, 3))
+def test_tiled_and_full_frame_agree_within_the_tiling_tolerance(tiles_model: Path, h: int, w: int,
+                                                                seed: int) -> None:
+    full = scorer(tiles_model)
+    tiled = Scorer(tiles_model, providers="cpu", max_memory=full.geometry.bytes_per_pixel * 56 * 56)
+    assert tiled.plan(h, w).tiled
+    a, b = pair(seed, h, w)
+    want = float(full.evaluate([a], [b])["dist"][0])
+    got = float(tiled.evaluate([a], [b])["dist"][0])
+    assert abs(got - want) <= TILED_MAX_REL * abs(want)
+    # ... and tiled scoring is itself a function of the pair: twice the same bits, alone or beside another pair.
+    other = pair(seed + 1, h, w)
+    again = tiled.evaluate([other[0], a], [other[1], b])["dist"].reshape(-1)[1]
+    assert np.float32(again) == np.float32(got)
