@@ -43,9 +43,19 @@ def invoke(*args: object) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def expected_distances(model: Path, refs: Path, dists: Path) -> dict[str, np.float32]:
-    scorer = Scorer(model, providers="cpu", batch_size=1)
-    return {p.name: np.float32(scorer.score(p, dists / p.name)) for p in sorted(refs.glob("*.png"))}
+def expected_distances(model: Path, refs: Path, dists: Path, chunks: list[list[str]]) -> dict[str, np.float32]:
+    """What ``Scorer.evaluate`` returns for each pair, called on the chunks ``stlpips-score`` runs (its batches of
+    --batch-size pairs in input order): the float32 every written distance must give back."""
+    scorer = Scorer(model, providers="cpu")
+    out = {}
+    for chunk in chunks:
+        x0 = [scorer.load(refs / name) for name in chunk]
+        x1 = [scorer.load(dists / name) for name in chunk]
+        out.update(zip(chunk, scorer.evaluate(x0, x1)["dist"].reshape(-1), strict=True))
+    return out
+
+
+NAMES = [f"img{i}.png" for i in range(5)]
 
 
 @settings(max_examples=2000, deadline=None)
@@ -77,7 +87,7 @@ def test_every_written_distance_reads_back_as_the_computed_float32(model: Path, 
         table = pq.read_table(out)
         assert str(table.schema.field("distance").type) == "float"  # float32, the graph's own type
         rows = table.to_pylist()
-    expected = expected_distances(model, refs, dists)
+    expected = expected_distances(model, refs, dists, [NAMES[:3], NAMES[3:]])  # --batch-size 3
     assert len(rows) == len(expected)
     for row in rows:
         assert np.float32(row["distance"]) == expected[Path(row["ref"]).name], row
@@ -175,7 +185,7 @@ def test_resume_with_the_same_set_up_keeps_every_row(model: Path, folders, tmp_p
         rows = list(csv.DictReader(out.open()))
     else:
         rows = [json.loads(line) for line in out.read_text().splitlines()]
-    expected = expected_distances(model, refs, dists)
+    expected = expected_distances(model, refs, dists, [NAMES[:2], NAMES[2:]])  # the first run, then the rest
     got = {Path(r["ref"]).name: np.float32(r["distance"]) for r in rows}
     assert got == expected
     assert len(json.loads(manifest_path(out).read_text())["runs"]) == 2

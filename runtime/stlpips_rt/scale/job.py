@@ -6,6 +6,9 @@ assembled at the end from shards kept in ``out.parquet.parts/`` while the job ru
 of shards (``part-*.parquet``, rows in completion order, with an ``index`` column: the pair's input row).
 Each shard is written to a temporary name and renamed, so an interrupted job leaves only whole shards, and
 ``--resume`` scores only the pairs without an ``ok`` row in them (error rows are retried, as with CSV output).
+As with local runs, the output's manifest (``out.parquet.manifest.json``, ``folder/manifest.json``) and the single
+file's key-value metadata record the provenance (io/manifest.py), and ``--resume`` refuses an output another model
+file, precision, provider or resize wrote.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import OutputMismatchError
+from ..io import manifest
 from ..io.output import ERROR, FIELDS, OK, report_run
 from ..io.pairs import Pair
 from .batch import ScoringOptions, pairs_dataset, score_dataset
@@ -43,8 +48,9 @@ def _schema(fields: list[str] = SHARD_FIELDS) -> Any:
 class ParquetOutput:
     """Result rows in Parquet: one file (``*.parquet``) or a folder of shards, written shard by shard."""
 
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, provenance: dict[str, Any] | None = None) -> None:
         self.target = target
+        self.provenance = provenance
         self.single_file = target.suffix.lower() == ".parquet" and not target.is_dir()
         self.shards = target.with_name(target.name + ".parts") if self.single_file else target
         self.run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -125,6 +131,8 @@ class ParquetOutput:
         parts = sorted(self.shards.glob("part-*.parquet"))
         table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else _schema().empty_table()
         table = table.sort_by("index").select(FIELDS)
+        if self.provenance is not None:
+            table = table.replace_schema_metadata(manifest.parquet_metadata(self.provenance))
         tmp = self.target.with_name(f".tmp-{self.target.name}")
         pq.write_table(table, tmp)
         os.replace(tmp, self.target)
@@ -146,17 +154,26 @@ def _location(name: str, path: Path) -> str:
 
 def run_job(pairs: list[Pair], output: Path, options: ScoringOptions, *, broadcast: bool = False,
             address: str | None = None, resume: bool = False, quiet: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> JobResult:
+            progress: Callable[[int, int], None] | None = None,
+            provenance: dict[str, Any] | None = None) -> JobResult:
     """Score ``pairs`` on Ray into ``output`` (see the module docstring). ``broadcast``: every pair has the
     same reference (``--ref/--dist-dir``), scored through the broadcast graph. ``progress(done, todo)`` is
-    called as results arrive."""
-    out = ParquetOutput(output)
+    called as results arrive. ``provenance`` (``Scorer.provenance()``; None: of a Scorer built here from
+    ``options``) is written beside the output and into the single file's metadata; with ``resume`` an output
+    written with other provenance is refused
+    (:class:`~stlpips_rt.errors.OutputMismatchError`) before anything changes."""
+    provenance = provenance or _provenance(options)
+    out = ParquetOutput(output, provenance)
+    resumed = resume and bool(out._existing())
+    if resumed:
+        manifest.check_resume(output, provenance)
     kept = out.read_done() if resume else []
     index_of = {p.key: p.index for p in pairs}
     kept = [{**r, "index": index_of[(r["ref"], r["dist"])]} for r in kept if (r["ref"], r["dist"]) in index_of]
     done_keys = {(r["ref"], r["dist"]) for r in kept}
     todo = [p for p in pairs if p.key not in done_keys]
     out.start(kept)
+    manifest.write_manifest(output, provenance, resumed=resumed)
     rows = [{"index": p.index, "ref": p.ref, "dist": p.dist, "ref_path": _location(p.ref, p.ref_path),
              "dist_path": _location(p.dist, p.dist_path), "error": p.problem} for p in todo]
     with cluster(address, cpus_needed=int(options.workers * options.cpus + 0.999), quiet=quiet) as ray:
@@ -177,6 +194,7 @@ def run_job(pairs: list[Pair], output: Path, options: ScoringOptions, *, broadca
         finally:
             out.flush()
     out.finish()
+    manifest.write_manifest(output, provenance, rows=out.written, resumed=True)
     return JobResult(total=len(pairs), scored=out.written, failed=out.failed, skipped=len(pairs) - len(todo))
 
 
@@ -209,6 +227,29 @@ def pairs_from_parquet(path: Path) -> list[Pair]:
                  "" if r and d else "empty ref or dist cell") for n, (r, d) in enumerate(zip(refs, dists, strict=True))]
 
 
+def _provenance(options: ScoringOptions) -> dict[str, Any]:
+    """What the actors compute with, from a Scorer built here as they build theirs (a homogeneous cluster: the same
+    file, providers, precision and resize). Where this process cannot build it (a GPU only the workers have), the
+    record names what was asked for and says so."""
+    from ..errors import StlpipsError
+    from ..io.images import ImageOptions
+    from ..scorer import Scorer
+
+    try:
+        return Scorer(options.model, options.providers, options.precision, threads=options.threads,
+                      image=ImageOptions(resize=options.resize)).provenance()
+    except StlpipsError as exc:
+        from .. import __version__
+
+        return {"stlpips_deploy": __version__,
+                "model": {"file": Path(options.model).name, "sha256": manifest.file_sha256(Path(options.model))},
+                "provider": options.providers, "precision": options.precision, "engine": {"name": "unknown"},
+                "resize": (None if options.resize is None else list(options.resize)
+                           if isinstance(options.resize, tuple) else [options.resize, options.resize]),
+                "threads": options.threads, "cpu": manifest.cpu_name(),
+                "note": f"the driver could not build the workers' Scorer: {exc}"}
+
+
 def main_ray(pairs: list[Pair], output: Path | None, *, model: str, models_dir: Path | None, providers: str,
              precision: str, batch_size: int, threads: int | None, resize: int | None, workers: int,
              address: str | None, gpus_per_worker: float, broadcast: bool, resume: bool, quiet: bool) -> int:
@@ -228,6 +269,11 @@ def main_ray(pairs: list[Pair], output: Path | None, *, model: str, models_dir: 
         return 2
     options = ScoringOptions(model=model_path, providers=providers, precision=precision, threads=threads or 1,
                              batch_size=batch_size, resize=resize, workers=workers, gpus_per_worker=gpus_per_worker)
-    result = run_job(pairs, output, options, broadcast=broadcast, address=address, resume=resume, quiet=quiet)
+    try:
+        result = run_job(pairs, output, options, broadcast=broadcast, address=address, resume=resume, quiet=quiet,
+                         provenance=_provenance(options))
+    except OutputMismatchError as exc:
+        click.echo(f"stlpips-score: error: {exc}", err=True)
+        return 2
     return report_run(result.scored, result.failed, result.skipped if resume else None,
                       f"on Ray ({workers} worker(s)) -> {output}", quiet)
