@@ -151,6 +151,8 @@ def test_resume_refuses_another_set_up_and_changes_nothing(model: Path, folders,
             "precision": ["--precision", "fast" if change == "precision" else "exact"],
             "providers": ["--providers", "openvino" if change == "providers" else "cpu"],
             "resize": ["--resize", "48"] if change == "resize" else []}
+    if change == "no manifest" and suffix == ".parquet":
+        pytest.skip("a Parquet file names its set-up in its own metadata, manifest or not")
     if change == "no manifest":
         manifest_path(out).unlink()
         before.pop(manifest_path(out).name)
@@ -168,14 +170,12 @@ def test_resume_refuses_another_set_up_and_changes_nothing(model: Path, folders,
 def test_resume_with_the_same_set_up_keeps_every_row(model: Path, folders, tmp_path: Path, suffix: str) -> None:
     refs, dists = folders
     out = tmp_path / f"rows{suffix}"
-    partial = tmp_path / "refs"
-    partial.mkdir()
-    for name in ("img0.png", "img1.png"):
-        (partial / name).write_bytes((refs / name).read_bytes())
-    code, _, _ = invoke("--model", model, "--providers", "cpu", "--ref-dir", partial, "--dist-dir", dists, "-o", out)
+    first, every = tmp_path / "first.csv", tmp_path / "every.csv"
+    first.write_text("ref,dist\n" + "".join(f"{refs / n},{dists / n}\n" for n in NAMES[:2]))
+    every.write_text("ref,dist\n" + "".join(f"{refs / n},{dists / n}\n" for n in NAMES))
+    code, _, _ = invoke("--model", model, "--providers", "cpu", "--pairs", first, "-o", out)
     assert code == 0
-    code, _, err = invoke("--model", model, "--providers", "cpu", "--ref-dir", refs, "--dist-dir", dists, "-o", out,
-                          "--resume")
+    code, _, err = invoke("--model", model, "--providers", "cpu", "--pairs", every, "-o", out, "--resume")
     assert code == 0 and "2 already done" in err, err
     if suffix == ".parquet":
         import pyarrow.parquet as pq

@@ -2,7 +2,7 @@
 is the same bit for bit run after run and whatever the thread count; tiled and full-frame scoring agree within
 ``precision.TILED_MAX_REL``. Whatever the batch size, position and companions: not yet, on today's graphs (the last
 bit moves: onnxruntime's CPU ReduceMean sums a row in an order that depends on the row's memory alignment, i.e. on
-its position in the batch; docs/reproducibility.md): those tests are strict xfails, so they fail the day the
+its position in the batch; docs/reproducibility.md): that test is a strict xfail, so they fail the day the
 graph's spatial mean stops depending on it, and the marker must go. Property-based: hypothesis draws sizes,
 batches, orders and thread counts (few examples: each runs the graph)."""
 
@@ -97,11 +97,11 @@ def test_a_pair_alone_is_the_same_whatever_was_scored_before(model: Path, seed: 
     assert s.evaluate([a], [b])["dist"].reshape(-1).view(np.uint32)[0] == alone(model, seed, *hw)
 
 
-@BATCH_EFFECT
 @FEW
 @given(seed=st.integers(0, 3), n=st.integers(2, 5))
 def test_one_reference_against_many_equals_each_pair_alone(model: Path, seed: int, n: int) -> None:
-    """The broadcast graph (one reference, its features computed once) gives each candidate its own pair's bits."""
+    """The broadcast graph (one reference, its features computed once) gives each candidate its own pair's bits
+    (measured to hold here at 64x64, unlike stacked pairs; docs/reproducibility.md)."""
     ref = pair(seed, 64, 64)[0]
     candidates = [pair(seed + 10 + i, 64, 64)[1] for i in range(n)]
     got = scorer(model).evaluate(ref, candidates)["dist"].reshape(-1)
@@ -111,8 +111,8 @@ def test_one_reference_against_many_equals_each_pair_alone(model: Path, seed: in
 
 @cache
 def tiny(path: Path) -> Scorer:
-    """A scorer whose memory budget fits one 56x56 pair: larger pairs are tiled."""
-    return Scorer(path, providers="cpu", max_memory=scorer(path).geometry.bytes_per_pixel * 56 * 56)
+    """A scorer whose memory budget fits one 120x120 pair: larger pairs are tiled."""
+    return Scorer(path, providers="cpu", max_memory=scorer(path).geometry.bytes_per_pixel * 120 * 120)
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +120,9 @@ def tiles_model(exported_model) -> Path:
     return exported_model("alex", "st", tiles=True)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           derandomize=True)
-@given(h=st.integers(60, 140), w=st.integers(60, 140), seed=st.integers(0, 3))
+@given(h=st.integers(125, 220), w=st.integers(125, 220), seed=st.integers(0, 3))
 def test_tiled_and_full_frame_agree_within_the_tiling_tolerance(tiles_model: Path, h: int, w: int,
                                                                 seed: int) -> None:
     full = scorer(tiles_model)
