@@ -7,6 +7,7 @@ is bounded in count and has a timeout."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.client
 import io
 import json
@@ -22,6 +23,7 @@ import pytest
 from PIL import Image
 
 from stlpips_rt import Scorer
+from stlpips_rt.io.output import json_distance
 
 pytestmark = pytest.mark.ray
 HOST = "127.0.0.1"
@@ -103,6 +105,8 @@ def test_health_and_model_card(client: Client) -> None:
     assert status == 200
     assert card["model"] == "alex-st" and card["provider"] == "cpu" and card["min_size"] == 21
     assert card["metadata"]["stlpips.net"] == "alex"
+    assert card["sha256"] == card["provenance"]["model"]["sha256"] and len(card["sha256"]) == 64
+    assert card["provenance"]["engine"]["name"] == "onnxruntime"
     assert card["limits"]["max_body_bytes"] == MAX_BODY
     assert card["batching"] == {"max_batch": 8, "batch_wait_ms": 5, "stacked": False}
 
@@ -111,8 +115,11 @@ def test_score_equals_the_scorer_bit_for_bit(client: Client, scorer: Scorer) -> 
     a, b = png(1), png(2)
     status, body = client.request("POST", "/v1/score", [("ref", a), ("dist", b)])
     assert status == 200
-    assert body["distance"] == scorer.score(Image.open(io.BytesIO(a)), Image.open(io.BytesIO(b)))
+    expected = scorer.score(Image.open(io.BytesIO(a)), Image.open(io.BytesIO(b)))
+    # the JSON number is the shortest decimal of the float32, and reads back as it bit for bit
+    assert body["distance"] == json_distance(expected) and np.float32(body["distance"]) == np.float32(expected)
     assert (body["model"], body["provider"]) == ("alex-st", "cpu")
+    assert body["model_sha256"] == hashlib.sha256(scorer.info.path.read_bytes()).hexdigest()[:16]
 
 
 def test_score_many_uses_the_broadcast_graph_exactly(client: Client, scorer: Scorer) -> None:
@@ -120,7 +127,8 @@ def test_score_many_uses_the_broadcast_graph_exactly(client: Client, scorer: Sco
     status, body = client.request("POST", "/v1/score_many", [("ref", ref)] + [("dist", d) for d in dists])
     assert status == 200
     expected = scorer.score_many(Image.open(io.BytesIO(ref)), [Image.open(io.BytesIO(d)) for d in dists])
-    assert body["distances"] == [float(v) for v in expected]
+    assert body["distances"] == [json_distance(v) for v in expected]
+    assert body["model_sha256"] == hashlib.sha256(scorer.info.path.read_bytes()).hexdigest()[:16]
 
 
 def bomb() -> bytes:
@@ -195,7 +203,8 @@ def test_malformed_and_oversized_forms_are_400(client: Client) -> None:
 def test_a_trailing_slash_is_ignored_as_before(client: Client, scorer: Scorer) -> None:
     a, b = png(1), png(2)
     status, body = client.request("POST", "/v1/score/", [("ref", a), ("dist", b)])
-    assert status == 200 and body["distance"] == scorer.score(Image.open(io.BytesIO(a)), Image.open(io.BytesIO(b)))
+    assert status == 200 and body["distance"] == json_distance(scorer.score(Image.open(io.BytesIO(a)),
+                                                                            Image.open(io.BytesIO(b))))
     assert client.request("GET", "/healthz/") == (200, {"status": "ok"})
 
 
@@ -347,7 +356,7 @@ def test_32_concurrent_clients_mixing_good_and_bad(client: Client, scorer: Score
     assert len(outcomes) == clients * per_client
     for kind, key, status, body in outcomes:
         if kind == "good":
-            assert status == 200 and body["distance"] == expected[key], body
+            assert status == 200 and body["distance"] == json_distance(expected[key]), body
         else:
             _, want_status, want_type = BAD_REQUESTS[key]
             assert (status, body["error"]["type"]) == (want_status, want_type), (key, body)

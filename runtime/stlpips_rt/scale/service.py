@@ -3,8 +3,9 @@
 A FastAPI application behind ``@serve.ingress``; its OpenAPI schema is served at ``GET /openapi.json`` and the
 interactive docs at ``GET /docs``. HTTP API (docs/at_scale.md has examples):
 
-- ``POST /v1/score``: multipart fields ``ref`` and ``dist`` (image files) -> ``{"distance", "model", "provider"}``
-- ``POST /v1/score_many``: ``ref`` and one or more ``dist`` -> ``{"distances": [...], "model", "provider"}``,
+- ``POST /v1/score``: multipart ``ref`` and ``dist`` (image files) -> ``{"distance", "model", "model_sha256",
+  "provider"}``
+- ``POST /v1/score_many``: ``ref`` and one or more ``dist`` -> ``{"distances", "model", "model_sha256", "provider"}``,
   one reference through the broadcast graph
 - ``GET /v1/models``: the model's metadata, the limits, the batching and the answering replica's batch counts;
   ``GET /healthz``: ``{"status": "ok"}``
@@ -40,6 +41,7 @@ from starlette.exceptions import HTTPException
 from ..errors import ImageTooLargeError, RequestError, StlpipsError
 from ..io import images
 from ..io.images import ImageOptions
+from ..io.output import json_distance
 from .batch import _ScorerSpec
 from .http import Limits, RequestGuard, check_form, error_body, status_of
 from .ray_env import ModelPayload
@@ -75,16 +77,25 @@ class ServiceConfig:
 
 
 # --- the answers' shapes (the OpenAPI schema's components) ------------------------------------------------------
+SHA_PREFIX = 16  # hex digits of the model file's sha256 in each answer (the full digest: /v1/models)
+DISTANCE = ("The perceptual distance of dist from ref (0: identical): the shortest decimal that reads back as the "
+            "float32 the graph computed.")
+
+
 class ScoreAnswer(BaseModel):
-    distance: float = Field(description="The perceptual distance of dist from ref (0: identical).",
-                            examples=[0.0394633822])
+    distance: float = Field(description=DISTANCE, examples=[0.039463382])
     model: str = Field(description="The model's short name.", examples=["alex-st"])
+    model_sha256: str = Field(description=f"The first {SHA_PREFIX} hex digits of the model file's sha256.",
+                              examples=["5d1c0c8a2a3f9e47"])
     provider: str = Field(description="The execution provider that scored it.", examples=["cpu"])
 
 
 class ScoreManyAnswer(BaseModel):
-    distances: list[float] = Field(description="One distance per dist field, in the order sent.")
+    distances: list[float] = Field(description="One distance per dist field, in the order sent (each as "
+                                               "`distance` of /v1/score).")
     model: str = Field(description="The model's short name.", examples=["alex-st"])
+    model_sha256: str = Field(description=f"The first {SHA_PREFIX} hex digits of the model file's sha256.",
+                              examples=["5d1c0c8a2a3f9e47"])
     provider: str = Field(description="The execution provider that scored them.", examples=["cpu"])
 
 
@@ -110,6 +121,10 @@ class ReplicaStats(BaseModel):
 class ModelCard(BaseModel):
     model: str = Field(description="The model's short name.", examples=["alex-st"])
     file: str = Field(description="The ONNX file's name.", examples=["stlpips_alex_st.onnx"])
+    sha256: str = Field(description="The ONNX file's sha256 (answers carry its first 16 hex digits).")
+    provenance: dict[str, Any] = Field(description="What computes the distances (Scorer.provenance(): model file, "
+                                                   "provider, precision, engine and version, CPU; "
+                                                   "docs/reproducibility.md).")
     net: str = Field(description="The backbone.", examples=["alex"])
     variant: str = Field(description="st (ST-LPIPS, shift-tolerant) or lpips.", examples=["st"])
     precision: str = Field(description="The arithmetic that runs (Scorer.precision): fp32, tf32, fp16, int8, bf16.",
@@ -247,14 +262,17 @@ class ScoringService:
         self._score_pairs.set_max_batch_size(config.max_batch)
         self._score_pairs.set_batch_wait_timeout_s(config.batch_wait_ms / 1000.0)
         info = self.scorer.info
+        provenance = self.scorer.provenance()
+        sha256 = provenance["model"]["sha256"]
         self.card = {
-            "model": info.short_name, "file": info.path.name, "net": info.net, "variant": info.variant,
+            "model": info.short_name, "file": info.path.name, "sha256": sha256, "provenance": provenance,
+            "net": info.net, "variant": info.variant,
             "precision": self.scorer.precision, "provider": self.scorer.provider, "min_size": info.min_size,
             "outputs": list(info.outputs), "static_hw": list(info.static_hw) if info.static_hw else None,
             "metadata": info.metadata, "limits": asdict(self.limits),
             "batching": {"max_batch": config.max_batch, "batch_wait_ms": config.batch_wait_ms, "stacked": self.stack},
         }
-        self._answer = {"model": info.short_name, "provider": self.scorer.provider}
+        self._answer = {"model": info.short_name, "model_sha256": sha256[:SHA_PREFIX], "provider": self.scorer.provider}
         self.stats = {"batches": 0, "pairs": 0, "largest_batch": 0}  # this replica's /v1/score batches
 
     @app.get("/healthz", response_model=Health, summary="Whether a replica answers")
@@ -318,7 +336,7 @@ class ScoringService:
         xs = [self._decode(d, f"dist[{i}]") for i, d in enumerate(dists)]
         for i, x in enumerate(xs):
             images.check_pair(x0, x, "ref", f"dist[{i}]")
-        return [float(v) for v in self.scorer.evaluate_many(x0, xs)["dist"]]
+        return [json_distance(v) for v in self.scorer.evaluate_many(x0, xs)["dist"]]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _score_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
@@ -330,8 +348,8 @@ class ScoringService:
     def _run_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
         if self.stack:
             d = self.scorer.evaluate([p[0] for p in pairs], [p[1] for p in pairs])["dist"]
-            return [float(v) for v in d]
-        return [float(self.scorer.evaluate([a], [b])["dist"][0]) for a, b in pairs]
+            return [json_distance(v) for v in d]
+        return [json_distance(self.scorer.evaluate([a], [b])["dist"][0]) for a, b in pairs]
 
 
 def build_app(config: ServiceConfig) -> Any:
