@@ -51,14 +51,16 @@ def session(path: Path, level: str, entries: dict[str, str], threads: int | None
 
 
 def random_pairs(rng: np.random.Generator, n: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Photo-like pairs: smooth random images (8x-upsampled noise) and noisy copies of random strength."""
-    coarse = rng.uniform(-1, 1, (n, 3, hw[0] // 8 + 2, hw[1] // 8 + 2))
-    a = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)[:, :, :hw[0], :hw[1]]
-    kernel = np.ones(5) / 5
-    a = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), 3, a)
-    a = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), 2, a).astype(np.float32)
-    b = np.clip(a + rng.normal(0, 1, a.shape) * rng.uniform(0.02, 0.4, (n, 1, 1, 1)), -1, 1).astype(np.float32)
-    return a, b
+    """Photo-like pairs as the tests write them (tests/sample_images.py): two independent smooth random images
+    (8x bicubic-upsampled noise, through 8-bit pixels), distances around 0.3-0.5."""
+    from PIL import Image
+
+    def image() -> np.ndarray:
+        coarse = rng.integers(0, 256, (max(1, hw[0] // 8), max(1, hw[1] // 8), 3), dtype=np.uint8)
+        pixels = np.asarray(Image.fromarray(coarse).resize((hw[1], hw[0]), Image.Resampling.BICUBIC))
+        return (pixels.astype(np.float32) / 127.5 - 1).transpose(2, 0, 1)
+
+    return np.stack([image() for _ in range(n)]), np.stack([image() for _ in range(n)])
 
 
 def run(sess: ort.InferenceSession, a: np.ndarray, b: np.ndarray, one_by_one: bool = False) -> np.ndarray:
