@@ -18,6 +18,7 @@ import click
 import numpy as np
 
 from ..errors import StlpipsError
+from ..io.output import format_distance
 from ..io.pairs import _images_in
 from ..io.progress import Progress
 from ..matrix import head
@@ -102,7 +103,7 @@ def _write_rows(output: Path | None, fields: list[str], columns: dict[str, Any])
         writer.writerow(fields)
         count = len(columns[fields[0]])
         for i in range(count):
-            writer.writerow([f"{columns[f][i]:.9g}" if f == "distance" else columns[f][i] for f in fields])
+            writer.writerow([format_distance(columns[f][i]) if f == "distance" else columns[f][i] for f in fields])
     finally:
         if output is not None:
             out.close()
