@@ -189,3 +189,23 @@ def test_resume_with_the_same_set_up_keeps_every_row(model: Path, folders, tmp_p
     got = {Path(r["ref"]).name: np.float32(r["distance"]) for r in rows}
     assert got == expected
     assert len(json.loads(manifest_path(out).read_text())["runs"]) == 2
+
+
+@pytest.mark.parametrize("field", ["model.sha256", "precision", "provider", "resize"])
+def test_check_resume_names_each_field_that_differs(tmp_path: Path, field: str) -> None:
+    from stlpips_rt.errors import OutputMismatchError
+    from stlpips_rt.io.manifest import check_resume, write_manifest
+
+    prov = {"model": {"sha256": "a" * 64}, "precision": "fp32", "provider": "cpu", "resize": None, "cpu": "x",
+            "engine": {"name": "onnxruntime"}, "stlpips_deploy": __version__}
+    out = tmp_path / "rows.csv"
+    out.write_text("ref,dist,distance,status,error\n")
+    write_manifest(out, prov)
+    check_resume(out, prov)  # the same set-up resumes
+    other = json.loads(json.dumps(prov))
+    if field == "model.sha256":
+        other["model"]["sha256"] = "b" * 64
+    else:
+        other[field] = {"precision": "bf16", "provider": "openvino", "resize": [64, 64]}[field]
+    with pytest.raises(OutputMismatchError, match=field.replace(".", r"\.")):
+        check_resume(out, other)
