@@ -398,7 +398,7 @@ def test_service_replicas_build_their_scorer_with_the_memory_budget(ray_cluster,
     from stlpips_rt.scale.ray_env import ModelPayload
     from stlpips_rt.scale.service import config_from_args
 
-    tiles_model = exported_model("alex", "st", tiles=True)
+    tiles_model = exported_model("alex", "st")
     config = config_from_args({"model": str(tiles_model), "max_memory": "24M"})
     spec = _ScorerSpec(ModelPayload.put(config.model), "cpu", config.precision, config.threads, config.batch_size,
                        ImageOptions(max_pixels=config.limits.max_pixels), config.max_memory)

@@ -117,7 +117,7 @@ def tiny(path: Path) -> Scorer:
 
 @pytest.fixture(scope="module")
 def tiles_model(exported_model) -> Path:
-    return exported_model("alex", "st", tiles=True)
+    return exported_model("alex", "st")
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],

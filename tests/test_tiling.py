@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from legacy_files import format_1_0_copy
 
 from stlpips_export.architectures import ARCHITECTURES
 from stlpips_export.geometry import layer_windows
@@ -101,7 +102,8 @@ def test_bad_memory_sizes_are_refused(bad: str) -> None:
 # --- exactness through ONNX Runtime --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def alex_st(exported_model) -> Path:
-    return exported_model("alex", "st", tiles=True)
+    """The default export: since format 1.1 it carries the per-layer maps tiling reads."""
+    return exported_model("alex", "st")
 
 
 @pytest.fixture(scope="module")
@@ -175,23 +177,37 @@ def test_a_halo_one_pixel_short_or_a_shifted_origin_breaks_exactness(alex_st: Pa
     assert error(later) > 5 * TOLERANCE
 
 
-def test_spatial_maps_and_layers_tile_through_the_companion_file(exported_model, alex_st: Path) -> None:
-    """A spatial + layers model scores large pairs with the ``-tiles`` file beside it; the per-layer maps are
+def test_spatial_maps_and_layers_tile_with_their_own_file_alone(exported_model, tmp_path: Path) -> None:
+    """A spatial + layers export alone in its folder scores large pairs tile by tile; the per-layer maps are
     reassembled and upsampled as the graph does."""
-    rich = exported_model("alex", "st", spatial=True, layers=True)
-    assert alex_st.parent == rich.parent
+    rich = Path(shutil.copy(exported_model("alex", "st", spatial=True, layers=True), tmp_path))
     h, w = 143, 211
     a, b = image_pair(h, w, 2)
     whole = Scorer(rich, providers="cpu", max_memory="64G")
-    scorer = tiny(alex_st, 120 * 130, batch_size=4)
-    scorer = Scorer(rich, providers="cpu", max_memory=scorer.max_memory)
+    scorer = Scorer(rich, providers="cpu", max_memory=tiny(rich, 120 * 130, batch_size=4).max_memory)
     assert scorer.plan(h, w).tiled
     assert relative(scorer.spatial(a, b), whole.spatial(a, b)) <= TOLERANCE
     assert relative(scorer.layers(a, b), whole.layers(a, b)) <= TOLERANCE
+    assert relative(scorer.score(a, b), exact_full_frame(whole, a, b)) <= TOLERANCE / 10
 
 
-def test_a_missing_tiles_file_is_a_clear_error(exported_model, tmp_path: Path) -> None:
-    plain = shutil.copy(exported_model("alex", "st"), tmp_path)
+def test_format_1_0_files_tile_through_a_tiles_file_beside_them(exported_model, alex_st: Path,
+                                                                 tmp_path: Path) -> None:
+    """Files exported by 0.1 keep working: a plain spatial file without layer maps tiles through the ``-tiles``
+    file beside it, as before."""
+    old = format_1_0_copy(exported_model("alex", "st", spatial=True), tmp_path / "stlpips_alex_st_spatial.onnx")
+    format_1_0_copy(alex_st, tmp_path / "stlpips_alex_st_tiles.onnx", keep_layer_maps=True)
+    h, w = 143, 211
+    a, b = image_pair(h, w, 4)
+    whole = Scorer(old, providers="cpu", max_memory="64G")
+    assert whole.info.predates_built_in_tiling and not whole.info.layer_maps
+    scorer = Scorer(old, providers="cpu", max_memory=tiny(alex_st, 120 * 130).max_memory)
+    assert scorer.plan(h, w).tiled
+    assert relative(scorer.spatial(a, b), whole.spatial(a, b)) <= TOLERANCE
+
+
+def test_an_old_file_without_maps_says_to_re_export(alex_st: Path, tmp_path: Path) -> None:
+    plain = format_1_0_copy(alex_st, tmp_path / alex_st.name)
     scorer = Scorer(plain, providers="cpu", max_memory="12M")
     a, b = image_pair(200, 200)
     assert "cannot run" in str(scorer.plan(200, 200))
@@ -222,7 +238,7 @@ def test_score_cli_takes_max_memory(alex_st: Path, tmp_path: Path) -> None:
 ])
 def test_other_variants_tile_exactly(exported_model, net: str, variant: str, h: int, w: int,
                                      tile_pixels: int) -> None:
-    path = exported_model(net, variant, tiles=True)
+    path = exported_model(net, variant)
     a, b = image_pair(h, w, 5)
     scorer = tiny(path, tile_pixels)
     assert scorer.plan(h, w).tiled

@@ -72,7 +72,7 @@ def test_height_has_the_same_geometry_as_width() -> None:
 
 
 def test_exported_files_carry_the_geometry_and_a_measured_memory_model(exported_model) -> None:
-    meta = read_metadata(exported_model("alex", "st", tiles=True))
+    meta = read_metadata(exported_model("alex", "st"))
     geometry = read_geometry(meta)
     assert geometry is not None
     assert geometry.windows == layer_windows(ARCHITECTURES["alex-st"])

@@ -52,8 +52,8 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="--int8: real-photo triplets the gate scores (4 2AFC decisions each).")
 @click.option("--spatial", is_flag=True, help="Add the dist_map [N,1,H,W] output.")
 @click.option("--layers", is_flag=True, help="Add the dist_layers [N,L] output.")
-@click.option("--tiles", is_flag=True, help="Add each layer's distance map, for exact tiled scoring of images too "
-                                            "large for the memory budget (docs/tiling.md).")
+@click.option("--tiles", is_flag=True, help="No effect since format 1.1: every dynamic export carries each layer's "
+                                            "distance map for exact tiled scoring (docs/tiling.md).")
 @click.option("--static", "static_hw", callback=_parse_hw, metavar="HxW", help="Fix H and W (batch stays dynamic).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option("--no-fuse", is_flag=True, help="Keep conv1 and its BlurPool separate (slower, same numbers).")

@@ -77,7 +77,7 @@ def export_graph(
 
 
 def contract_axes(model: PerceptualDistance, static_hw: tuple[int, int] | None) -> dict[str, dict[int, str]]:
-    """The named dynamic axes of ``model``'s inputs and outputs (contract.AXES, and each --tiles layer map's)."""
+    """The named dynamic axes of ``model``'s inputs and outputs (contract.AXES, and each layer map's)."""
     names = model.output_names
     axes = {
         name: {axis: label for axis, label in axes.items() if not (static_hw and label in contract.SPATIAL_AXES)}

@@ -163,7 +163,7 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
     ``write`` (stamp the metadata, write atomically) are the pair export's own steps (onnx_export.py)."""
     start = time.perf_counter()
     target = Path(out_dir) / spec.features_spec().file_name
-    if target.is_file():  # e.g. written by the plain export before a --spatial or --tiles one: same graph
+    if target.is_file():  # e.g. written by the plain export before a --spatial or --layers one: same graph
         try:
             existing = {p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props}
         except Exception:  # noqa: BLE001 - unreadable: export it again

@@ -30,6 +30,7 @@ from .fusion import fuse_for_export
 from .geometry import layer_windows
 from .memory import measure_bytes_per_pixel
 from .model import PerceptualDistance, build_model
+from .spatial_mean import replace_spatial_means
 from .verify import ParityReport, find_min_size, verify_parity
 
 DEFAULT_OPSET = DEFAULT_OPSETS[DEFAULT_EXPORTER]
@@ -54,7 +55,9 @@ class ExportOptions:
     calibration: Path | None = None  # the user's calibration images for int8, added to the built-in photos
     calibration_only: bool = False  # calibrate on ``calibration`` alone
     gate_triplets: int = 2000
-    tiles: bool = False  # add the per-layer distance maps tiled scoring reads (docs/tiling.md)
+    # Kept for old scripts (--tiles): every dynamic export carries the per-layer maps tiled scoring reads since
+    # format 1.1 (docs/tiling.md); True only adds the check that H and W are dynamic.
+    tiles: bool = False
     exporter: str | None = None  # "dynamo" or "torchscript" (exporters.py); None: dynamo, torchscript for int8
     features: bool = True  # also write the features graph beside float32 files (features_export.py, docs/matrix.md)
 
@@ -79,10 +82,15 @@ class ExportOptions:
             raise InvalidOptionError("--tiles needs dynamic H and W (tiles have many sizes); drop --static")
         precision = "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
         try:
-            return ModelSpec(self.net, self.variant, precision, self.spatial, self.layers, self.static_hw, self.fuse,
-                             self.tiles)
+            return ModelSpec(self.net, self.variant, precision, self.spatial, self.layers, self.static_hw, self.fuse)
         except ValueError as exc:
             raise UnknownModelError(str(exc)) from None
+
+    @property
+    def layer_maps(self) -> bool:
+        """Whether the graph carries each layer's distance map: every file with dynamic H and W (a static one
+        cannot be tiled)."""
+        return self.static_hw is None
 
     @property
     def file_name(self) -> str:
@@ -125,7 +133,7 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
     with _step("build", timings, progress):
         model = build_model(
             options.net, options.variant, weights=options.weights, spatial=options.spatial, layers=options.layers,
-            layer_maps=options.tiles,
+            layer_maps=options.layer_maps,
         )
         min_size = find_min_size(model)
         if options.int8 and options.static_hw:
@@ -145,8 +153,10 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
     if options.simplify:
         with _step("simplify", timings, progress):
             graph = simplify(graph)
+    replace_spatial_means(graph, layer_windows(model.arch))
     metadata = {
         Key.FORMAT: contract.FORMAT_VERSION,
+        Key.FORMAT_MINOR: contract.FORMAT_MINOR,
         Key.NET: options.net,
         Key.VARIANT: options.variant,
         Key.INPUT_RANGE: contract.INPUT_RANGE,
@@ -166,9 +176,10 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         Key.EXPORTER: options.exporter,
         Key.FUSED: "conv+blurpool" if options.fuse else "none",
         Key.PARITY_TOLERANCE: f"{options.parity_tolerance:g}",
+        Key.SPATIAL_MEAN: contract.SPATIAL_MEAN_PAIRWISE,
         **geometry_metadata(layer_windows(model.arch)),
     }
-    if options.tiles:
+    if options.layer_maps:
         metadata[Key.LAYER_MAPS] = ",".join(contract.layer_map_outputs(len(model.lins)))
     with _step("verify", timings, progress):
         onnx.checker.check_model(graph, full_check=True)

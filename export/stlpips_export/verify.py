@@ -13,12 +13,14 @@ import numpy as np
 import onnx
 import torch
 
-from stlpips_rt.precision import error_stats, rank_agreement
+from stlpips_rt.precision import SPATIAL_MEAN_MAX_REL, error_stats, rank_agreement
 
 from .errors import ParityError
 from .model import PerceptualDistance
 
 MAX_MIN_SIZE_SEARCH = 256
+#: The large pair of the spatial-mean check: big enough that a plain float32 ReduceMean drifts (docs/contract.md).
+MEAN_CHECK_SIZE = (768, 1024)
 
 
 def find_min_size(model: PerceptualDistance) -> int:
@@ -98,6 +100,7 @@ class ParityReport:
     cases: list[CaseResult] = field(default_factory=list)
     rank_agreement: float = 1.0
     real_rank_agreement: float | None = None  # pooled over the triplet sets named "real ..."; None: there were none
+    mean_rel_error: float | None = None  # spatial_mean_error on the large pair; None: the graph has no layer maps
 
     @property
     def max_abs(self) -> float:
@@ -109,12 +112,17 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return self.max_abs <= self.tolerance
+        mean_ok = self.mean_rel_error is None or self.mean_rel_error <= SPATIAL_MEAN_MAX_REL
+        return self.max_abs <= self.tolerance and mean_ok
 
     def summary(self) -> str:
         lines = [f"  {'case':<34} {'shapes':<34} {'max abs':>9} {'max rel':>9}"]
         for c in self.cases:
             lines.append(f"  {c.name:<34} {c.shapes:<34} {c.max_abs:9.2e} {c.max_rel:9.2e}")
+        if self.mean_rel_error is not None:
+            h, w = MEAN_CHECK_SIZE
+            lines.append(f"  {f'spatial mean, {h}x{w} pair':<34} {'vs float64 mean of its layer maps':<34} "
+                         f"{'':>9} {self.mean_rel_error:9.2e}  (bound {SPATIAL_MEAN_MAX_REL:g})")
         verdict = "PASS" if self.passed else "FAIL"
         lines.append(
             f"  parity {verdict}: max abs {self.max_abs:.2e} (tolerance {self.tolerance:g}), max rel "
@@ -124,10 +132,13 @@ class ParityReport:
 
     def raise_if_failed(self, what: str) -> None:
         if not self.passed:
-            raise ParityError(
-                f"{what}: ONNX Runtime differs from the PyTorch reference by {self.max_abs:.3g} (tolerance "
-                f"{self.tolerance:g}); nothing was written.\n{self.summary()}"
-            )
+            if self.max_abs > self.tolerance:
+                why = (f"ONNX Runtime differs from the PyTorch reference by {self.max_abs:.3g} (tolerance "
+                       f"{self.tolerance:g})")
+            else:
+                why = (f"the graph's spatial mean is {self.mean_rel_error:.3g} relative from a float64 mean of its "
+                       f"layer maps (bound {SPATIAL_MEAN_MAX_REL:g})")
+            raise ParityError(f"{what}: {why}; nothing was written.\n{self.summary()}")
 
 
 def _session(graph: onnx.ModelProto):  # noqa: ANN202 - onnxruntime is imported lazily
@@ -177,12 +188,30 @@ def verify_parity(
     tolerance: float,
     static_hw: tuple[int, int] | None = None,
 ) -> ParityReport:
-    """Compare every output of ``graph`` (ONNX Runtime, CPU) with the float32 PyTorch ``model``."""
+    """Compare every output of ``graph`` (ONNX Runtime, CPU) with the float32 PyTorch ``model``; where the graph
+    returns its layer maps, also hold its spatial mean to :data:`SPATIAL_MEAN_MAX_REL` on one large pair."""
     session = _session(graph)
     h, w = static_hw or (64, 64)
     triplets = [Case("2AFC triplets: 1 ref vs 12", *triplet_candidates(h, w))]
     cases = parity_cases(min_size, static_hw)
     expected = {c.name: reference_outputs(model, c) for c in cases + triplets}
     outputs = [o.name for o in session.get_outputs()]
-    return compare(lambda in0, in1, names: session.run(names, {"in0": in0, "in1": in1}), outputs, cases, triplets,
-                   expected, tolerance)
+    report = compare(lambda in0, in1, names: session.run(names, {"in0": in0, "in1": in1}), outputs, cases, triplets,
+                     expected, tolerance)
+    layer_maps = [name for name in outputs if name.startswith("layer_map")]
+    if layer_maps:
+        report.mean_rel_error = spatial_mean_error(session, layer_maps, *MEAN_CHECK_SIZE)
+    return report
+
+
+def spatial_mean_error(session, layer_maps: list[str], h: int, w: int) -> float:  # noqa: ANN001 - onnxruntime
+    """Relative error of the graph's ``dist`` against the float64 mean of its own layer maps on one smooth,
+    photo-like ``h x w`` pair (the graph's float32 mean is all that differs)."""
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([np.sin(xx / 23 + c) * np.cos(yy / 17 - c) for c in range(3)])[None]
+    in0 = np.clip(base * 0.8, -1, 1).astype(np.float32)
+    in1 = np.clip(in0 + rng.normal(0, 0.05, in0.shape), -1, 1).astype(np.float32)
+    dist, *maps = session.run(["dist", *layer_maps], {"in0": in0, "in1": in1})
+    exact = sum(float(m.astype(np.float64).mean()) for m in maps)
+    return abs(float(dist[0]) - exact) / exact

@@ -1,4 +1,4 @@
-"""The stlpips ONNX contract (format 1): what an exported file holds, how it describes itself and how it is named.
+"""The stlpips ONNX contract (format 1.1): what an exported file holds, how it describes itself and how it is named.
 
 One home for the facts the exporter writes and every reader checks: the Python runtime reads files through
 :class:`ModelInfo`, the exporter writes them through :class:`ModelSpec` and :class:`Key`, and a test holds the C++
@@ -15,6 +15,11 @@ from .errors import ModelNotFoundError, NotAnStlpipsModelError
 from .variants import VARIANTS, get_variant
 
 FORMAT_VERSION = "1"
+#: Additions a format-1 reader may ignore: 1 (stlpips-deploy 0.2) puts each layer's distance map in every file with
+#: dynamic H and W and computes the spatial mean by block sums (:data:`SPATIAL_MEAN_PAIRWISE`); absent means 0.
+FORMAT_MINOR = "1"
+#: :attr:`Key.SPATIAL_MEAN` of a graph whose spatial means are block sums, accurate at every size (docs/contract.md).
+SPATIAL_MEAN_PAIRWISE = "pairwise"
 INPUTS = ("in0", "in1")
 #: Outputs in the order the graph returns them; ``dist`` is always there.
 OUTPUTS = ("dist", "dist_layers", "dist_map")
@@ -30,8 +35,9 @@ SPATIAL_AXES = ("H", "W")
 
 
 def layer_map_outputs(num_layers: int) -> tuple[str, ...]:
-    """Outputs of ``--tiles`` files besides :data:`OUTPUTS`: each layer's distance map ``[N, 1, H_l, W_l]``
-    before the spatial mean, in layer order (declared under :attr:`Key.LAYER_MAPS`, not in ``stlpips.outputs``)."""
+    """Outputs of every dynamic file (format 1.1; ``--tiles`` files before) besides :data:`OUTPUTS`: each
+    layer's distance map ``[N, 1, H_l, W_l]`` before the spatial mean, in layer order (declared under
+    :attr:`Key.LAYER_MAPS`, not in ``stlpips.outputs``)."""
     return tuple(f"layer_map{i}" for i in range(num_layers))
 
 
@@ -61,6 +67,8 @@ class Key:
     """``metadata_props`` keys of an stlpips file."""
 
     FORMAT = "stlpips.format"
+    FORMAT_MINOR = "stlpips.format_minor"
+    SPATIAL_MEAN = "stlpips.spatial_mean"
     NET = "stlpips.net"
     VARIANT = "stlpips.variant"
     INPUT_RANGE = "stlpips.input_range"
@@ -124,8 +132,9 @@ class ModelSpec:
 
     Names are ``{net}-{variant}[-fp16|-int8][-spatial][-layers][-tiles][-features][-HxW][-unfused]`` (short) and
     ``stlpips_{net}_{variant}[_fp16|_int8][_spatial][_layers][_tiles][_features][_HxW][_unfused].onnx`` (file).
-    ``unfused`` appears only for variants where fusion changes the graph; ``tiles`` adds the per-layer distance
-    maps that tiled scoring reads (:func:`layer_map_outputs`); ``features`` is the features graph written beside a
+    ``unfused`` appears only for variants where fusion changes the graph; ``tiles`` names the files that
+    carried the per-layer distance maps tiled scoring reads before format 1.1, when every dynamic file got them
+    (:func:`layer_map_outputs`): still read, no longer written; ``features`` is the features graph written beside a
     pair graph (one image in, :func:`feature_outputs` out; :meth:`features_spec`).
     """
 
@@ -242,8 +251,20 @@ class ModelInfo:
 
     @property
     def layer_maps(self) -> tuple[str, ...]:
-        """Per-layer distance map outputs (``--tiles`` files), empty otherwise."""
+        """Per-layer distance map outputs (every dynamic file of format 1.1, ``--tiles`` files before), empty
+        otherwise."""
         return tuple(n.strip() for n in self.metadata.get(Key.LAYER_MAPS, "").split(",") if n.strip())
+
+    @property
+    def format_minor(self) -> int:
+        minor = self.metadata.get(Key.FORMAT_MINOR, "0")
+        return int(minor) if minor.isdigit() else 0
+
+    @property
+    def predates_built_in_tiling(self) -> bool:
+        """Exported before every file carried its layer maps (format 1.0): such a file tiles only through a
+        ``-tiles`` file beside it, and its ``-tiles`` name is part of its spec."""
+        return self.format_minor < 1
 
     @property
     def short_name(self) -> str:
@@ -254,7 +275,8 @@ class ModelInfo:
     def spec(self) -> ModelSpec:
         return ModelSpec(self.net, self.variant, self.precision if self.precision in FILE_PRECISIONS else "fp32",
                          self.has_spatial, self.has_layers, self.static_hw,
-                         self.metadata.get(Key.FUSED, "none") != "none", bool(self.layer_maps))
+                         self.metadata.get(Key.FUSED, "none") != "none",
+                         bool(self.layer_maps) and self.predates_built_in_tiling)
 
     @classmethod
     def from_metadata(cls, path: Path, meta: dict[str, str]) -> ModelInfo:

@@ -62,6 +62,11 @@ TOLERANCES = {
 #: order, so they agree to float32 rounding, not bit for bit.
 TILED_MAX_REL = 1e-6
 
+#: A float32 graph's distance against the float64 mean of its own layer maps, relative, at any size the default
+#: memory budget scores untiled (docs/contract.md "Spatial mean"): what its block-sum spatial mean may add. The
+#: export gate checks it on one large pair.
+SPATIAL_MEAN_MAX_REL = 2e-7
+
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
