@@ -6,9 +6,12 @@ a fresh process); the machine should have several GB free.
     python scripts/measure_tiling.py memory --size 4000x3000              # 12 MP, default budget
     python scripts/measure_tiling.py overhead --size 2048x2048 --max-memory 1G --rounds 3
     python scripts/measure_tiling.py exactness --models models
+    python scripts/measure_tiling.py check --size 4000x3000 --budgets default,1G --providers auto
 
-Models are looked up as usual (--models, $STLPIPS_MODEL_DIR, ./models); tiling needs the ``-tiles`` exports
-(``stlpips-export --net N --variant V --tiles``).
+Models are looked up as usual (--models, $STLPIPS_MODEL_DIR, ./models); the default export is all tiling needs
+(format 1.1 files carry their layer maps). ``check`` scores the pair in a fresh process per budget with the default
+Scorer and compares each result with the float64 mean of the full frame's own layer maps (computed in one more
+process, untiled: ~10 GB for a 12 MP alex-st pair).
 """
 
 from __future__ import annotations
@@ -56,6 +59,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def reference_child(args: argparse.Namespace) -> dict:
+    """In a fresh process: the full frame of the pair, untiled, and the float64 mean of its own layer maps."""
+    h, w = parse_size(args.size)
+    full = Scorer(find(args.model, args), args.providers, max_memory="1T")
+    a, b = random_pair(h, w)
+    x0, x1 = full.load(a), full.load(b)
+    whole = full.run_arrays(x0[None], x1[None], ["dist", *full.info.layer_maps])
+    return {"full_frame_dist": float(whole[0][0]),
+            "float64_mean_of_layer_maps": sum(float(m.astype(np.float64).mean()) for m in whole[1:])}
+
+
 def memory_child(args: argparse.Namespace) -> dict:
     """In a fresh process: model loaded, images decoded, then one pair scored; the peak resident set of the
     scoring alone is compared with the budget."""
@@ -79,19 +93,38 @@ def memory_child(args: argparse.Namespace) -> dict:
             "seconds": round(seconds, 2), "dist": dist}
 
 
-def run_memory(args: argparse.Namespace) -> None:
-    command = [sys.executable, __file__, "_memory", "--size", args.size, "--model", args.model,
-               "--providers", args.providers]
-    command += ["--max-memory", args.max_memory] if args.max_memory else []
-    command += ["--models", args.models] if args.models else []
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+def child(command: str, args: argparse.Namespace, max_memory: str | None) -> dict:
+    argv = [sys.executable, __file__, command, "--size", args.size, "--model", args.model, "--providers",
+            args.providers]
+    argv += ["--max-memory", max_memory] if max_memory else []
+    argv += ["--models", args.models] if args.models else []
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode:
         sys.exit(done.stderr)
-    result = json.loads(done.stdout.splitlines()[-1])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def readable(result: dict) -> dict:
     mib = {k: format_bytes(v) for k, v in result.items()
            if k in ("budget", "rss_model", "decoded_images", "rss_before_scoring", "peak_rss",
                     "scoring_working_memory")}
-    print(json.dumps({**result, "readable": mib}, indent=2))
+    return {**result, "readable": mib}
+
+
+def run_memory(args: argparse.Namespace) -> None:
+    print(json.dumps(readable(child("_memory", args, args.max_memory)), indent=2))
+
+
+def run_check(args: argparse.Namespace) -> None:
+    """Each budget in a fresh process, then the untiled float64 reference: the relative error of each result."""
+    runs = {budget: child("_memory", args, None if budget == "default" else budget)
+            for budget in args.budgets.split(",")}
+    reference = child("_reference", args, None)
+    exact = reference["float64_mean_of_layer_maps"]
+    for result in runs.values():
+        result["relative_error_vs_float64"] = abs(result["dist"] - exact) / exact
+    print(json.dumps({"size": args.size, "model": args.model, "reference": reference,
+                      "runs": {budget: readable(result) for budget, result in runs.items()}}, indent=2))
 
 
 def run_overhead(args: argparse.Namespace) -> None:
@@ -122,10 +155,10 @@ def run_overhead(args: argparse.Namespace) -> None:
 
 def run_exactness(args: argparse.Namespace) -> None:
     """Every released variant at sizes beyond the test suite's: tiled against full frame (both through the
-    -tiles graph), and both against the float64 mean of the full frame's own layer maps."""
+    same graph), and both against the float64 mean of the full frame's own layer maps."""
     cases = [(*parse_size(size), int(pixels)) for size, pixels in (c.split("@") for c in args.cases.split(","))]
     for key in args.variants.split(","):
-        model = f"{key}-tiles"
+        model = key
         full = Scorer(find(model, args), args.providers, max_memory="1T")
         bpp = full.geometry.bytes_per_pixel
         for h, w, tile_pixels in cases:
@@ -145,7 +178,8 @@ def run_exactness(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["memory", "overhead", "exactness", "_memory"])
+    parser.add_argument("command", choices=["memory", "overhead", "exactness", "check", "_memory", "_reference"])
+    parser.add_argument("--budgets", default="default,1G", help="check: budgets, each in its own process")
     parser.add_argument("--model", default="alex-st")
     parser.add_argument("--models", default=None)
     parser.add_argument("--providers", default="cpu")
@@ -158,10 +192,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.max_memory:
         parse_memory(args.max_memory)
-    if args.command == "_memory":
-        print(json.dumps(memory_child(args)))
+    if args.command.startswith("_"):
+        print(json.dumps({"_memory": memory_child, "_reference": reference_child}[args.command](args)))
     else:
-        {"memory": run_memory, "overhead": run_overhead, "exactness": run_exactness}[args.command](args)
+        {"memory": run_memory, "overhead": run_overhead, "exactness": run_exactness,
+         "check": run_check}[args.command](args)
 
 
 if __name__ == "__main__":

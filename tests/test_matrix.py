@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from stlpips_rt import ImageOptions, ImageSizeError, NotAnStlpipsModelError, Scorer
 from stlpips_rt.cli.score import main as score_cli
+from stlpips_rt.io.manifest import file_sha256, read_provenance
 from stlpips_rt.matrix import FeatureSet, FeaturesMismatchError, head
 from stlpips_rt.matrix.features import HEADER
 from stlpips_rt.matrix.model import FeatureModel
@@ -175,11 +176,15 @@ def test_cli_matrix_folder_cache_outputs_and_a_corrupt_file(model: Path, folder:
     assert len(rows) == 55 and {"a", "b", "distance"} <= set(rows[0])
     by_pair = {(r["a"], r["b"]): float(r["distance"]) for r in rows}
     assert by_pair[(names[2], names[9])] == 0.0
-    assert np.isclose(by_pair[(names[0], names[1])], matrix[0, 1], rtol=1e-7)
+    assert np.float32(by_pair[(names[0], names[1])]) == matrix[0, 1]  # the CSV gives the float32 back
+    for written in ("m.npy", "m.csv"):  # each output names the model and engine that computed it
+        record = read_provenance(tmp_path / written)
+        assert record["model"]["sha256"] == file_sha256(model) and record["provider"] == "cpu"
     near = runner.invoke(score_cli, [*base, "--threshold", "1e-6", "-o", str(tmp_path / "dups.parquet")])
     import pyarrow.parquet as pq
 
     dups = pq.read_table(tmp_path / "dups.parquet").to_pylist()
+    assert read_provenance(tmp_path / "dups.parquet")["model"]["sha256"] == file_sha256(model)
     assert near.exit_code == 1 and {(Path(d["a"]).name, Path(d["b"]).name) for d in dups} == \
         {("im02.png", "im09.png"), ("im04.png", "im10.png")}
     top = runner.invoke(score_cli, [*base, "--top-k", "1", "-q"])

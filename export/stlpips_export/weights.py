@@ -7,7 +7,6 @@ jax or IPython at top level) are never executed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import pickle
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy._core.multiarray import _reconstruct
+
+from stlpips_rt.io.manifest import file_sha256
 
 from .architectures import Architecture, Conv
 from .errors import CheckpointMismatchError, ChecksumError, UnsafePickleError, WeightsNotFoundError
@@ -99,18 +100,10 @@ class LoadedWeights:
     origin: str  # human-readable: which file
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verified_path(weight_file: WeightFile) -> tuple[Path, str]:
     """Locate a registered checkpoint and check its pinned sha256."""
     path = weight_file.locate()
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != weight_file.sha256:
         raise ChecksumError(
             f"{path} has sha256 {actual}, but {weight_file.requirement} ships {weight_file.sha256}: the file was "
@@ -127,7 +120,7 @@ def load_weights(arch: Architecture, weights: str | Path | None = None) -> Loade
         path = Path(weights)
         if not path.is_file():
             raise WeightsNotFoundError(f"--weights {path}: no such file")
-        return LoadedWeights(read_torch_checkpoint(path), sha256_of(path), str(path))
+        return LoadedWeights(read_torch_checkpoint(path), file_sha256(path), str(path))
     if key not in REGISTRY:
         raise WeightsNotFoundError(
             f"no released weights exist for {key}; pass your own upstream-format checkpoint with --weights PATH"

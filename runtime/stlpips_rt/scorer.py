@@ -156,7 +156,8 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
         return {
             "stlpips_deploy": __version__,
             "model": {"file": self.info.path.name, "sha256": manifest.file_sha256(self.info.path),
-                      "short_name": self.info.short_name, "format": meta.get(Key.FORMAT),
+                      "short_name": self.info.short_name,
+                      "format": f"{meta.get(Key.FORMAT)}.{self.info.format_minor}",
                       "file_precision": self.info.precision},
             "provider": self.provider,
             "precision": self.precision,

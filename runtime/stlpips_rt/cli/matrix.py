@@ -18,6 +18,7 @@ import click
 import numpy as np
 
 from ..errors import StlpipsError
+from ..io import manifest
 from ..io.output import format_distance
 from ..io.pairs import _images_in
 from ..io.progress import Progress
@@ -85,15 +86,18 @@ def diversity(matrix: np.ndarray, symmetric: bool) -> tuple[float, float, float]
     return mean, mean - 1.96 * se, mean + 1.96 * se
 
 
-def _write_rows(output: Path | None, fields: list[str], columns: dict[str, Any]) -> None:
-    """Long rows as CSV (stdout without -o) or Parquet (by -o's suffix)."""
+def _write_rows(output: Path | None, fields: list[str], columns: dict[str, Any],
+                provenance: dict[str, Any]) -> None:
+    """Long rows as CSV (stdout without -o) or Parquet (by -o's suffix, the provenance in its key-value
+    metadata)."""
     if output is not None and output.suffix.lower() == ".parquet":
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
             fail(TOOL, "Parquet output needs pyarrow: pip install 'stlpips-deploy[parquet]'")
-        pq.write_table(pa.table({name: columns[name] for name in fields}), str(output))
+        table = pa.table({name: columns[name] for name in fields})
+        pq.write_table(table.replace_schema_metadata(manifest.parquet_metadata(provenance)), str(output))
         return
     import csv
 
@@ -110,9 +114,18 @@ def _write_rows(output: Path | None, fields: list[str], columns: dict[str, Any])
 
 
 def write_result(matrix: np.ndarray, rows: list[str], cols: list[str] | None, output: Path | None,
-                 top_k: int | None, threshold: float | None) -> int:
-    """Write what was asked: the matrix (.npy), long rows of every pair, the nearest K, or the pairs under T.
-    Returns the number of rows written (the matrix's entries for .npy)."""
+                 top_k: int | None, threshold: float | None, provenance: dict[str, Any]) -> int:
+    """Write what was asked: the matrix (.npy), long rows of every pair, the nearest K, or the pairs under T, and
+    the manifest beside a written file (io/manifest.py). Returns the number of rows written (the matrix's entries
+    for .npy)."""
+    written = _write_result(matrix, rows, cols, output, top_k, threshold, provenance)
+    if output is not None:
+        manifest.write_manifest(output, provenance, rows=written)
+    return written
+
+
+def _write_result(matrix: np.ndarray, rows: list[str], cols: list[str] | None, output: Path | None,
+                  top_k: int | None, threshold: float | None, provenance: dict[str, Any]) -> int:
     symmetric = cols is None
     cols_names = rows if cols is None else cols
     if top_k is not None:
@@ -120,7 +133,7 @@ def write_result(matrix: np.ndarray, rows: list[str], cols: list[str] | None, ou
         k = index.shape[1]
         columns = {"a": [r for r in rows for _ in range(k)], "rank": [j + 1 for _ in rows for j in range(k)],
                    "b": [cols_names[j] for j in index.reshape(-1)], "distance": dist.reshape(-1).tolist()}
-        _write_rows(output, ["a", "rank", "b", "distance"], columns)
+        _write_rows(output, ["a", "rank", "b", "distance"], columns, provenance)
         return len(columns["a"])
     if threshold is not None:
         i, j, d = head.under(matrix, threshold, symmetric)
@@ -133,7 +146,7 @@ def write_result(matrix: np.ndarray, rows: list[str], cols: list[str] | None, ou
         i, j = np.indices(matrix.shape).reshape(2, -1)
         d = np.asarray(matrix).reshape(-1)
     _write_rows(output, ["a", "b", "distance"],
-                {"a": [rows[x] for x in i], "b": [cols_names[y] for y in j], "distance": d.tolist()})
+                {"a": [rows[x] for x in i], "b": [cols_names[y] for y in j], "distance": d.tolist()}, provenance)
     return len(i)
 
 
@@ -167,6 +180,7 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
 
         result = ray_matrix.main_ray(files, others, output, params, cache)
         rows, cols, matrix, failed, where = result
+        provenance = _driver_provenance(params)
     else:
         if params["address"] is not None or params["workers"] != 1 or params["gpus_per_worker"]:
             raise click.UsageError("--address, --workers and --gpus-per-worker need --engine ray")
@@ -176,9 +190,10 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
         except StlpipsError as exc:
             fail(TOOL, str(exc))
         rows, cols, matrix, failed, counts = _local(scorer, files, others, output, cache, quiet)
+        provenance = scorer.provenance()
         where = (f"({scorer.provider}; features of {counts[0]} image(s) computed, {counts[1]} from the cache"
                  f"{' ' + str(cache) if cache is not None else ''})")
-    written = write_result(matrix, rows, cols, output, top_k, threshold)
+    written = write_result(matrix, rows, cols, output, top_k, threshold, provenance)
     if not quiet:
         mean, low, high = diversity(matrix, cols is None)
         shape = f"{len(rows)} x {len(rows)}" if cols is None else f"{len(rows)} x {len(cols)}"
@@ -189,6 +204,21 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
     for name, error in failed:
         click.echo(f"{TOOL}: left out {name}: {error}", err=True)
     sys.exit(1 if failed else 0)
+
+
+def _driver_provenance(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The Ray workers' provenance, from a Scorer built here as they build theirs (a homogeneous cluster); where
+    this process cannot build it, what was asked for and why."""
+    try:
+        return build_scorer(params["model"], params["models_dir"], params["providers"], params["precision"],
+                            params["threads"], params["batch_size"], params["max_memory"],
+                            params["resize"]).provenance()
+    except StlpipsError as exc:
+        from .. import __version__
+
+        return {"stlpips_deploy": __version__, "model": {"file": str(params["model"])},
+                "provider": params["providers"], "precision": params["precision"], "engine": {"name": "unknown"},
+                "cpu": manifest.cpu_name(), "note": f"the driver could not build the workers' Scorer: {exc}"}
 
 
 def _local(scorer: Any, files: list[Path], others: list[Path] | None, output: Path | None, cache: Path | None,

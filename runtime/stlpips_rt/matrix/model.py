@@ -11,7 +11,6 @@ a weighted squared Euclidean distance between one long vector per image (stlpips
 from __future__ import annotations
 
 import base64
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..contract import FEATURES_INPUT, KIND_FEATURES, Key, ModelSpec, feature_outputs
 from ..errors import ModelNotFoundError, NotAnStlpipsModelError
+from ..io.manifest import file_sha256
 
 
 def encode_weights(weights: list[np.ndarray] | tuple[np.ndarray, ...]) -> str:
@@ -33,14 +33,6 @@ def decode_weights(text: str, channels: tuple[int, ...]) -> tuple[np.ndarray, ..
         raise ValueError(f"{flat.size} weights for {sum(channels)} channels")
     splits = np.cumsum(channels)[:-1]
     return tuple(np.ascontiguousarray(w) for w in np.split(flat, splits))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
