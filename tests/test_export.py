@@ -37,14 +37,18 @@ def test_file_passes_full_checker_and_declares_dynamic_io(exported_model) -> Non
     onnx.checker.check_model(graph, full_check=True)
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
     assert dims == {"in0": ["N0", 3, "H", "W"], "in1": ["N1", 3, "H", "W"]}
-    assert [o.name for o in graph.graph.output] == ["dist"]
+    # Format 1.1: each layer's distance map beside dist, so the one file also tiles (docs/tiling.md).
+    maps = [f"layer_map{i}" for i in range(5)]
+    assert [o.name for o in graph.graph.output] == ["dist", *maps]
+    assert read_metadata(path)["stlpips.layer_maps"] == ",".join(maps)
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in graph.graph.input)
 
 
 def test_metadata_describes_the_model(exported_model) -> None:
     meta = read_metadata(exported_model("vgg", "lpips"))
     assert set(REQUIRED_METADATA) <= set(meta)
-    assert meta["stlpips.format"] == "1"
+    assert (meta["stlpips.format"], meta["stlpips.format_minor"]) == ("1", "1")
+    assert meta["stlpips.spatial_mean"] == "pairwise"
     assert (meta["stlpips.net"], meta["stlpips.variant"]) == ("vgg", "lpips")
     assert meta["stlpips.input_range"] == "-1,1"
     assert meta["stlpips.outputs"] == "dist"
