@@ -36,7 +36,7 @@ EXPECTED_OPSET = {"dynamo": 18, "torchscript": 17}
 
 @pytest.fixture(scope="module")
 def alex_st() -> torch.nn.Module:
-    return build_model("alex", "st")
+    return build_model("alex", "st", layer_maps=True)  # the outputs of the default export
 
 
 def _dims(values) -> dict[str, list]:

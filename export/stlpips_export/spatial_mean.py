@@ -24,10 +24,13 @@ from stlpips_rt.tiling import Window
 #: Each level sums BLOCK x BLOCK values (a stride-BLOCK convolution with a kernel of ones; its padding of BLOCK - 1
 #: zeros lets every size through and changes no sum) ...
 BLOCK = 4
-#: ... until a layer map of an input up to MAX_SIDE pixels a side is down to FINAL_SIDE x FINAL_SIDE values or
-#: fewer, which one ReduceSum adds accurately (ORT's ReduceSum is within 1e-7 up to ~4096 values).
+#: ... until a layer map of an input up to MAX_SIDE pixels a side is down to one value. Then the last ReduceSum adds
+#: nothing, and no sum depends on where a pair's row lies in memory: onnxruntime's CPU reductions add a row in an
+#: order set by its alignment, i.e. by the pair's position in its batch (docs/reproducibility.md). Stopping at 32x32
+#: values was as accurate but left that batch effect at sizes above about 512 pixels; the extra levels run on 1x1
+#: maps at small sizes (a few microseconds each).
 MAX_SIDE = 8192
-FINAL_SIDE = 32
+FINAL_SIDE = 1
 
 
 def levels_for_stride(stride: int) -> int:

@@ -196,6 +196,9 @@ def verify_parity(
     cases = parity_cases(min_size, static_hw)
     expected = {c.name: reference_outputs(model, c) for c in cases + triplets}
     outputs = [o.name for o in session.get_outputs()]
+    if outputs != model.output_names:
+        raise ValueError(f"the graph returns {outputs} and the reference {model.output_names}: build the reference "
+                         "with the graph's options (spatial, layers, layer_maps)")
     report = compare(lambda in0, in1, names: session.run(names, {"in0": in0, "in1": in1}), outputs, cases, triplets,
                      expected, tolerance)
     layer_maps = [name for name in outputs if name.startswith("layer_map")]

@@ -16,11 +16,11 @@ mismatch, malformed request), 413 (body or image over the limits, decompression 
 parses anything.
 
 Exactness: concurrent ``/v1/score`` requests are gathered by ``serve.batch`` (up to ``max_batch``, waiting at
-most ``batch_wait_ms``). On CPU each gathered pair still runs as its own graph run, because onnxruntime's CPU
-kernels can move the last bit of a distance with its position in a stacked batch; so every answer equals
-``Scorer.score`` bit for bit (stacking buys nothing on CPU: measured 27.1 vs 27.8 ms a pair for alex-st 64x64 at
-batch 1 vs 16). On CUDA and TensorRT the gathered pairs of one size are stacked into one run, which is where
-batching pays; ``stack`` overrides either way.
+most ``batch_wait_ms``). On CPU each gathered pair runs as its own graph run by default: stacking bought nothing
+measurable there (27.1 vs 27.8 ms a pair for alex-st 64x64 at batch 1 vs 16). With a format-1.1 file ``stack=True``
+is safe on CPU too: its distances do not depend on the batch (docs/reproducibility.md), while a 0.1 file's last bit
+could move with a pair's position. On CUDA and TensorRT the gathered pairs of one size are stacked into one run,
+which is where batching pays; ``stack`` overrides either way.
 """
 
 import asyncio
