@@ -121,14 +121,17 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=12, help="pairs per image size")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--default-only", action="store_true",
+                        help="only the runtime's own setting (e.g. to check a newly exported file)")
     args = parser.parse_args()
+    candidates = dict(list(CANDIDATES.items())[:1]) if args.default_only else CANDIDATES
     load_before = os.getloadavg()
     result: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
                               "model": args.model.name, "candidates": {}}
-    for name, (level, entries, one_by_one) in CANDIDATES.items():
+    for name, (level, entries, one_by_one) in candidates.items():
         result["candidates"][name] = {"level": level, "entries": entries, "one_pair_per_run": one_by_one,
                                       **invariance(args.model, level, entries, one_by_one, args.pairs, seed=1)}
-    sessions = {n: (session(args.model, lvl, e, None), one) for n, (lvl, e, one) in CANDIDATES.items()}
+    sessions = {n: (session(args.model, lvl, e, None), one) for n, (lvl, e, one) in candidates.items()}
     for name, figures in speed(sessions, args.rounds, seed=2).items():
         result["candidates"][name]["pairs_per_s"] = figures
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}

@@ -14,7 +14,7 @@ from legacy_files import format_1_0_copy
 
 from stlpips_export.architectures import ARCHITECTURES
 from stlpips_export.geometry import layer_windows
-from stlpips_rt import MemoryBudgetError, ModelError, Scorer
+from stlpips_rt import MemoryBudgetError, ModelError, Scorer, read_model_info
 from stlpips_rt.cli.score import main as score_cli
 from stlpips_rt.errors import InferenceError
 from stlpips_rt.tiling import ModelGeometry, parse_memory, plan_tiles, split_axis
@@ -196,7 +196,10 @@ def test_format_1_0_files_tile_through_a_tiles_file_beside_them(exported_model, 
     """Files exported by 0.1 keep working: a plain spatial file without layer maps tiles through the ``-tiles``
     file beside it, as before."""
     old = format_1_0_copy(exported_model("alex", "st", spatial=True), tmp_path / "stlpips_alex_st_spatial.onnx")
-    format_1_0_copy(alex_st, tmp_path / "stlpips_alex_st_tiles.onnx", keep_layer_maps=True)
+    tiles = format_1_0_copy(alex_st, tmp_path / "stlpips_alex_st_tiles.onnx", keep_layer_maps=True)
+    # A file's spec names it: a 0.1 tiles file by its -tiles name, a 1.1 file with the same outputs by the plain one.
+    assert read_model_info(tiles).spec.file_name == tiles.name
+    assert read_model_info(alex_st).spec.file_name == "stlpips_alex_st.onnx"
     h, w = 143, 211
     a, b = image_pair(h, w, 4)
     whole = Scorer(old, providers="cpu", max_memory="64G")

@@ -82,7 +82,20 @@ def test_exported_files_carry_the_geometry_and_a_measured_memory_model(exported_
     assert meta["stlpips.outputs"] == "dist"  # layer maps are declared apart: older readers see the same outputs
 
 
-def test_tiles_is_a_graph_option_with_its_own_name() -> None:
+def test_tiles_is_kept_for_old_scripts_and_changes_nothing() -> None:
+    """``--tiles`` (0.1) still parses; every dynamic export carries the layer maps, under the default name."""
+    from stlpips_export.errors import InvalidOptionError
+    from stlpips_export.onnx_export import ExportOptions
+
+    for tiles in (False, True):
+        options = ExportOptions(net="alex", variant="st", tiles=tiles)
+        assert (options.file_name, options.layer_maps) == ("stlpips_alex_st.onnx", True)
+    assert not ExportOptions(net="alex", variant="st", static_hw=(64, 64)).layer_maps
+    with pytest.raises(InvalidOptionError, match="dynamic"):
+        _ = ExportOptions(net="alex", variant="st", static_hw=(64, 64), tiles=True).spec
+
+
+def test_format_1_0_tiles_files_keep_their_own_name() -> None:
     spec = ModelSpec("alex", "st", tiles=True)
     assert (spec.short_name, spec.file_name) == ("alex-st-tiles", "stlpips_alex_st_tiles.onnx")
     assert ModelSpec.parse("vgg-lpips-fp16-tiles") == ModelSpec("vgg", "lpips", "fp16", tiles=True)

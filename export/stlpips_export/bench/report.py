@@ -37,7 +37,7 @@ def markdown(report: dict[str, Any]) -> str:
         peak_load = max([mach["load_average_start"][0], mach["load_average_end"][0], *mach.get("load_samples", [])])
         add(f"> **Unfit for the README**: the 1-minute load average reached {peak_load:.2f} on {mach['cores']} "
             "cores during this run, so other processes shared the CPU. Take the README's figures from a run on a "
-            "quiet machine (load below the core count throughout).\n")
+            "quiet machine (load at most the core count, plus a quarter core for the kernel, throughout).\n")
     add(f"Machine: {mach['cpu']}, {mach['cores']} cores. Load average (1/5/15 min) at start "
         f"{', '.join(f'{v:.2f}' for v in mach['load_average_start'])}, at end "
         f"{', '.join(f'{v:.2f}' for v in mach['load_average_end'])}: a load above the core count means other "
