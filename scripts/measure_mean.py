@@ -22,6 +22,7 @@ from PIL import Image
 
 from stlpips_rt.contract import Key
 from stlpips_rt.io.manifest import cpu_name
+from stlpips_rt.precision import float64_distance
 
 DEFAULT_SIZES = "64x64,256x256,700x1031,1024x1024,2048x2048"
 
@@ -68,7 +69,7 @@ def main() -> None:
         h, w = (int(v) for v in size.lower().split("x"))
         for name, in0, in1 in pairs(rng, h, w):
             dist, *layer_maps = new.run(["dist", *maps], {"in0": in0, "in1": in1})
-            exact = sum(m.astype(np.float64).mean(axis=(2, 3))[0, 0] for m in layer_maps)
+            exact = float64_distance(layer_maps)
             row = {"size": f"{h}x{w}", "pair": name, "dist": float(dist[0]),
                    "rel_error": abs(float(dist[0]) - exact) / exact}
             if old is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from stlpips_rt import Scorer, resolve_model
+from stlpips_rt.precision import float64_distance
 from stlpips_rt.tiling import format_bytes, parse_memory
 
 
@@ -67,7 +68,7 @@ def reference_child(args: argparse.Namespace) -> dict:
     x0, x1 = full.load(a), full.load(b)
     whole = full.run_arrays(x0[None], x1[None], ["dist", *full.info.layer_maps])
     return {"full_frame_dist": float(whole[0][0]),
-            "float64_mean_of_layer_maps": sum(float(m.astype(np.float64).mean()) for m in whole[1:])}
+            "float64_mean_of_layer_maps": float64_distance(whole[1:])}
 
 
 def memory_child(args: argparse.Namespace) -> dict:
@@ -168,7 +169,7 @@ def run_exactness(args: argparse.Namespace) -> None:
             x0, x1 = full.load(a), full.load(b)
             names = ["dist", *full.geometry.layer_maps]
             whole = full.run_arrays(x0[None], x1[None], names)
-            float64 = sum(float(m.astype(np.float64).mean()) for m in whole[1:])
+            float64 = float64_distance(whole[1:])
             got = float(tiled.evaluate([x0], [x1])["dist"][0])
             ref = float(whole[0][0])
             print(f"{key:<10} {h}x{w:<5} {len(plan.tiles):>3} tiles  tiled vs full {abs(got - ref) / ref:.2e}  "

@@ -21,7 +21,7 @@ def format_1_0_copy(source: Path, target: Path, *, keep_layer_maps: bool = False
         kept = [o for o in graph.graph.output if not o.name.startswith("layer_map")]
         del graph.graph.output[:]
         graph.graph.output.extend(kept)
-    dropped = {Key.FORMAT_MINOR, Key.SPATIAL_MEAN} | (set() if keep_layer_maps else {Key.LAYER_MAPS})
+    dropped = set(FORMAT_1_1_KEYS) - ({Key.LAYER_MAPS} if keep_layer_maps else set())
     props = [(p.key, p.value) for p in graph.metadata_props if p.key not in dropped]
     del graph.metadata_props[:]
     for key, value in props:

@@ -193,6 +193,20 @@ def test_cli_matrix_folder_cache_outputs_and_a_corrupt_file(model: Path, folder:
 
 
 @pytest.mark.ray
+def test_cli_ray_matrix_writes_the_local_rows_and_names_its_model(ray_cluster, model: Path, folder: Path,
+                                                                   tmp_path: Path) -> None:
+    """``--matrix --engine ray`` writes the same CSV as the local run (bit for bit on CPU) and its manifest names
+    the model the workers ran."""
+    base = ["--model", str(model), "--providers", "cpu", "--threads", "1", "--matrix", str(folder), "-q"]
+    local = CliRunner().invoke(score_cli, [*base, "-o", str(tmp_path / "local.csv")])
+    ray = CliRunner().invoke(score_cli, [*base, "--engine", "ray", "--workers", "1", "-o", str(tmp_path / "ray.csv")])
+    assert local.exit_code == ray.exit_code == 1, local.output + ray.output  # the truncated file is left out
+    assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text()
+    record = read_provenance(tmp_path / "ray.csv")
+    assert record["model"]["sha256"] == file_sha256(model) and record["provider"] == "cpu"
+
+
+@pytest.mark.ray
 def test_ray_matrix_equals_local_bit_for_bit(ray_cluster, model: Path, folder: Path) -> None:
     from stlpips_rt.scale import score_matrix
 

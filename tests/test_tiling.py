@@ -17,6 +17,7 @@ from stlpips_export.geometry import layer_windows
 from stlpips_rt import MemoryBudgetError, ModelError, Scorer, read_model_info
 from stlpips_rt.cli.score import main as score_cli
 from stlpips_rt.errors import InferenceError
+from stlpips_rt.precision import float64_distance
 from stlpips_rt.tiling import ModelGeometry, parse_memory, plan_tiles, split_axis
 from stlpips_rt.tiling.run import assemble_layers
 
@@ -43,7 +44,7 @@ def exact_full_frame(scorer: Scorer, a: np.ndarray, b: np.ndarray) -> float:
     carry their own rounding (a few 1e-7 at these sizes, over 1e-6 beyond about a megapixel)."""
     names = list(scorer.info.layer_maps)
     maps = scorer.run_arrays(scorer.load(a)[None], scorer.load(b)[None], names)
-    return sum(float(m.astype(np.float64).mean()) for m in maps)
+    return float64_distance(maps)
 
 
 def budget_for(scorer: Scorer, pixels: int) -> int:

@@ -1,8 +1,9 @@
 """An accurate spatial mean in the exported graph: each layer's ReduceMean over H and W becomes block sums.
 
-Why: ONNX Runtime's float32 ReduceMean adds a map's values one after another, and its error grows with the map:
-against a float64 mean of the same layer maps, alex-st's distance is 1.8e-6 relative off at 700x1031 and 2.3e-5 at
-2048x2048 (scripts/measure_mean.py). Summing BLOCK x BLOCK blocks level by level keeps every addition between
+Why: ONNX Runtime's float32 ReduceMean adds a map's values one after another, and its error grows with the map
+and depends on the CPU's kernels: against a float64 mean of the same layer maps, alex-st's distance was 1.8e-6
+relative off at 700x1031 and 2.3e-5 at 2048x2048 on an Intel Xeon (issue 17), up to 2.2e-7 on an AMD EPYC
+(scripts/measure_mean.py). Summing BLOCK x BLOCK blocks level by level keeps every addition between
 numbers of similar size, so the error stays at a few float32 roundings at any size, for a few small convolutions
 (docs/contract.md, "Spatial mean").
 
@@ -30,13 +31,12 @@ BLOCK = 4
 #: values was as accurate but left that batch effect at sizes above about 512 pixels; the extra levels run on 1x1
 #: maps at small sizes (a few microseconds each).
 MAX_SIDE = 8192
-FINAL_SIDE = 1
 
 
 def levels_for_stride(stride: int) -> int:
     """Rounds of block sums a layer of cumulative ``stride`` needs."""
     side, levels = -(-MAX_SIDE // stride), 0
-    while side > FINAL_SIDE:
+    while side > 1:
         side, levels = -(-side // BLOCK), levels + 1
     return levels
 

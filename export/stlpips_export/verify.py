@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import torch
 
-from stlpips_rt.precision import SPATIAL_MEAN_MAX_REL, error_stats, rank_agreement
+from stlpips_rt.precision import SPATIAL_MEAN_MAX_REL, error_stats, float64_distance, rank_agreement
 
 from .errors import ParityError
 from .model import PerceptualDistance
@@ -216,5 +216,5 @@ def spatial_mean_error(session, layer_maps: list[str], h: int, w: int) -> float:
     in0 = np.clip(base * 0.8, -1, 1).astype(np.float32)
     in1 = np.clip(in0 + rng.normal(0, 0.05, in0.shape), -1, 1).astype(np.float32)
     dist, *maps = session.run(["dist", *layer_maps], {"in0": in0, "in1": in1})
-    exact = sum(float(m.astype(np.float64).mean()) for m in maps)
+    exact = float64_distance(maps)
     return abs(float(dist[0]) - exact) / exact

@@ -68,6 +68,12 @@ TILED_MAX_REL = 1e-6
 SPATIAL_MEAN_MAX_REL = 2e-7
 
 
+def float64_distance(layer_maps: Sequence[np.ndarray]) -> float:
+    """A pair's distance from its per-layer distance maps (``[1, 1, H_l, W_l]`` each), each map's mean taken in
+    float64: the reference a graph's float32 spatial means are held to (:data:`SPATIAL_MEAN_MAX_REL`)."""
+    return sum(float(m.astype(np.float64).mean()) for m in layer_maps)
+
+
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"precision must be one of {', '.join(MODES)}, got {mode!r}")

@@ -180,7 +180,7 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
 
         result = ray_matrix.main_ray(files, others, output, params, cache)
         rows, cols, matrix, failed, where = result
-        provenance = _driver_provenance(params)
+        provenance = _ray_provenance(params)
     else:
         if params["address"] is not None or params["workers"] != 1 or params["gpus_per_worker"]:
             raise click.UsageError("--address, --workers and --gpus-per-worker need --engine ray")
@@ -206,19 +206,16 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
     sys.exit(1 if failed else 0)
 
 
-def _driver_provenance(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The Ray workers' provenance, from a Scorer built here as they build theirs (a homogeneous cluster); where
-    this process cannot build it, what was asked for and why."""
-    try:
-        return build_scorer(params["model"], params["models_dir"], params["providers"], params["precision"],
-                            params["threads"], params["batch_size"], params["max_memory"],
-                            params["resize"]).provenance()
-    except StlpipsError as exc:
-        from .. import __version__
+def _ray_provenance(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The Ray workers' provenance, as ``--engine ray`` pair runs record it (scale.job.driver_provenance)."""
+    from ..engine.model_files import resolve_model
+    from ..scale.batch import ScoringOptions
+    from ..scale.job import driver_provenance
 
-        return {"stlpips_deploy": __version__, "model": {"file": str(params["model"])},
-                "provider": params["providers"], "precision": params["precision"], "engine": {"name": "unknown"},
-                "cpu": manifest.cpu_name(), "note": f"the driver could not build the workers' Scorer: {exc}"}
+    path = resolve_model(params["model"], [params["models_dir"]] if params["models_dir"] else [])
+    return driver_provenance(ScoringOptions(model=str(path), providers=params["providers"],
+                                            precision=params["precision"], threads=params["threads"],
+                                            resize=params["resize"]))
 
 
 def _local(scorer: Any, files: list[Path], others: list[Path] | None, output: Path | None, cache: Path | None,

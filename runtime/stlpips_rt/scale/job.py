@@ -162,7 +162,7 @@ def run_job(pairs: list[Pair], output: Path, options: ScoringOptions, *, broadca
     ``options``) is written beside the output and into the single file's metadata; with ``resume`` an output
     written with other provenance is refused
     (:class:`~stlpips_rt.errors.OutputMismatchError`) before anything changes."""
-    provenance = provenance or _provenance(options)
+    provenance = provenance or driver_provenance(options)
     out = ParquetOutput(output, provenance)
     resumed = resume and bool(out._existing())
     if resumed:
@@ -227,7 +227,7 @@ def pairs_from_parquet(path: Path) -> list[Pair]:
                  "" if r and d else "empty ref or dist cell") for n, (r, d) in enumerate(zip(refs, dists, strict=True))]
 
 
-def _provenance(options: ScoringOptions) -> dict[str, Any]:
+def driver_provenance(options: ScoringOptions) -> dict[str, Any]:
     """What the actors compute with, from a Scorer built here as they build theirs (a homogeneous cluster: the same
     file, providers, precision and resize). Where this process cannot build it (a GPU only the workers have), the
     record names what was asked for and says so."""
@@ -271,7 +271,7 @@ def main_ray(pairs: list[Pair], output: Path | None, *, model: str, models_dir: 
                              batch_size=batch_size, resize=resize, workers=workers, gpus_per_worker=gpus_per_worker)
     try:
         result = run_job(pairs, output, options, broadcast=broadcast, address=address, resume=resume, quiet=quiet,
-                         provenance=_provenance(options))
+                         provenance=driver_provenance(options))
     except OutputMismatchError as exc:
         click.echo(f"stlpips-score: error: {exc}", err=True)
         return 2
