@@ -1,8 +1,9 @@
 """stlpips-serve on Ray Serve (FastAPI behind serve.ingress): the HTTP API, exact answers (== Scorer), typed 4xx
 errors with their messages, the body limit enforced before the body is read, the OpenAPI schema (every route with
 its request and answer shapes, and the real answers valid against it), /docs, and 32 concurrent clients on
-loopback mixing good and bad requests while /healthz keeps answering. Binds to 127.0.0.1 only; every request loop
-is bounded in count and has a timeout."""
+loopback mixing good and bad requests while /healthz keeps answering. The Open Inference Protocol's routes (/v2)
+through tritonclient, the protocol's own client, are tested on the same service (tests/test_serve_v2.py holds the
+checks that need no service). Binds to 127.0.0.1 only; every request loop is bounded in count and has a timeout."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from stlpips_rt.io.output import json_distance
 pytestmark = pytest.mark.ray
 HOST = "127.0.0.1"
 TIMEOUT_S = 120
-MAX_BODY = 200_000
+MAX_BODY = 1_000_000  # room for a 67x93 pair as /v2 JSON tensors (about 0.4 MB)
 MAX_PIXELS = 200 * 200
 
 
@@ -72,7 +73,8 @@ class Client:
 
 @pytest.fixture(scope="module")
 def model(exported_model) -> Path:
-    return exported_model("alex", "st")
+    """alex-st with dist_map and dist_layers (the export other tests share), so that /v2 can answer them too."""
+    return exported_model("alex", "st", spatial=True, layers=True)
 
 
 @pytest.fixture(scope="module")
@@ -157,12 +159,17 @@ def test_bad_requests_get_their_4xx_and_type(client: Client, case: str) -> None:
     assert body["error"]["message"]
 
 
-ROUTES = "GET /v1/models, POST /v1/score, POST /v1/score_many, GET /healthz, GET /openapi.json, GET /docs"
+V2_ROUTES = ("GET /v2, GET /v2/health/live, GET /v2/health/ready, GET /v2/models/{name}, "
+             "GET /v2/models/{name}/ready, POST /v2/models/{name}/infer")
+ROUTES = ("GET /v1/models, POST /v1/score, POST /v1/score_many, GET /healthz, GET /openapi.json, GET /docs, "
+          + V2_ROUTES)
 
 
 def test_unknown_route_and_non_multipart(client: Client) -> None:
-    assert client.request("GET", "/v2/nothing") == (404, {"error": {
-        "type": "NotFound", "message": f"no route GET /v2/nothing; see {ROUTES}"}})
+    assert client.request("GET", "/v1/nothing") == (404, {"error": {
+        "type": "NotFound", "message": f"no route GET /v1/nothing; see {ROUTES}"}})
+    # under /v2, the Open Inference Protocol's error shape and routes
+    assert client.request("GET", "/v2/nothing") == (404, {"error": f"no route GET /v2/nothing; see {V2_ROUTES}"})
     # Another method on a known path is no route either, as before FastAPI (not FastAPI's 405).
     assert client.request("GET", "/v1/score") == (404, {"error": {
         "type": "NotFound", "message": f"no route GET /v1/score; see {ROUTES}"}})
@@ -274,9 +281,11 @@ def test_openapi_lists_every_route_with_its_request_and_answer_shapes(client: Cl
     for ref in refs(doc):  # every reference resolves
         resolve(doc, ref)
     routes = {path: set(ops) for path, ops in doc["paths"].items()}
-    assert routes == {"/healthz": {"get"}, "/v1/models": {"get"}, "/v1/score": {"post"}, "/v1/score_many": {"post"}}
+    assert routes == {"/healthz": {"get"}, "/v1/models": {"get"}, "/v1/score": {"post"}, "/v1/score_many": {"post"},
+                      **{path: {"get"} for path in V2_ANSWERS if not path.endswith("/infer")},
+                      **{path: {"post"} for path in V2_ANSWERS if path.endswith("/infer")}}
     answers = {"/healthz": "Health", "/v1/models": "ModelCard", "/v1/score": "ScoreAnswer",
-               "/v1/score_many": "ScoreManyAnswer"}
+               "/v1/score_many": "ScoreManyAnswer", **V2_ANSWERS}
     for path, ops in doc["paths"].items():
         for op in ops.values():
             ok = op["responses"]["200"]["content"]["application/json"]["schema"]
@@ -307,6 +316,14 @@ def test_openapi_lists_every_route_with_its_request_and_answer_shapes(client: Cl
     check(client.request("POST", "/v1/score", [("ref", a)])[1], "ErrorAnswer")
     with pytest.raises(jsonschema.ValidationError):
         check({"distance": "near"}, "ScoreAnswer")
+
+
+V2_ANSWERS = {"/v2": "ServerMetadata", "/v2/health/live": "Live", "/v2/health/ready": "Ready",
+              "/v2/models/{model_name}": "ModelMetadata", "/v2/models/{model_name}/versions/{version}": "ModelMetadata",
+              "/v2/models/{model_name}/ready": "ModelReady",
+              "/v2/models/{model_name}/versions/{version}/ready": "ModelReady",
+              "/v2/models/{model_name}/infer": "InferResponse",
+              "/v2/models/{model_name}/versions/{version}/infer": "InferResponse"}
 
 
 def test_docs_answer_html_for_the_schema(client: Client) -> None:
@@ -479,3 +496,234 @@ def test_guard_answers_an_unexpected_failure_with_500_and_no_internals() -> None
     assert sent[0]["status"] == 500
     assert json.loads(sent[1]["body"]) == {"error": {"type": "InternalError",
                                                      "message": "the service failed on this request; see its log"}}
+
+
+# --- the Open Inference Protocol (/v2), through tritonclient ---------------------------------------------------
+ODD = (67, 93)  # H, W: no multiple of any stride
+
+
+def rgb(seed: int, size: tuple[int, int] = ODD) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png(seed, size))).convert("RGB"))
+
+
+def as_tensor(images: list[np.ndarray]) -> np.ndarray:
+    """uint8 HWC images -> the graph's float32 [N, 3, H, W] in [-1, 1]."""
+    return np.stack([img.astype(np.float32) / 127.5 - 1.0 for img in images]).transpose(0, 3, 1, 2).copy()
+
+
+@pytest.fixture(scope="module")
+def triton(client: Client):
+    """tritonclient.http's InferenceServerClient on the service: the same client code any OIP server takes."""
+    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: bash scripts/setup.sh")
+    with httpclient.InferenceServerClient(f"{HOST}:{client.port}", connection_timeout=TIMEOUT_S,
+                                          network_timeout=TIMEOUT_S) as triton_client:
+        yield triton_client
+
+
+def infer(triton, datatype: str, in0, in1, binary: bool, outputs: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """One request through tritonclient.http; in0/in1 as numpy arrays of the datatype's form."""
+    import tritonclient.http as httpclient
+
+    inputs = []
+    for name, data in (("in0", in0), ("in1", in1)):
+        tensor = httpclient.InferInput(name, list(data.shape), datatype)
+        tensor.set_data_from_numpy(data, binary_data=binary)
+        inputs.append(tensor)
+    wanted = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in outputs] or None
+    result = triton.infer("alex-st", inputs, outputs=wanted)
+    return {name: result.as_numpy(name) for name in outputs or ("dist",)}
+
+
+def files(*images: np.ndarray) -> np.ndarray:
+    """PNG files as a BYTES tensor [N]."""
+    out = []
+    for img in images:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return np.array(out, dtype=np.object_)
+
+
+def test_v2_health_and_metadata_come_from_the_model_file(triton, model: Path) -> None:
+    from stlpips_rt.contract import INPUTS
+    from stlpips_rt.engine.model_files import read_signature
+
+    assert triton.is_server_live() and triton.is_server_ready() and triton.is_model_ready("alex-st")
+    assert not triton.is_model_ready("vgg-st")
+    server = triton.get_server_metadata()
+    assert server["name"] == "stlpips-serve" and "binary_tensor_data" in server["extensions"]
+    meta = triton.get_model_metadata("alex-st")
+    info, signature = read_signature(model)
+    dtype = {"float32": "FP32"}
+    assert meta["name"] == info.short_name and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": n, "datatype": dtype[signature.input(n).dtype],
+                               "shape": list(signature.input(n).dims)} for n in INPUTS]
+    assert meta["outputs"] == [{"name": n, "datatype": dtype[signature.output(n).dtype],
+                                "shape": list(signature.output(n).dims)} for n in info.outputs]
+    assert [o["name"] for o in meta["outputs"]] == ["dist", "dist_layers", "dist_map"]
+    assert meta["inputs"][0]["shape"] == [-1, 3, -1, -1]
+    assert triton.get_model_metadata("alex-st", model_version="1") == meta
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_v2_pair_of_odd_size_equals_the_scorer_bit_for_bit(triton, scorer: Scorer, binary: bool) -> None:
+    a, b = rgb(1), rgb(2)
+    expected = np.float32(scorer.score(a, b))
+    for datatype, in0, in1 in (("FP32", as_tensor([a]), as_tensor([b])), ("UINT8", a[None], b[None])):
+        got = infer(triton, datatype, in0, in1, binary)["dist"]
+        assert got.dtype == np.float32 and got.shape == (1,), datatype
+        assert got.tobytes() == expected.tobytes(), (datatype, got, expected)
+    if binary:  # encoded files travel as raw bytes in the binary extension only (JSON takes base64: below)
+        got = infer(triton, "BYTES", files(a), files(b), binary)["dist"]
+        assert got.tobytes() == expected.tobytes()
+
+
+def test_v2_a_batch_of_pairs_equals_score_batch_and_joins_the_dynamic_batches(triton, client: Client,
+                                                                                scorer: Scorer) -> None:
+    refs, dists = [rgb(10 + i) for i in range(4)], [rgb(20 + i) for i in range(4)]
+    expected = scorer.score_batch(refs, dists)
+    before = client.request("GET", "/v1/models")[1]["replica_stats"]["pairs"]
+    got = infer(triton, "FP32", as_tensor(refs), as_tensor(dists), binary=True)["dist"]
+    assert got.tobytes() == expected.astype(np.float32).tobytes()
+    # the four pairs went through the batcher of single pairs (as /v1/score's do)
+    assert client.request("GET", "/v1/models")[1]["replica_stats"]["pairs"] - before == 4
+    got = infer(triton, "UINT8", np.stack(refs), np.stack(dists), binary=False)["dist"]
+    assert got.tobytes() == expected.astype(np.float32).tobytes()
+    got = infer(triton, "BYTES", files(*refs), files(*dists), binary=True)["dist"]
+    assert got.tobytes() == expected.astype(np.float32).tobytes()
+
+
+def test_v2_one_reference_against_several_is_score_many(triton, scorer: Scorer) -> None:
+    ref, dists = rgb(30), [rgb(31 + i) for i in range(3)]
+    got = infer(triton, "UINT8", ref[None], np.stack(dists), binary=True)["dist"]
+    assert got.tobytes() == scorer.score_many(ref, dists).astype(np.float32).tobytes()
+    # and one in1 against several in0: each pair as score_batch scores it
+    got = infer(triton, "UINT8", np.stack(dists), ref[None], binary=True)["dist"]
+    assert got.tobytes() == scorer.score_batch(dists, [ref] * 3).astype(np.float32).tobytes()
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_v2_other_outputs_on_request(triton, scorer: Scorer, binary: bool) -> None:
+    a, b = [rgb(40), rgb(41)], [rgb(42), rgb(43)]
+    got = infer(triton, "UINT8", np.stack(a), np.stack(b), binary, outputs=("dist", "dist_map", "dist_layers"))
+    assert got["dist"].tobytes() == scorer.score_batch(a, b).astype(np.float32).tobytes()
+    assert got["dist_map"].shape == (2, 1, *ODD)
+    np.testing.assert_array_equal(got["dist_map"][:, 0], scorer.spatial_batch(a, b))
+    np.testing.assert_array_equal(got["dist_layers"], scorer.layers_batch(a, b))
+
+
+def test_v2_json_bytes_are_base64_files_and_the_id_is_echoed(client: Client, scorer: Scorer) -> None:
+    import base64
+
+    a, b = png(50, ODD), png(51, ODD)
+    request = {"id": "pair-7", "inputs": [
+        {"name": "in0", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(a).decode()]},
+        {"name": "in1", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b).decode()]}]}
+    status, content_type, data = client.raw("POST", "/v2/models/alex-st/infer", body=json.dumps(request).encode(),
+                                            headers={"Content-Type": "application/json"})
+    assert status == 200 and content_type.startswith("application/json")
+    answer = json.loads(data)
+    expected = scorer.score(Image.open(io.BytesIO(a)), Image.open(io.BytesIO(b)))
+    assert answer == {"model_name": "alex-st", "model_version": "1", "id": "pair-7", "outputs": [
+        {"name": "dist", "datatype": "FP32", "shape": [1], "data": [json_distance(expected)]}]}
+
+
+V2_BAD = {  # request JSON -> (status, words of the message)
+    "not json": (b"{nope", 400, "does not parse"),
+    "no inputs": (json.dumps({"inputs": []}).encode(), 400, "no \"inputs\""),
+    "missing in1": (json.dumps({"inputs": [{"name": "in0", "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                                           "data": [0] * 3072}]}).encode(), 400, "input 'in1' is missing"),
+    "wrong count": (json.dumps({"inputs": [{"name": n, "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                                           "data": [0] * 3000} for n in ("in0", "in1")]}).encode(), 400,
+                    "holds 3072 elements, the data has 3000"),
+    "datatype": (json.dumps({"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 32, 32, 3],
+                                        "data": [0] * 3072} for n in ("in0", "in1")]}).encode(), 400,
+                 "datatype INT32 is not accepted"),
+    "out of range": (json.dumps({"inputs": [{"name": n, "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                            "data": [5.0] * 3072} for n in ("in0", "in1")]}).encode(), 400,
+                     "outside the declared [-1,1]"),
+    "sizes differ": (json.dumps({"inputs": [{"name": "in0", "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                                            "data": [0] * 3072},
+                                           {"name": "in1", "datatype": "UINT8", "shape": [1, 32, 30, 3],
+                                            "data": [0] * 2880}]}).encode(), 400, "sizes differ"),
+    "no such output": (json.dumps({"inputs": [{"name": n, "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                                              "data": [0] * 3072} for n in ("in0", "in1")],
+                                   "outputs": [{"name": "logits"}]}).encode(), 400, "has no output 'logits'"),
+    "not an image": (json.dumps({"inputs": [{"name": n, "datatype": "BYTES", "shape": [1],
+                                            "data": ["aGVsbG8="]} for n in ("in0", "in1")]}).encode(), 415,
+                     "cannot decode it as an image"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(V2_BAD))
+def test_v2_bad_requests_get_the_protocols_error(client: Client, case: str) -> None:
+    body, status, words = V2_BAD[case]
+    got, content_type, data = client.raw("POST", "/v2/models/alex-st/infer", body=body,
+                                         headers={"Content-Type": "application/json"})
+    answer = json.loads(data)
+    assert got == status and content_type.startswith("application/json"), answer
+    assert set(answer) == {"error"} and isinstance(answer["error"], str) and words in answer["error"], answer
+
+
+def test_v2_errors_reach_tritonclient_with_their_status(triton, client: Client) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    a = rgb(1)
+    with pytest.raises(InferenceServerException) as error:
+        infer(triton, "UINT8", a[None], rgb(2, (48, 48))[None], binary=True)
+    assert error.value.status() == "400" and "sizes differ" in error.value.message()
+    with pytest.raises(InferenceServerException) as error:
+        triton.get_model_metadata("vgg-st")
+    assert error.value.status() == "404" and "this service serves 'alex-st'" in error.value.message()
+    with pytest.raises(InferenceServerException) as error:
+        triton.get_model_metadata("alex-st", model_version="2")
+    assert error.value.status() == "404" and "no version '2'" in error.value.message()
+    # a body over the limit is refused before it is read, in the protocol's shape
+    status, _, data = client.raw("POST", "/v2/models/alex-st/infer", body=b"\0" * (MAX_BODY + 1))
+    assert status == 413 and "over this service's limit" in json.loads(data)["error"]
+
+
+def test_v2_images_over_the_pixel_limit_are_413(client: Client) -> None:
+    head = json.dumps({"inputs": [{"name": n, "datatype": "UINT8", "shape": [1, 300, 300, 3],
+                                   "parameters": {"binary_data_size": 270_000}} for n in ("in0", "in1")]}).encode()
+    status, _, data = client.raw("POST", "/v2/models/alex-st/infer", body=head + b"\0" * 540_000,
+                                 headers={"Inference-Header-Content-Length": str(len(head))})
+    assert status == 413 and json.loads(data) == {"error": f"in0[0]: 90000 pixels is over the limit of {MAX_PIXELS} "
+                                                           "(decompression-bomb guard); send smaller images"}
+
+
+def test_v2_binary_sizes_that_do_not_add_up_are_400(client: Client) -> None:
+    head = json.dumps({"inputs": [{"name": n, "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                                   "parameters": {"binary_data_size": 3072}} for n in ("in0", "in1")]}).encode()
+    for tail, words in ((b"\0" * 3072, "does not fit"), (b"\0" * 6200, "56 bytes of binary data follow")):
+        status, _, data = client.raw("POST", "/v2/models/alex-st/infer", body=head + tail,
+                                     headers={"Inference-Header-Content-Length": str(len(head))})
+        assert status == 400 and words in json.loads(data)["error"], data
+
+
+def test_v2_answers_fit_the_openapi_schema(client: Client, triton) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = json.loads(client.raw("GET", "/openapi.json")[2])
+    for path in ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{version}/infer"):
+        op = doc["paths"][path]["post"]
+        body = op["requestBody"]["content"]
+        assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/InferRequest"}
+        assert body["application/octet-stream"]["schema"]["format"] == "binary"
+        for code in ("400", "404", "413", "415", "500"):
+            assert op["responses"][code]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/V2Error"}, (path, code)
+
+    def check(answer: dict, name: str) -> None:
+        jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", **doc}).validate(answer)
+
+    request = {"inputs": [{"name": n, "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [7] * 3072}
+                          for n in ("in0", "in1")], "outputs": [{"name": "dist"}]}
+    check(request, "InferRequest")
+    status, _, data = client.raw("POST", "/v2/models/alex-st/infer", body=json.dumps(request).encode())
+    assert status == 200
+    check(json.loads(data), "InferResponse")
+    check(client.request("GET", "/v2/models/alex-st")[1], "ModelMetadata")
+    check(client.request("GET", "/v2")[1], "ServerMetadata")
+    check(client.request("GET", "/v2/models/nothing")[1], "V2Error")
+    with pytest.raises(jsonschema.ValidationError):
+        check({"inputs": "in0"}, "InferRequest")

@@ -91,6 +91,10 @@ class RequestTooLargeError(RequestError):
     """A request body over the service's size limit."""
 
 
+class NoSuchModelError(RequestError):
+    """A request for a model (or model version) that the scoring service does not serve."""
+
+
 # --- videos ------------------------------------------------------------------------------------------------
 class VideoError(StlpipsError):
     """Base class of video input errors; ``item`` names the offending file (and frame, where there is one)."""

@@ -1,4 +1,5 @@
-"""Finding model files: a path, or a short name (``"alex-st"``) looked up in the model folders."""
+"""Finding model files: a path, or a short name (``"alex-st"``) looked up in the model folders; reading a file's
+contract (:class:`~stlpips_rt.contract.ModelInfo`) and its graph's tensors (:class:`Signature`)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,59 @@ def info_from_session(path: Path, session: ort.InferenceSession) -> ModelInfo:
 
 def read_model_info(path: Path) -> ModelInfo:
     """Read and validate the metadata of an ONNX file without building an execution session."""
+    return read_signature(path)[0]
+
+
+#: onnxruntime's element types -> numpy dtype names (the ones an stlpips graph can carry).
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+               "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32", "tensor(int64)": "int64",
+               "tensor(bool)": "bool"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a graph, as the file declares it: ``shape`` holds ints for fixed axes and the axis'
+    name (``"N0"``, ``"H"``) for dynamic ones."""
+
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int | str, ...]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The shape with -1 for every dynamic axis (the convention of Triton and the Open Inference Protocol)."""
+        return tuple(d if isinstance(d, int) else -1 for d in self.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """A graph's inputs and outputs, in the file's order."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+
+def signature_of(session: ort.InferenceSession) -> Signature:
+    """The tensors of a loaded session's graph."""
+
+    def spec(arg: ort.NodeArg) -> TensorSpec:
+        dtype = _ORT_DTYPES.get(arg.type)
+        if dtype is None:
+            raise NotAnStlpipsModelError(f"tensor {arg.name} has element type {arg.type}, which no stlpips graph has")
+        return TensorSpec(arg.name, dtype, tuple(d if isinstance(d, int) else str(d or "?") for d in arg.shape))
+
+    return Signature(tuple(spec(a) for a in session.get_inputs()), tuple(spec(a) for a in session.get_outputs()))
+
+
+def read_signature(path: Path) -> tuple[ModelInfo, Signature]:
+    """Read and validate an ONNX file's contract and its graph's tensors, without building an execution session
+    (and without the onnx package or torch)."""
     try:
         # A session with every optimisation off is the cheapest way to read metadata without the onnx package.
         opts = ort.SessionOptions()
@@ -80,4 +134,4 @@ def read_model_info(path: Path) -> ModelInfo:
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several private exception types
         raise NotAnStlpipsModelError(f"{path}: onnxruntime cannot load it as an ONNX model ({exc})") from None
-    return info_from_session(path, sess)
+    return info_from_session(path, sess), signature_of(sess)

@@ -1,20 +1,25 @@
 """The HTTP side of ``stlpips-serve``, free of Ray and of any web framework: the limits of one request, the ASGI
 guard that enforces the body limit before the routes see a byte, the checks of a scoring form, and the runtime's
-typed errors turned into JSON answers with their status codes."""
+typed errors turned into JSON answers with their status codes, in the shape of the route's protocol (``/v1``'s
+``{"error": {"type", "message"}}``, the Open Inference Protocol's ``{"error": "..."}`` under ``/v2``)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
 from ..errors import (
     ImageError,
     ImageTooLargeError,
     InferenceError,
     ModelError,
+    NoSuchModelError,
     NotAnImageError,
     RequestError,
     RequestTooLargeError,
@@ -47,6 +52,8 @@ def status_of(exc: BaseException) -> int:
         return 413
     if isinstance(exc, NotAnImageError):
         return 415
+    if isinstance(exc, NoSuchModelError):
+        return 404
     if isinstance(exc, ImageError | RequestError):
         return 400
     if isinstance(exc, InferenceError | ModelError):
@@ -60,6 +67,32 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, StlpipsError):
         return {"error": {"type": type(exc).__name__, "message": str(exc)}}
     return {"error": {"type": "InternalError", "message": "the service failed on this request; see its log"}}
+
+
+#: The path prefix of the Open Inference Protocol's routes.
+OIP_PREFIX = "/v2"
+
+
+def is_oip(path: str) -> bool:
+    """Whether ``path`` is one of the Open Inference Protocol's (``/v2`` and below)."""
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
+def error_answer(exc: BaseException, path: str) -> dict[str, Any]:
+    """The JSON of an error answer on ``path``: :func:`error_body` on ``/v1`` and the other routes, the Open
+    Inference Protocol's ``{"error": "<message>"}`` under ``/v2`` (clients such as tritonclient read that shape)."""
+    body = error_body(exc)
+    return {"error": body["error"]["message"]} if is_oip(path) else body
+
+
+def header_pixels(data: bytes) -> int:
+    """The pixels an encoded image's header declares, read without decoding it; 0 for data whose header does not
+    parse (the decoder then reports it with its proper error)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.width * img.height
+    except Exception:  # noqa: BLE001 - reported with its proper type by the decoder
+        return 0
 
 
 async def read_body(headers: Any, stream: AsyncIterator[bytes], limit: int) -> bytes:
@@ -118,7 +151,7 @@ class RequestGuard:
         except _Disconnected:
             return
         except StlpipsError as exc:
-            await send_json(send, status_of(exc), error_body(exc))
+            await send_json(send, status_of(exc), error_answer(exc, scope["path"]))
             return
         started = False
 
@@ -132,7 +165,7 @@ class RequestGuard:
         except Exception as exc:  # noqa: BLE001 - a bad request answers with an error, never ends the replica
             log.exception("unexpected failure on %s %s", scope.get("method"), scope["path"])
             if not started:
-                await send_json(send, 500, error_body(exc))
+                await send_json(send, 500, error_answer(exc, scope["path"]))
 
 
 async def _body_chunks(receive: Callable[[], Awaitable[dict]]) -> AsyncIterator[bytes]:

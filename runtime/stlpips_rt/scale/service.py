@@ -9,13 +9,18 @@ interactive docs at ``GET /docs``. HTTP API (docs/at_scale.md has examples):
   one reference through the broadcast graph
 - ``GET /v1/models``: the model's metadata, the limits, the batching and the answering replica's batch counts;
   ``GET /healthz``: ``{"status": "ok"}``
+- the Open Inference Protocol (KServe v2, Triton's HTTP/REST protocol; :mod:`~stlpips_rt.scale.v2`): ``GET /v2``,
+  ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}[/versions/1]`` and its ``/ready``, and
+  ``POST /v2/models/{name}[/versions/1]/infer`` with JSON tensors or the binary-data extension, both ways;
+  ``{name}`` is the model's short name. Errors there are the protocol's ``{"error": "..."}``.
 
 Errors are ``{"error": {"type": <the runtime's error class>, "message": ...}}`` with 400 (bad image, size
 mismatch, malformed request), 413 (body or image over the limits, decompression bombs), 415 (not an image),
 404 (no such route). The body limit is enforced by :class:`~stlpips_rt.scale.http.RequestGuard` before FastAPI
 parses anything.
 
-Exactness: concurrent ``/v1/score`` requests are gathered by ``serve.batch`` (up to ``max_batch``, waiting at
+Exactness: concurrent ``/v1/score`` requests (and the pairs of ``/v2`` requests that ask for ``dist`` alone) are
+gathered by ``serve.batch`` (up to ``max_batch``, waiting at
 most ``batch_wait_ms``). On CPU each gathered pair runs as its own graph run by default: stacking bought nothing
 measurable there (27.1 vs 27.8 ms a pair for alex-st 64x64 at batch 1 vs 16). With a format-1.1 file ``stack=True``
 is safe on CPU too: its distances do not depend on the batch (docs/reproducibility.md), while a 0.1 file's last bit
@@ -24,7 +29,6 @@ which is where batching pays; ``stack`` overrides either way.
 """
 
 import asyncio
-import io
 import typing
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
@@ -32,22 +36,26 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, File, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from PIL import Image
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from ray import serve
 from starlette.exceptions import HTTPException
 
+from .. import __version__
+from ..engine.model_files import read_signature
 from ..errors import ImageTooLargeError, RequestError, StlpipsError
 from ..io import images
 from ..io.images import ImageOptions
 from ..io.output import json_distance
+from . import oip, v2
 from .batch import _ScorerSpec
-from .http import Limits, RequestGuard, check_form, error_body, status_of
+from .http import Limits, RequestGuard, check_form, error_answer, header_pixels, is_oip, status_of
 from .ray_env import ModelPayload
 
 APP_NAME = "stlpips"
 ROUTES = ("GET /v1/models", "POST /v1/score", "POST /v1/score_many", "GET /healthz", "GET /openapi.json", "GET /docs")
+V2_ROUTES = ("GET /v2", "GET /v2/health/live", "GET /v2/health/ready", "GET /v2/models/{name}",
+             "GET /v2/models/{name}/ready", "POST /v2/models/{name}/infer")
 
 
 @dataclass(frozen=True)
@@ -107,13 +115,13 @@ class LimitsAnswer(BaseModel):
 
 
 class BatchingAnswer(BaseModel):
-    max_batch: int = Field(description="Most concurrent /v1/score requests gathered into one batch.")
+    max_batch: int = Field(description="Most concurrent /v1/score requests (and /v2 pairs) gathered into one batch.")
     batch_wait_ms: float = Field(description="Longest a request waits for others to join its batch.")
     stacked: bool = Field(description="Whether a gathered batch runs as one stacked graph run.")
 
 
 class ReplicaStats(BaseModel):
-    batches: int = Field(description="/v1/score batches this replica ran.")
+    batches: int = Field(description="Batches of single pairs (/v1/score, /v2 pairs) this replica ran.")
     pairs: int = Field(description="Pairs in them.")
     largest_batch: int = Field(description="Pairs in the largest one.")
 
@@ -168,6 +176,110 @@ SCORE_ERRORS = _errors(
 IMAGE = "An image file in any format Pillow decodes (PNG, JPEG, WebP, ...); EXIF orientation is applied."
 
 
+# --- the Open Inference Protocol's shapes (/v2) -------------------------------------------------------------------
+class V2Error(BaseModel):
+    error: str = Field(description="What was wrong, and what to do about it.")
+
+
+class ServerMetadata(BaseModel):
+    name: str = Field(examples=["stlpips-serve"])
+    version: str = Field(description="The stlpips-deploy version.", examples=[__version__])
+    extensions: list[str] = Field(description="The protocol's extensions served.", examples=[["binary_tensor_data"]])
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class Ready(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str = Field(examples=["alex-st"])
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str = Field(examples=["in0"])
+    datatype: str = Field(examples=["FP32"])
+    shape: list[int] = Field(description="-1 for a dynamic axis.", examples=[[-1, 3, -1, -1]])
+
+
+class ModelMetadata(BaseModel):
+    name: str = Field(description="The model's short name (as /v1/models reports it).", examples=["alex-st"])
+    versions: list[str] = Field(examples=[[v2.VERSION]])
+    platform: str = Field(examples=[v2.PLATFORM])
+    inputs: list[TensorMetadata] = Field(description="The graph's inputs, as the file declares them; in0 and in1 "
+                                                     "are also accepted as UINT8 [N, H, W, 3] images and BYTES [N] "
+                                                     "encoded image files.")
+    outputs: list[TensorMetadata] = Field(description="The graph's outputs, as the file declares them.")
+
+
+class InferInput(BaseModel):
+    name: str = Field(description="in0 (references) or in1.", examples=["in0"])
+    shape: list[int] = Field(examples=[[1, 3, 64, 64]])
+    datatype: str = Field(description="FP32 [N, 3, H, W] in [-1, 1], UINT8 [N, H, W, 3], or BYTES [N] (image "
+                                      "files: base64 strings in JSON, raw in binary data).", examples=["FP32"])
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size: the tensor's bytes in the "
+                                                                "binary data after the JSON.")
+    data: list[Any] | None = Field(None, description="The elements, flat or nested, row-major.")
+
+
+class InferOutputRequest(BaseModel):
+    name: str = Field(examples=["dist"])
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: answer this output as binary data.")
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_output: every output as binary data.")
+    inputs: list[InferInput]
+    outputs: list[InferOutputRequest] | None = Field(None, description="The outputs to answer; default: dist.")
+
+
+class InferOutput(BaseModel):
+    name: str = Field(examples=["dist"])
+    shape: list[int] = Field(examples=[[1]])
+    datatype: str = Field(examples=["FP32"])
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size, for a binary output.")
+    data: list[Any] | None = Field(None, description="The elements, row-major; float32 as their shortest "
+                                                     "decimals, which read back bit for bit.")
+
+
+class InferResponse(BaseModel):
+    model_name: str = Field(examples=["alex-st"])
+    model_version: str = Field(examples=[v2.VERSION])
+    id: str | None = None
+    outputs: list[InferOutput]
+
+
+def _v2_errors(**statuses: str) -> dict[int | str, dict[str, Any]]:
+    return {int(code[1:]): {"model": V2Error, "description": text} for code, text in statuses.items()}
+
+
+V2_MODEL_ERRORS = _v2_errors(_404="No such model or version.")
+V2_INFER_ERRORS = _v2_errors(
+    _400="A malformed request (JSON, shapes, datatypes, binary sizes), a bad or truncated image, sizes that differ "
+         "or are below the model's minimum, an output the model does not have",
+    _404="No such model or version.",
+    _413="The body over the limit, or images over the pixel limits (from shapes and headers)",
+    _415="BYTES data that no image decoder recognises",
+    _500="A failure of the service's (logged, no internals in the answer)",
+)
+
+V2_INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+    oip.BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary", "description": (
+        f"The binary-data extension: the JSON request (its length in the {oip.HEADER_LENGTH} header), then "
+        "each binary input's bytes in order.")}}}}}
+V2_INFER_DESCRIPTION = ("Distances of `in0` and `in1` (FP32 `[N, 3, H, W]` in [-1, 1], UINT8 `[N, H, W, 3]` or "
+                      "BYTES `[N]` image files), as JSON tensors or with the binary-data extension both ways "
+                      "(`Inference-Header-Content-Length`). Pairs asking for `dist` alone join the dynamic "
+                      "batches of /v1/score; every answer equals `Scorer.score` / `score_batch` bit for bit on "
+                      "CPU.")
+
+
 # --- the application -------------------------------------------------------------------------------------------
 def _replica() -> "ScoringService":
     """The replica that runs this request (FastAPI dependencies and middleware have no ``self``)."""
@@ -193,6 +305,9 @@ class _ServiceApp(FastAPI):
                         form["schema"]["$ref"] = f"#/components/schemas/{name}"
             for unused in ("HTTPValidationError", "ValidationError"):
                 components.pop(unused, None)
+            request = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request.pop("$defs", {}))
+            components["InferRequest"] = request
             self.openapi_schema = schema
         return self.openapi_schema
 
@@ -215,16 +330,22 @@ app.add_middleware(RequestGuard, max_body_bytes=lambda: _replica().limits.max_bo
 
 @app.exception_handler(StlpipsError)
 async def _runtime_error(request: Request, exc: StlpipsError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=status_of(exc))
+    return JSONResponse(error_answer(exc, request.url.path), status_code=status_of(exc))
 
 
 @app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    path = request.url.path
     if exc.status_code in (404, 405):  # as before FastAPI: any other method or path is "no route"
-        message = f"no route {request.method} {request.url.path}; see {', '.join(ROUTES)}"
+        if is_oip(path):
+            message = f"no route {request.method} {path}; see {', '.join(V2_ROUTES)}"
+            return JSONResponse({"error": message}, status_code=404)
+        message = f"no route {request.method} {path}; see {', '.join(ROUTES + V2_ROUTES)}"
         return JSONResponse({"error": {"type": "NotFound", "message": message}}, status_code=404)
     if exc.status_code == 400:  # the multipart parser's complaints
-        return JSONResponse(error_body(RequestError(f"cannot parse the multipart body: {exc.detail}")), 400)
+        return JSONResponse(error_answer(RequestError(f"cannot parse the multipart body: {exc.detail}"), path), 400)
+    if is_oip(path):
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
     return JSONResponse({"error": {"type": "HTTPError", "message": str(exc.detail)}}, exc.status_code,
                         headers=exc.headers)
 
@@ -233,7 +354,8 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # check_form refuses a bad form before FastAPI validates the fields; this is the fallback for anything else.
     problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-    return JSONResponse(error_body(RequestError(f"malformed request: {problems}")), status_code=400)
+    return JSONResponse(error_answer(RequestError(f"malformed request: {problems}"), request.url.path),
+                        status_code=400)
 
 
 def _form_check(*, many: bool) -> Any:
@@ -273,7 +395,8 @@ class ScoringService:
             "batching": {"max_batch": config.max_batch, "batch_wait_ms": config.batch_wait_ms, "stacked": self.stack},
         }
         self._answer = {"model": info.short_name, "model_sha256": sha256[:SHA_PREFIX], "provider": self.scorer.provider}
-        self.stats = {"batches": 0, "pairs": 0, "largest_batch": 0}  # this replica's /v1/score batches
+        self.stats = {"batches": 0, "pairs": 0, "largest_batch": 0}  # this replica's batches of single pairs
+        self.v2_metadata = v2.model_metadata(info, read_signature(info.path)[1])
 
     @app.get("/healthz", response_model=Health, summary="Whether a replica answers")
     async def healthz(self) -> Health:
@@ -291,7 +414,7 @@ class ScoringService:
                     dist: Annotated[bytes, File(description="The distorted image, the size of ref. " + IMAGE)],
                     ) -> ScoreAnswer:
         x0, x1 = await asyncio.to_thread(self._decode_pair, ref, dist)
-        return ScoreAnswer(distance=await self._score_pairs((x0, x1)), **self._answer)
+        return ScoreAnswer(distance=json_distance(await self._score_pairs((x0, x1))), **self._answer)
 
     @app.post("/v1/score_many", response_model=ScoreManyAnswer, responses=SCORE_ERRORS,
               summary="Score one reference against several images",
@@ -306,6 +429,86 @@ class ScoringService:
         distances = await asyncio.to_thread(self._run_many, ref, dist)
         return ScoreManyAnswer(distances=distances, **self._answer)
 
+    # --- the Open Inference Protocol (/v2) ------------------------------------------------------------------------
+    @app.get("/v2", response_model=ServerMetadata, summary="The server's name, version and protocol extensions")
+    async def v2_server(self) -> ServerMetadata:
+        return ServerMetadata(name="stlpips-serve", version=__version__, extensions=["binary_tensor_data"])
+
+    @app.get("/v2/health/live", response_model=Live, summary="Whether a replica answers")
+    async def v2_live(self) -> Live:
+        return Live(live=True)
+
+    @app.get("/v2/health/ready", response_model=Ready, summary="Whether a replica can score (its model is loaded)")
+    async def v2_ready(self) -> Ready:
+        return Ready(ready=True)
+
+    @app.get("/v2/models/{model_name}", response_model=ModelMetadata, responses=V2_MODEL_ERRORS,
+             summary="The model's inputs and outputs: names, datatypes, shapes")
+    async def v2_model(self, model_name: str) -> ModelMetadata:
+        v2.check_model(self.scorer.info, model_name)
+        return ModelMetadata(**self.v2_metadata)
+
+    @app.get("/v2/models/{model_name}/versions/{version}", response_model=ModelMetadata,
+             responses=V2_MODEL_ERRORS, summary="The model's inputs and outputs (version 1, the only one)")
+    async def v2_model_version(self, model_name: str, version: str) -> ModelMetadata:
+        v2.check_model(self.scorer.info, model_name, version)
+        return ModelMetadata(**self.v2_metadata)
+
+    @app.get("/v2/models/{model_name}/ready", response_model=ModelReady, responses=V2_MODEL_ERRORS,
+             summary="Whether the model can score")
+    async def v2_model_ready(self, model_name: str) -> ModelReady:
+        v2.check_model(self.scorer.info, model_name)
+        return ModelReady(name=model_name, ready=True)
+
+    @app.get("/v2/models/{model_name}/versions/{version}/ready", response_model=ModelReady,
+             responses=V2_MODEL_ERRORS, summary="Whether the model can score (version 1)")
+    async def v2_model_version_ready(self, model_name: str, version: str) -> ModelReady:
+        v2.check_model(self.scorer.info, model_name, version)
+        return ModelReady(name=model_name, ready=True)
+
+    @app.post("/v2/models/{model_name}/infer", response_model=InferResponse, responses=V2_INFER_ERRORS,
+              summary="Score pairs (Open Inference Protocol)", description=V2_INFER_DESCRIPTION,
+              openapi_extra=V2_INFER_BODY)
+    async def v2_infer(self, model_name: str, request: Request) -> Response:
+        return await self._v2_infer(model_name, None, request)
+
+    @app.post("/v2/models/{model_name}/versions/{version}/infer", response_model=InferResponse,
+              responses=V2_INFER_ERRORS, summary="Score pairs (version 1)", description=V2_INFER_DESCRIPTION,
+              openapi_extra=V2_INFER_BODY)
+    async def v2_infer_version(self, model_name: str, version: str, request: Request) -> Response:
+        return await self._v2_infer(model_name, version, request)
+
+    async def _v2_infer(self, model_name: str, version: str | None, request: Request) -> Response:
+        info = self.scorer.info
+        v2.check_model(info, model_name, version)
+        body = await request.body()  # already bounded and read by RequestGuard
+        parsed, outputs, pairs = await asyncio.to_thread(
+            self._v2_decode, body, request.headers.get("content-encoding"),
+            request.headers.get(oip.HEADER_LENGTH.lower()))
+        values = await self._v2_run(pairs, list(outputs))
+        content, header_length = oip.encode_answer(
+            info.short_name, v2.VERSION, parsed.id, [(name, values[name], outputs[name]) for name in outputs])
+        if header_length is None:
+            return Response(content, media_type="application/json")
+        return Response(content, media_type=oip.BINARY_CONTENT_TYPE,
+                        headers={oip.HEADER_LENGTH: str(header_length)})
+
+    def _v2_decode(self, body: bytes, encoding: str | None, header_length: str | None) \
+            -> tuple[oip.InferRequest, dict[str, bool], v2.Pairs]:
+        parsed = oip.parse_infer_request(oip.decompress(body, encoding, self.limits.max_body_bytes), header_length)
+        outputs = v2.requested_outputs(parsed, self.scorer.info)
+        return parsed, outputs, v2.pairs_from_request(parsed, self.scorer, self.limits)
+
+    async def _v2_run(self, pairs: v2.Pairs, outputs: list[str]) -> dict[str, np.ndarray]:
+        """Pairs that ask for ``dist`` alone join the dynamic batches of single pairs (each answer as
+        ``Scorer.score``'s); a broadcast request, or one asking for other outputs, runs as ``Scorer.evaluate``."""
+        if outputs == ["dist"] and not pairs.broadcast:
+            distances = await asyncio.gather(*(self._score_pairs(pair) for pair in zip(pairs.x0, pairs.x1,
+                                                                                         strict=True)))
+            return {"dist": np.array(distances, dtype=np.float32)}
+        x0 = pairs.x0[0] if pairs.broadcast else pairs.x0
+        return await asyncio.to_thread(self.scorer.evaluate, x0, pairs.x1, outputs)
+
     # --- decoding and inference (worker threads) ---------------------------------------------------------------
     def _decode(self, data: bytes, name: str) -> np.ndarray:
         return self.scorer.load(images.open_bytes(data, name, self.limits.max_pixels), name)
@@ -313,13 +516,7 @@ class ScoringService:
     def _check_request_pixels(self, parts: list[bytes]) -> None:
         """Refuse a request whose images together exceed the limit before decoding any (each one alone may be
         under ``max_pixels``); headers that do not parse are left to the decoder to report."""
-        total = 0
-        for data in parts:
-            try:
-                with Image.open(io.BytesIO(data)) as img:
-                    total += img.width * img.height
-            except Exception:  # noqa: BLE001, S112 - reported with its proper type by _decode
-                continue
+        total = sum(header_pixels(data) for data in parts)
         if total > self.limits.max_request_pixels:
             raise ImageTooLargeError("request", f"{total} pixels in all, over the limit of "
                                                 f"{self.limits.max_request_pixels}; send fewer or smaller images")
@@ -339,17 +536,16 @@ class ScoringService:
         return [json_distance(v) for v in self.scorer.evaluate_many(x0, xs)["dist"]]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _score_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    async def _score_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.float32]:
         self.stats["batches"] += 1
         self.stats["pairs"] += len(pairs)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(pairs))
         return await asyncio.to_thread(self._run_pairs, pairs)
 
-    def _run_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    def _run_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.float32]:
         if self.stack:
-            d = self.scorer.evaluate([p[0] for p in pairs], [p[1] for p in pairs])["dist"]
-            return [json_distance(v) for v in d]
-        return [json_distance(self.scorer.evaluate([a], [b])["dist"][0]) for a, b in pairs]
+            return list(self.scorer.evaluate([p[0] for p in pairs], [p[1] for p in pairs])["dist"])
+        return [self.scorer.evaluate([a], [b])["dist"][0] for a, b in pairs]
 
 
 def build_app(config: ServiceConfig) -> Any:
