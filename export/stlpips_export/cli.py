@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from stlpips_rt.cli.options import CONTEXT, fail, models_dir_option
+from stlpips_rt.cli.triton import options_from, triton_options
 from stlpips_rt.variants import NETS, RELEASED, VARIANT_NAMES
 
 from .errors import ExportError
@@ -62,14 +63,25 @@ def _parse_hw(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--features/--no-features", default=True, show_default=True,
               help="Also write the features graph beside a float32 file ({name}_features.onnx): each image's features "
                    "once, for distance matrices (docs/matrix.md).")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a Triton model repository there: DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx "
+                   "(docs/serving.md).")
+@triton_options
 @click.option("-q", "--quiet", is_flag=True, help="Print only the written paths.")
 def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int | None, exporter: str | None,
          fp16: bool, int8: bool, calibration: Path | None, calibration_only: bool, gate_triplets: int, spatial: bool,
          layers: bool, tiles: bool, static_hw: tuple[int, int] | None, no_simplify: bool, no_fuse: bool,
-         weights: str | None, tolerance: float | None, features: bool, quiet: bool) -> None:
+         weights: str | None, tolerance: float | None, features: bool, triton_dir: Path | None, quiet: bool,
+         **triton: object) -> None:
     """Export an ST-LPIPS / LPIPS model to ONNX, proving float32 parity with PyTorch before writing it."""
     if export_all and weights:
         raise click.UsageError("--all exports the registered weights; drop --weights or --all")
+    try:
+        triton_options_ = options_from(triton)  # checked before the export's minutes, not after
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if export_all and triton_options_.name:
+        raise click.UsageError("--triton-name names one model; drop it with --all (each gets its short name)")
     targets = [tuple(key.split("-")) for key in RELEASED] if export_all else [(net, variant)]
     failures = 0
     for target_net, target_variant in targets:
@@ -103,6 +115,11 @@ def main(net: str, variant: str, export_all: bool, models_dir: Path, opset: int 
         else:
             click.echo(f"wrote {result.path} (min size {result.min_size}px, parity max abs "
                        f"{result.parity.max_abs:.2e}) in {time.perf_counter() - start:.1f}s")
+        if triton_dir is not None:
+            from stlpips_rt.triton import write_repository
+
+            repository = write_repository(result.path, triton_dir, triton_options_)
+            click.echo(str(repository.config) if quiet else f"wrote {repository.config} and {repository.model}")
     if failures:
         click.echo(f"{failures} of {len(targets)} exports failed", err=True)
         sys.exit(1)
