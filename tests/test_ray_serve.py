@@ -96,7 +96,7 @@ def client(ray_cluster, model: Path):
     config = service.ServiceConfig(model=str(model), providers="cpu", max_batch=8, batch_wait_ms=5,
                                    limits=Limits(max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS,
                                                  max_request_pixels=4 * MAX_PIXELS))
-    service.start(config, host=HOST, port=port)
+    service.start(config, host=HOST, port=port, grpc_port=0)  # gRPC on a free loopback port too
     yield Client(port)
     service.stop()
 
@@ -727,3 +727,73 @@ def test_v2_answers_fit_the_openapi_schema(client: Client, triton) -> None:
     check(client.request("GET", "/v2/models/nothing")[1], "V2Error")
     with pytest.raises(jsonschema.ValidationError):
         check({"inputs": "in0"}, "InferRequest")
+
+
+# --- the Open Inference Protocol over gRPC, through tritonclient.grpc ------------------------------------------
+@pytest.fixture(scope="module")
+def triton_grpc(client: Client):
+    """tritonclient.grpc's client on the service's gRPC front (127.0.0.1, a free port)."""
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: bash scripts/setup.sh")
+    from stlpips_rt.scale import service
+
+    front = service.grpc_front()
+    assert front is not None and front.port > 0
+    with grpcclient.InferenceServerClient(f"{HOST}:{front.port}") as triton_client:
+        yield triton_client
+
+
+def grpc_infer(triton, datatype: str, in0, in1, outputs: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    import tritonclient.grpc as grpcclient
+
+    inputs = []
+    for name, data in (("in0", in0), ("in1", in1)):
+        tensor = grpcclient.InferInput(name, list(data.shape), datatype)
+        tensor.set_data_from_numpy(data)
+        inputs.append(tensor)
+    wanted = [grpcclient.InferRequestedOutput(name) for name in outputs] or None
+    result = triton.infer("alex-st", inputs, outputs=wanted, client_timeout=TIMEOUT_S)
+    return {name: result.as_numpy(name) for name in outputs or ("dist",)}
+
+
+def test_grpc_health_and_metadata(triton_grpc, triton) -> None:
+    assert triton_grpc.is_server_live() and triton_grpc.is_server_ready() and triton_grpc.is_model_ready("alex-st")
+    meta = triton_grpc.get_model_metadata("alex-st", as_json=True)
+    http_meta = triton.get_model_metadata("alex-st")
+    assert meta["name"] == "alex-st" and meta["versions"] == ["1"]
+    # the same tensors as over HTTP (JSON of the protobuf writes int64 shapes as strings)
+    for kind in ("inputs", "outputs"):
+        assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta[kind]] == \
+            [(t["name"], t["datatype"], t["shape"]) for t in http_meta[kind]]
+
+
+def test_grpc_pairs_equal_the_scorer_bit_for_bit(triton_grpc, scorer: Scorer) -> None:
+    a, b = [rgb(60 + i) for i in range(3)], [rgb(70 + i) for i in range(3)]
+    expected = scorer.score_batch(a, b).astype(np.float32).tobytes()
+    assert grpc_infer(triton_grpc, "FP32", as_tensor(a), as_tensor(b))["dist"].tobytes() == expected
+    assert grpc_infer(triton_grpc, "UINT8", np.stack(a), np.stack(b))["dist"].tobytes() == expected
+    assert grpc_infer(triton_grpc, "BYTES", files(*a), files(*b))["dist"].tobytes() == expected
+    got = grpc_infer(triton_grpc, "UINT8", a[0][None], np.stack(b), outputs=("dist", "dist_map"))
+    assert got["dist"].tobytes() == scorer.score_many(a[0], b).astype(np.float32).tobytes()
+    assert got["dist_map"].shape == (3, 1, *ODD)
+
+
+def test_grpc_errors_carry_their_status_codes(triton_grpc) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    a = rgb(1)
+    with pytest.raises(InferenceServerException) as error:
+        grpc_infer(triton_grpc, "UINT8", a[None], rgb(2, (48, 48))[None])
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT" and "sizes differ" in error.value.message()
+    with pytest.raises(InferenceServerException) as error:
+        triton_grpc.get_model_metadata("vgg-st")
+    assert error.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException) as error:  # over the pixel limit, as over HTTP
+        grpc_infer(triton_grpc, "UINT8", np.zeros((1, 300, 300, 3), np.uint8), np.zeros((1, 300, 300, 3), np.uint8))
+    assert error.value.status() == "StatusCode.RESOURCE_EXHAUSTED" and "90000 pixels" in error.value.message()
+    with pytest.raises(InferenceServerException) as error:  # over the body limit: refused by gRPC itself
+        grpc_infer(triton_grpc, "UINT8", np.zeros((1, 600, 600, 3), np.uint8), np.zeros((1, 600, 600, 3), np.uint8))
+    assert error.value.status() == "StatusCode.RESOURCE_EXHAUSTED" and "larger than max" in error.value.message()
+    with pytest.raises(InferenceServerException) as error:  # an RPC this service does not offer
+        triton_grpc.get_inference_statistics("alex-st")
+    assert error.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert triton_grpc.is_server_live()  # and the front goes on

@@ -75,9 +75,11 @@ class TritonOptions:
         if self.accelerator not in ACCELERATORS:
             raise ValueError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
         if self.accelerator == "tensorrt" and self.instance != "gpu":
-            raise ValueError("the TensorRT accelerator runs on GPU instances; pass instance='gpu' (--triton-instance gpu)")
+            raise ValueError("the TensorRT accelerator runs on GPU instances; pass instance='gpu' "
+                             "(--triton-instance gpu)")
         if self.accelerator == "openvino" and self.instance != "cpu":
-            raise ValueError("the OpenVINO accelerator runs on CPU instances; pass instance='cpu' (--triton-instance cpu)")
+            raise ValueError("the OpenVINO accelerator runs on CPU instances; pass instance='cpu' "
+                             "(--triton-instance cpu)")
         if self.precision not in ("exact", "fast"):
             raise ValueError(f"precision must be 'exact' or 'fast', got {self.precision!r}")
 

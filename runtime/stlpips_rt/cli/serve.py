@@ -24,6 +24,9 @@ TOOL = "stlpips-serve"
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 exposes the service to the network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None,
+              help="Also serve the Open Inference Protocol over gRPC (inference.GRPCInferenceService) on --host at "
+                   "this port (e.g. 8001, Triton's); default: HTTP only.")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
               help="Serve replicas, each with its own model.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
@@ -42,12 +45,14 @@ TOOL = "stlpips-serve"
 @max_memory_option()
 @click.option("--address", default=None, help="A running Ray cluster (auto, HOST:PORT); default: start a local one.")
 def main(model: str, models_dir: Path | None, providers: str, precision: str, threads: int | None, host: str,
-         port: int, replicas: int, max_batch: int, batch_wait_ms: float, stack: bool | None, gpus_per_replica: float,
-         max_body_mb: float, max_pixels: int, max_memory: int | None, address: str | None) -> None:
+         port: int, grpc_port: int | None, replicas: int, max_batch: int, batch_wait_ms: float, stack: bool | None,
+         gpus_per_replica: float, max_body_mb: float, max_pixels: int, max_memory: int | None,
+         address: str | None) -> None:
     """Serve perceptual distances over HTTP on Ray Serve, until interrupted (Ctrl-C or SIGTERM).
 
     POST /v1/score (multipart ref, dist), POST /v1/score_many (ref, dist, dist, ...), GET /v1/models, GET /healthz;
-    the OpenAPI schema at GET /openapi.json and interactive docs at GET /docs.
+    the Open Inference Protocol (KServe v2, Triton's protocol) under /v2 (and over gRPC with --grpc-port); the
+    OpenAPI schema at GET /openapi.json and interactive docs at GET /docs. See docs/serving.md.
     --threads is per replica (each reserves that many CPUs from Ray, at least one). See docs/at_scale.md."""
     try:
         from ..scale import ray_env
@@ -68,11 +73,12 @@ def main(model: str, models_dir: Path | None, providers: str, precision: str, th
                                    max_memory=str(max_memory) if max_memory is not None else None)
     with ray_env.cluster(address, cpus_needed=int(replicas * config.cpus + 0.999)):
         try:
-            service.start(config, host=host, port=port)
-        except StlpipsError as exc:
+            service.start(config, host=host, port=port, grpc_port=grpc_port)
+        except (StlpipsError, OSError) as exc:
             fail(TOOL, str(exc))
-        click.echo(f"stlpips-serve: {model} on http://{host}:{port} ({replicas} replica(s), max batch {max_batch}); "
-                   "Ctrl-C stops", err=True)
+        grpc = f" and grpc://{host}:{grpc_port}" if grpc_port else ""
+        click.echo(f"stlpips-serve: {model} on http://{host}:{port}{grpc} ({replicas} replica(s), max batch "
+                   f"{max_batch}); Ctrl-C stops", err=True)
         # SIGTERM (kill, docker stop, Kubernetes) stops as Ctrl-C does, so the local cluster is shut down too.
         signal.signal(signal.SIGTERM, _interrupt)
         try:

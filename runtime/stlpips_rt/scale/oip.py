@@ -164,15 +164,10 @@ def _input(raw: Any, index: int, binary: bytes, offset: int) -> tuple[Tensor, in
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise RequestError(f"inputs[{index}] needs a \"name\" (a string)")
     name = raw["name"]
-    datatype = raw.get("datatype")
-    if datatype != BYTES and datatype not in FIXED_DATATYPES:
-        raise RequestError(f"input {name!r}: datatype {datatype!r} is not one of the protocol's "
-                           f"({', '.join([*FIXED_DATATYPES, BYTES])})")
-    shape = raw.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
+    datatype, shape = raw.get("datatype"), raw.get("shape")
+    if not isinstance(shape, list):
         raise RequestError(f"input {name!r}: \"shape\" must be a list of non-negative integers, got {shape!r}")
-    count = math.prod(shape)
+    shape = _checked_shape(name, datatype, shape)
     size = _parameters(raw, f"input {name!r}").get("binary_data_size")
     if size is not None:
         if "data" in raw:
@@ -180,21 +175,51 @@ def _input(raw: Any, index: int, binary: bytes, offset: int) -> tuple[Tensor, in
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
             raise RequestError(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - offset} "
                                "bytes of binary data left after the JSON")
-        chunk = binary[offset:offset + size]
-        data = _bytes_elements(chunk, name) if datatype == BYTES else _fixed_from_binary(chunk, datatype, count, name)
-        used = size
-    elif "data" in raw:
-        data = _bytes_from_json(raw["data"], name) if datatype == BYTES else _fixed_from_json(raw["data"], datatype,
-                                                                                               name)
-        used = 0
-    else:
+        return tensor_from_raw(name, datatype, shape, binary[offset:offset + size]), size
+    if "data" not in raw:
         raise RequestError(f"input {name!r} has no \"data\" and no parameters.binary_data_size")
-    got = len(data) if isinstance(data, list) else data.size
+    if datatype == BYTES:
+        return _shaped(Tensor(name, datatype, shape, _bytes_from_json(raw["data"], name))), 0
+    return _shaped(Tensor(name, datatype, shape, _fixed_from_json(raw["data"], datatype, name))), 0
+
+
+def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
+    """A tensor from its raw little-endian bytes (the binary-data extension; gRPC's ``raw_input_contents``)."""
+    shape = _checked_shape(name, datatype, shape)
+    data = _bytes_elements(raw, name) if datatype == BYTES else _fixed_from_binary(raw, datatype, math.prod(shape),
+                                                                                     name)
+    return _shaped(Tensor(name, datatype, shape, data))
+
+
+def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: Sequence[Any]) -> Tensor:
+    """A tensor from its elements as values (gRPC's typed ``contents``: numbers, or bytes for BYTES)."""
+    shape = _checked_shape(name, datatype, shape)
+    if datatype == BYTES:
+        data: np.ndarray | list[bytes] = [bytes(v) for v in values]
+    else:
+        data = _fixed_from_json(list(values), datatype, name)
+    return _shaped(Tensor(name, datatype, shape, data))
+
+
+def _checked_shape(name: str, datatype: str, shape: Sequence[int]) -> tuple[int, ...]:
+    if datatype != BYTES and datatype not in FIXED_DATATYPES:
+        raise RequestError(f"input {name!r}: datatype {datatype!r} is not one of the protocol's "
+                           f"({', '.join([*FIXED_DATATYPES, BYTES])})")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise RequestError(f"input {name!r}: \"shape\" must be a list of non-negative integers, got {list(shape)!r}")
+    return tuple(shape)
+
+
+def _shaped(tensor: Tensor) -> Tensor:
+    """The tensor with its element count checked against its shape, and a fixed-size one reshaped."""
+    count = math.prod(tensor.shape)
+    got = len(tensor.data) if isinstance(tensor.data, list) else tensor.data.size
     if got != count:
-        raise RequestError(f"input {name!r}: shape {shape} holds {count} elements, the data has {got}")
-    if isinstance(data, np.ndarray):
-        data = data.reshape(shape)
-    return Tensor(name, datatype, tuple(shape), data), used
+        raise RequestError(f"input {tensor.name!r}: shape {list(tensor.shape)} holds {count} elements, the data has "
+                           f"{got}")
+    if isinstance(tensor.data, np.ndarray):
+        tensor.data = tensor.data.reshape(tensor.shape)
+    return tensor
 
 
 def _fixed_from_binary(chunk: bytes, datatype: str, count: int, name: str) -> np.ndarray:

@@ -43,13 +43,13 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..engine.model_files import read_signature
-from ..errors import ImageTooLargeError, RequestError, StlpipsError
+from ..errors import ImageTooLargeError, RequestError, RequestTooLargeError, StlpipsError
 from ..io import images
 from ..io.images import ImageOptions
 from ..io.output import json_distance
-from . import oip, v2
+from . import oip, oip_grpc, v2
 from .batch import _ScorerSpec
-from .http import Limits, RequestGuard, check_form, error_answer, header_pixels, is_oip, status_of
+from .http import Limits, RequestGuard, check_form, error_answer, header_pixels, is_oip, log, status_of
 from .ray_env import ModelPayload
 
 APP_NAME = "stlpips"
@@ -509,6 +509,87 @@ class ScoringService:
         x0 = pairs.x0[0] if pairs.broadcast else pairs.x0
         return await asyncio.to_thread(self.scorer.evaluate, x0, pairs.x1, outputs)
 
+    # --- the Open Inference Protocol over gRPC (oip_grpc) -----------------------------------------------------------
+    async def grpc(self, rpc: str, request: bytes) -> tuple[bytes, str, str]:
+        """One call of ``stlpips-serve``'s gRPC front (:class:`~stlpips_rt.scale.oip_grpc.Front`): the request's
+        bytes in; the response's bytes, the gRPC status code's name and its message out."""
+        if rpc not in oip_grpc.RPCS:
+            return b"", "UNIMPLEMENTED", f"{rpc} is not served; see {', '.join(oip_grpc.RPCS)}"
+        try:
+            message = getattr(oip_grpc.messages(), f"{rpc}Request").FromString(request)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError, or anything else it raises on bad bytes
+            return b"", "INVALID_ARGUMENT", f"the {rpc}Request does not parse"
+        response, code, text = await self._grpc_answer(rpc, message)
+        return (response.SerializeToString() if response is not None else b""), code, text
+
+    async def _grpc_answer(self, rpc: str, request: Any) -> tuple[Any, str, str]:
+        try:
+            return await self._grpc_rpc(rpc, request), "OK", ""
+        except StlpipsError as exc:
+            return None, oip_grpc.GRPC_CODES[status_of(exc)], str(exc)
+        except Exception:  # noqa: BLE001 - a bad request answers with an error, never ends the replica
+            log.exception("unexpected failure on gRPC %s", rpc)
+            return None, "INTERNAL", "the service failed on this request; see its log"
+
+    async def _grpc_rpc(self, rpc: str, request: Any) -> Any:
+        pb, info = oip_grpc.messages(), self.scorer.info
+        if rpc == "ServerLive":
+            return pb.ServerLiveResponse(live=True)
+        if rpc == "ServerReady":
+            return pb.ServerReadyResponse(ready=True)
+        if rpc == "ServerMetadata":
+            return pb.ServerMetadataResponse(name="stlpips-serve", version=__version__)
+        if rpc == "ModelReady":
+            v2.check_model(info, request.name, request.version)
+            return pb.ModelReadyResponse(ready=True)
+        if rpc == "ModelMetadata":
+            v2.check_model(info, request.name, request.version)
+            return oip_grpc.model_metadata_response(self.v2_metadata)
+        v2.check_model(info, request.model_name, request.model_version)  # ModelInfer
+        if request.ByteSize() > self.limits.max_body_bytes:
+            raise RequestTooLargeError(f"the request is {request.ByteSize()} bytes, over this service's limit of "
+                                       f"{self.limits.max_body_bytes} bytes; send smaller images")
+        parsed, outputs, pairs = await asyncio.to_thread(self._v2_decode_grpc, request)
+        values = await self._v2_run(pairs, list(outputs))
+        return oip_grpc.model_infer_response(info.short_name, v2.VERSION, parsed.id,
+                                             [(name, values[name]) for name in outputs])
+
+    def _v2_decode_grpc(self, request: Any) -> tuple[oip.InferRequest, dict[str, bool], v2.Pairs]:
+        parsed = oip_grpc.parse_model_infer(request)
+        return parsed, v2.requested_outputs(parsed, self.scorer.info), v2.pairs_from_request(parsed, self.scorer,
+                                                                                              self.limits)
+
+    # Ray Serve's own gRPC proxy calls these by the RPCs' names (grpc_servicer_functions: tritonclient's
+    # add_GRPCInferenceServiceServicer_to_server), with the request message and a grpc_context; hence CamelCase.
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._proxied("ServerLive", request, grpc_context)
+
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._proxied("ServerReady", request, grpc_context)
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._proxied("ServerMetadata", request, grpc_context)
+
+    async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._proxied("ModelReady", request, grpc_context)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._proxied("ModelMetadata", request, grpc_context)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
+        return await self._proxied("ModelInfer", request, grpc_context)
+
+    async def _proxied(self, rpc: str, request: Any, grpc_context: Any) -> Any:
+        response, code, message = await self._grpc_answer(rpc, request)
+        if code == "OK":
+            return response
+        import grpc
+
+        if grpc_context is not None:
+            grpc_context.set_code(getattr(grpc.StatusCode, code))
+            grpc_context.set_details(message)
+        return getattr(oip_grpc.messages(), f"{rpc}Response")()
+
     # --- decoding and inference (worker threads) ---------------------------------------------------------------
     def _decode(self, data: bytes, name: str) -> np.ndarray:
         return self.scorer.load(images.open_bytes(data, name, self.limits.max_pixels), name)
@@ -591,16 +672,40 @@ def _parse(value: str, annotation: Any) -> Any:
     return value
 
 
-def start(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000) -> Any:
-    """Start Serve's HTTP proxy on ``host:port`` and deploy the service; returns its handle. Needs a connected
-    Ray (``ray.init`` or :func:`stlpips_rt.scale.ray_env.cluster`)."""
+_grpc_front: oip_grpc.Front | None = None
+
+
+def start(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, grpc_port: int | None = None) -> Any:
+    """Start Serve's HTTP proxy on ``host:port`` and deploy the service; returns its handle. With ``grpc_port``,
+    also serve the Open Inference Protocol's gRPC service on ``host:grpc_port`` (0: a free port; the front's
+    ``port`` says which) from this process. Needs a connected Ray (``ray.init`` or
+    :func:`stlpips_rt.scale.ray_env.cluster`)."""
+    global _grpc_front
     serve.start(http_options={"host": host, "port": port})
-    return serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    handle = serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    if grpc_port is not None:
+        oip_grpc.messages()  # the generated modules, or a clear error before anything listens
+
+        def call(rpc: str, request: bytes) -> tuple[bytes, str, str]:
+            return handle.grpc.remote(rpc, request).result()
+
+        # gRPC refuses a message over the body limit before it reaches a replica (the replica checks it again).
+        _grpc_front = oip_grpc.Front(call, host, grpc_port, max_message_bytes=config.limits.max_body_bytes)
+    return handle
+
+
+def grpc_front() -> oip_grpc.Front | None:
+    """The gRPC front :func:`start` runs in this process, if any."""
+    return _grpc_front
 
 
 def stop(keep_serve: bool = False) -> None:
-    """Remove the service from the cluster, and Serve's proxy with it unless ``keep_serve`` (a shared cluster
-    whose Serve may run other applications)."""
+    """Remove the service from the cluster (and stop the gRPC front), and Serve's proxy with it unless
+    ``keep_serve`` (a shared cluster whose Serve may run other applications)."""
+    global _grpc_front
+    if _grpc_front is not None:
+        _grpc_front.stop()
+        _grpc_front = None
     serve.delete(APP_NAME)
     if not keep_serve:
         serve.shutdown()
