@@ -4,15 +4,17 @@ protocol's data (:mod:`~stlpips_rt.scale.oip`), and a gRPC front bound to an add
 each call's bytes to the service's replicas.
 
 Why a front of our own: Ray Serve's gRPC proxy carries this service (its RPCs reach the deployment's methods of
-the same names, :class:`~stlpips_rt.scale.service.ScoringService`), but binds every interface (``[::]``) with no
-option for the address in Ray 2.60, where ``stlpips-serve`` binds 127.0.0.1 unless told otherwise. The front
-listens where ``--host`` says and calls the same code through a deployment handle; on KubeRay, Ray's proxy can
-carry it instead (docs/serving.md).
+the same names, :class:`~stlpips_rt.scale.service.ScoringService`, given :func:`add_servicer_to_server`), but binds
+every interface (``[::]``) with no option for the address in Ray 2.60, where ``stlpips-serve`` binds 127.0.0.1
+unless told otherwise. The front listens where ``--host`` says and calls the same code through a deployment handle,
+passing bytes (no pickled messages); on KubeRay, Ray's proxy can carry it instead (docs/serving.md;
+scripts/check_ray_grpc_proxy.sh runs that path in a network namespace of its own).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
@@ -31,14 +33,34 @@ GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTE
               500: "INTERNAL"}
 
 
+#: The module name tritonclient's generated message classes give themselves: the .proto's, not the file's.
+PICKLED_MODULE = "grpc_service_pb2"
+
+
 def messages() -> Any:
-    """``tritonclient.grpc.service_pb2``, or a :class:`MissingExtraError` naming what to install."""
+    """``tritonclient.grpc.service_pb2``, or a :class:`MissingExtraError` naming what to install.
+
+    Its message classes say they live in ``grpc_service_pb2`` (the .proto's name; tritonclient renamed the file),
+    a module that does not exist, so they cannot be pickled, and Ray Serve's gRPC proxy pickles each request to
+    pass it to a replica. This makes that name resolve to the real module in the calling process (the proxy, through
+    :func:`add_servicer_to_server`; a replica, when the service starts)."""
     try:
         from tritonclient.grpc import service_pb2
     except ImportError as exc:
         raise MissingExtraError(f"serving gRPC needs tritonclient's generated modules and grpcio ({exc}); "
                                 "pip install 'stlpips-deploy[ray]'") from None
+    sys.modules.setdefault(PICKLED_MODULE, service_pb2)
     return service_pb2
+
+
+def add_servicer_to_server(servicer: Any, server: Any) -> None:
+    """For Ray Serve's gRPC proxy: ``grpc_servicer_functions: ["stlpips_rt.scale.oip_grpc.add_servicer_to_server"]``
+    registers ``inference.GRPCInferenceService`` (tritonclient's servicer), with the module alias
+    :func:`messages` explains, in the proxy's process."""
+    messages()
+    from tritonclient.grpc import service_pb2_grpc
+
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
 
 def parse_model_infer(request: Any) -> oip.InferRequest:

@@ -29,6 +29,7 @@ which is where batching pays; ``stack`` overrides either way.
 """
 
 import asyncio
+import contextlib
 import typing
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
@@ -43,7 +44,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..engine.model_files import read_signature
-from ..errors import ImageTooLargeError, RequestError, RequestTooLargeError, StlpipsError
+from ..errors import ImageTooLargeError, MissingExtraError, RequestError, RequestTooLargeError, StlpipsError
 from ..io import images
 from ..io.images import ImageOptions
 from ..io.output import json_distance
@@ -397,6 +398,8 @@ class ScoringService:
         self._answer = {"model": info.short_name, "model_sha256": sha256[:SHA_PREFIX], "provider": self.scorer.provider}
         self.stats = {"batches": 0, "pairs": 0, "largest_batch": 0}  # this replica's batches of single pairs
         self.v2_metadata = v2.model_metadata(info, read_signature(info.path)[1])
+        with contextlib.suppress(MissingExtraError):  # gRPC messages unpickle here if Ray's gRPC proxy sends them
+            oip_grpc.messages()
 
     @app.get("/healthz", response_model=Health, summary="Whether a replica answers")
     async def healthz(self) -> Health:
@@ -559,8 +562,9 @@ class ScoringService:
         return parsed, v2.requested_outputs(parsed, self.scorer.info), v2.pairs_from_request(parsed, self.scorer,
                                                                                               self.limits)
 
-    # Ray Serve's own gRPC proxy calls these by the RPCs' names (grpc_servicer_functions: tritonclient's
-    # add_GRPCInferenceServiceServicer_to_server), with the request message and a grpc_context; hence CamelCase.
+    # Ray Serve's own gRPC proxy calls these by the RPCs' names (grpc_servicer_functions:
+    # stlpips_rt.scale.oip_grpc.add_servicer_to_server), with the request message and a grpc_context; hence
+    # CamelCase.
     async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
         return await self._proxied("ServerLive", request, grpc_context)
 
