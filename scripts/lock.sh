@@ -21,7 +21,7 @@ if [ "${1:-}" != "--upgrade" ]; then
   constraints=(-c "$frozen")
 fi
 extras=()
-for e in export eval dev openvino cpp ray video parquet int8; do extras+=(--extra "$e"); done
+for e in export eval dev openvino cpp ray grpc video parquet int8; do extras+=(--extra "$e"); done
 # --find-links: torch==2.13.0+cpu is the machine's local wheel (uv does not read pip's configuration).
 "$uv" pip compile pyproject.toml requirements/environment.in "${extras[@]}" "${constraints[@]}" "${args[@]}" \
   --find-links /opt/wheels --no-emit-package torch --no-header --no-annotate -o requirements/environment.lock

@@ -48,7 +48,7 @@ def messages() -> Any:
         from tritonclient.grpc import service_pb2
     except ImportError as exc:
         raise MissingExtraError(f"serving gRPC needs tritonclient's generated modules and grpcio ({exc}); "
-                                "pip install 'stlpips-deploy[ray]'") from None
+                                "pip install 'stlpips-deploy[ray,grpc]'") from None
     sys.modules.setdefault(PICKLED_MODULE, service_pb2)
     return service_pb2
 
