@@ -43,8 +43,24 @@ def _launcher(tool: str) -> Callable[[], None]:
     return launch
 
 
+#: ``stlpips-bench serve``: the service's load client (stlpips_export.bench.serve) needs ray, not torch.
+BENCH_SERVE = ("stlpips_export.bench.serve", ("ray", "fastapi"), "ray")
+
 export = _launcher("stlpips-export")
 parity = _launcher("stlpips-parity")
 evaluate = _launcher("stlpips-eval")
-bench = _launcher("stlpips-bench")
 bench_gpu = _launcher("stlpips-bench-gpu")
+
+
+def bench() -> None:
+    """``stlpips-bench ...`` as ever; ``stlpips-bench serve ...`` dispatches to the service's load client."""
+    if sys.argv[1:2] != ["serve"]:
+        _launcher("stlpips-bench")()
+        return
+    module, needs, extra = BENCH_SERVE
+    missing = missing_modules(needs)
+    if missing:
+        print(f"stlpips-bench serve: error: needs {', '.join(missing)}, which this install lacks; install the extra "
+              f"with `pip install 'stlpips-deploy[{extra}]'`", file=sys.stderr)
+        sys.exit(2)
+    importlib.import_module(module).main(args=sys.argv[2:], prog_name="stlpips-bench serve")
