@@ -520,8 +520,10 @@ def triton(client: Client):
         yield triton_client
 
 
-def infer(triton, datatype: str, in0, in1, binary: bool, outputs: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """One request through tritonclient.http; in0/in1 as numpy arrays of the datatype's form."""
+def infer(triton, datatype: str, in0, in1, binary: bool, outputs: tuple[str, ...] | None = ("dist",)) \
+        -> dict[str, np.ndarray]:
+    """One request through tritonclient.http; in0/in1 as numpy arrays of the datatype's form, inputs and outputs
+    as JSON or binary data. ``outputs=None`` names none (tritonclient then asks for every output as binary)."""
     import tritonclient.http as httpclient
 
     inputs = []
@@ -529,7 +531,7 @@ def infer(triton, datatype: str, in0, in1, binary: bool, outputs: tuple[str, ...
         tensor = httpclient.InferInput(name, list(data.shape), datatype)
         tensor.set_data_from_numpy(data, binary_data=binary)
         inputs.append(tensor)
-    wanted = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in outputs] or None
+    wanted = None if outputs is None else [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs]
     result = triton.infer("alex-st", inputs, outputs=wanted)
     return {name: result.as_numpy(name) for name in outputs or ("dist",)}
 
@@ -583,7 +585,7 @@ def test_v2_a_batch_of_pairs_equals_score_batch_and_joins_the_dynamic_batches(tr
     refs, dists = [rgb(10 + i) for i in range(4)], [rgb(20 + i) for i in range(4)]
     expected = scorer.score_batch(refs, dists)
     before = client.request("GET", "/v1/models")[1]["replica_stats"]["pairs"]
-    got = infer(triton, "FP32", as_tensor(refs), as_tensor(dists), binary=True)["dist"]
+    got = infer(triton, "FP32", as_tensor(refs), as_tensor(dists), binary=True, outputs=None)["dist"]
     assert got.tobytes() == expected.astype(np.float32).tobytes()
     # the four pairs went through the batcher of single pairs (as /v1/score's do)
     assert client.request("GET", "/v1/models")[1]["replica_stats"]["pairs"] - before == 4
