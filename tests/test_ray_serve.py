@@ -685,6 +685,29 @@ def test_v2_errors_reach_tritonclient_with_their_status(triton, client: Client) 
     assert status == 413 and "over this service's limit" in json.loads(data)["error"]
 
 
+def test_v2_compressed_requests_are_inflated_within_the_body_limit(triton, client: Client, scorer: Scorer) -> None:
+    import gzip
+
+    import tritonclient.http as httpclient
+
+    a, b = rgb(80), rgb(81)
+    inputs = []
+    for name, data in (("in0", a[None]), ("in1", b[None])):
+        tensor = httpclient.InferInput(name, list(data.shape), "UINT8")
+        tensor.set_data_from_numpy(data, binary_data=True)
+        inputs.append(tensor)
+    for algorithm in ("gzip", "deflate"):
+        got = triton.infer("alex-st", inputs, request_compression_algorithm=algorithm).as_numpy("dist")
+        assert got.tobytes() == np.float32(scorer.score(a, b)).tobytes(), algorithm
+    # a small body that inflates past the limit is refused (a compression bomb), as an unknown encoding is
+    bomb = gzip.compress(b" " * (2 * MAX_BODY))
+    assert len(bomb) < MAX_BODY // 100
+    status, _, data = client.raw("POST", "/v2/models/alex-st/infer", body=bomb, headers={"Content-Encoding": "gzip"})
+    assert status == 413 and "inflates to more than this service's limit" in json.loads(data)["error"]
+    status, _, data = client.raw("POST", "/v2/models/alex-st/infer", body=b"x", headers={"Content-Encoding": "br"})
+    assert status == 400 and "Content-Encoding 'br' is not supported" in json.loads(data)["error"]
+
+
 def test_v2_images_over_the_pixel_limit_are_413(client: Client) -> None:
     head = json.dumps({"inputs": [{"name": n, "datatype": "UINT8", "shape": [1, 300, 300, 3],
                                    "parameters": {"binary_data_size": 270_000}} for n in ("in0", "in1")]}).encode()
