@@ -60,17 +60,19 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray cluster for every Ray test: 2 logical CPUs, a small object store, no dashboard. Workers get
-    this process's import path, so they run the code under test. Skips (with the reason) without ray."""
+    """One local Ray cluster for every Ray test: 2 logical CPUs, a small object store, no dashboard, every port on
+    127.0.0.1 (stlpips_rt.scale.ray_env.start_local). Workers get this process's import path, so they run the
+    code under test. Skips (with the reason) without ray."""
     import os
 
     ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'stlpips-deploy[ray]'")
     import stlpips_rt
+    from stlpips_rt.scale.ray_env import start_local
 
     source = str(Path(stlpips_rt.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=2, object_store_memory=96 * 2**20, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    start_local(num_cpus=2, object_store_memory=96 * 2**20, log_to_driver=False,
+                runtime_env={"env_vars": {"PYTHONPATH": path}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
