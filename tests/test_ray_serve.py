@@ -12,63 +12,24 @@ import hashlib
 import http.client
 import io
 import json
+import re
 import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from serve_client import HOST, TIMEOUT_S, Client, free_port, png
 
 from stlpips_rt import Scorer
 from stlpips_rt.io.output import json_distance
 
 pytestmark = pytest.mark.ray
-HOST = "127.0.0.1"
-TIMEOUT_S = 120
 MAX_BODY = 1_000_000  # room for a 67x93 pair as /v2 JSON tensors (about 0.4 MB)
 MAX_PIXELS = 200 * 200
-
-
-def png(seed: int, size: tuple[int, int] = (64, 64)) -> bytes:
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(coarse).resize((size[1], size[0]), Image.Resampling.BICUBIC).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def multipart(fields: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
-                    f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for name, data in fields)
-    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-class Client:
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    def request(self, method: str, path: str, fields: list[tuple[str, bytes]] | None = None) -> tuple[int, dict]:
-        status, _, data = self.raw(method, path, fields)
-        return status, json.loads(data)
-
-    def raw(self, method: str, path: str, fields: list[tuple[str, bytes]] | None = None,
-            body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
-        """(status, Content-Type, body bytes) of one request: multipart ``fields``, or ``body`` as it is."""
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=TIMEOUT_S)
-        try:
-            headers = dict(headers or {})
-            if fields is not None:
-                body, headers["Content-Type"] = multipart(fields)
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.getheader("Content-Type", ""), response.read()
-        finally:
-            conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +51,7 @@ def client(ray_cluster, model: Path):
     from stlpips_rt.scale import service
     from stlpips_rt.scale.http import Limits
 
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = service.ServiceConfig(model=str(model), providers="cpu", max_batch=8, batch_wait_ms=5,
                                    limits=Limits(max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS,
                                                  max_request_pixels=4 * MAX_PIXELS))
@@ -326,11 +285,24 @@ V2_ANSWERS = {"/v2": "ServerMetadata", "/v2/health/live": "Live", "/v2/health/re
               "/v2/models/{model_name}/versions/{version}/infer": "InferResponse"}
 
 
-def test_docs_answer_html_for_the_schema(client: Client) -> None:
+def test_docs_render_from_the_service_alone(client: Client) -> None:
+    """/docs works without internet: every script, stylesheet and icon the page references, and the schema its
+    script loads, is a path on the service itself (no other host), and the service answers each with content of
+    its type (Swagger UI's files come from an installed package)."""
     status, content_type, data = client.raw("GET", "/docs")
     assert status == 200 and content_type.startswith("text/html")
     page = data.decode()
-    assert "swagger-ui" in page and "/openapi.json" in page
+    references = re.findall(r'(?:src|href)="([^"]*)"', page) + re.findall(r"url: '([^']*)'", page)
+    assert len(references) == 4, references  # styles, icon, script, schema
+    assert not re.search(r"https?:|//", page), "the page names another host"
+    types = {}
+    for ref in references:
+        assert ref.startswith("/"), ref
+        status, content_type, data = client.raw("GET", ref)
+        assert status == 200 and len(data) > 1000, (ref, status, len(data))
+        types[ref.rsplit(".", 1)[-1]] = content_type.split(";")[0]
+    assert types == {"css": "text/css", "png": "image/png", "js": "text/javascript", "json": "application/json"}
+    assert b"SwaggerUIBundle" in client.raw("GET", "/docs/assets/swagger-ui-bundle.js")[2]
 
 
 def test_32_concurrent_clients_mixing_good_and_bad(client: Client, scorer: Scorer) -> None:

@@ -95,6 +95,10 @@ class NoSuchModelError(RequestError):
     """A request for a model (or model version) that the scoring service does not serve."""
 
 
+class AuthenticationError(RequestError):
+    """A request to a service started with a token that does not carry it (``Authorization: Bearer <token>``)."""
+
+
 # --- videos ------------------------------------------------------------------------------------------------
 class VideoError(StlpipsError):
     """Base class of video input errors; ``item`` names the offending file (and frame, where there is one)."""

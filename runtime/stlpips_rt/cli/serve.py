@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import signal
-import time
+import threading
 from pathlib import Path
-from types import FrameType
 
 import click
 
 from ..engine.model_files import resolve_model
 from ..errors import StlpipsError
-from ..scale.http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, Limits
+from ..scale.http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, TOKEN_ENV, Limits, load_token, token_sha256
 from .options import CONTEXT, fail, max_memory_option, model_option, models_dir_option, runtime_options
 
 TOOL = "stlpips-serve"
@@ -31,8 +30,9 @@ TOOL = "stlpips-serve"
               help="Serve replicas, each with its own model.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most concurrent /v1/score requests gathered into one batch (1: no dynamic batching).")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Longest a request waits for others to join its batch.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=None,
+              help="Longest a request waits for others to join its batch (default: 5 where a batch is stacked into "
+                   "one run, CUDA/TensorRT; 0 where its pairs run one by one, CPU: a wait would only add latency).")
 @click.option("--stack/--no-stack", default=None,
               help="Run a gathered batch as one stacked graph run (default: on CUDA/TensorRT only; on CPU each pair "
                    "runs alone, which keeps answers bit-identical to Scorer.score).")
@@ -43,17 +43,40 @@ TOOL = "stlpips-serve"
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Largest image, from its header (413 above; decompression bombs).")
 @max_memory_option()
-@click.option("--address", default=None, help="A running Ray cluster (auto, HOST:PORT); default: start a local one.")
+@click.option("--max-ongoing-requests", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Requests one replica works on at once (decoding, gathering, scoring): two batches' worth by "
+                   "default. Bounds a replica's memory (about this many decoded requests).")
+@click.option("--max-queued-requests", type=click.IntRange(min=-1), default=32, show_default=True,
+              help="Requests the HTTP proxy holds for busy replicas; any request beyond them is answered 503 with "
+                   "Retry-After at once. -1: no limit (the queue, and the wait, grow with the load).")
+@click.option("--retry-after", "retry_after_s", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds the 503 answer's Retry-After header asks a client to wait.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Require 'Authorization: Bearer <token>' on every route (and gRPC call) but the health checks and "
+                   f"the API docs; the token is the file's first line (at least 16 characters). Default: ${TOKEN_ENV} "
+                   "if set, else no token.")
+@click.option("--address", default=None, help="A running Ray cluster (auto, HOST:PORT); default: start a local one, "
+                                              "every Ray port on 127.0.0.1.")
+@click.option("--dashboard", is_flag=True, default=False,
+              help="Start Ray's dashboard (127.0.0.1:8265) with the local cluster; off by default.")
 def main(model: str, models_dir: Path | None, providers: str, precision: str, threads: int | None, host: str,
-         port: int, grpc_port: int | None, replicas: int, max_batch: int, batch_wait_ms: float, stack: bool | None,
-         gpus_per_replica: float, max_body_mb: float, max_pixels: int, max_memory: int | None,
-         address: str | None) -> None:
+         port: int, grpc_port: int | None, replicas: int, max_batch: int, batch_wait_ms: float | None,
+         stack: bool | None, gpus_per_replica: float, max_body_mb: float, max_pixels: int, max_memory: int | None,
+         max_ongoing_requests: int, max_queued_requests: int, retry_after_s: float, token_file: Path | None,
+         address: str | None, dashboard: bool) -> None:
     """Serve perceptual distances over HTTP on Ray Serve, until interrupted (Ctrl-C or SIGTERM).
 
     POST /v1/score (multipart ref, dist), POST /v1/score_many (ref, dist, dist, ...), GET /v1/models, GET /healthz;
     the Open Inference Protocol (KServe v2, Triton's protocol) under /v2 (and over gRPC with --grpc-port); the
     OpenAPI schema at GET /openapi.json and interactive docs at GET /docs. See docs/serving.md.
     --threads is per replica (each reserves that many CPUs from Ray, at least one). See docs/at_scale.md."""
+    if dashboard and address is not None:
+        raise click.UsageError("--dashboard starts Ray's dashboard with a local cluster; a running cluster "
+                               "(--address) has its own settings")
+    try:
+        token = load_token(token_file)
+    except ValueError as exc:
+        fail(TOOL, str(exc))
     try:
         from ..scale import ray_env
 
@@ -70,25 +93,30 @@ def main(model: str, models_dir: Path | None, providers: str, precision: str, th
     config = service.ServiceConfig(model=str(model_path), providers=providers, precision=precision, threads=threads,
                                    replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, stack=stack,
                                    gpus_per_replica=gpus_per_replica, limits=limits,
-                                   max_memory=str(max_memory) if max_memory is not None else None)
-    with ray_env.cluster(address, cpus_needed=int(replicas * config.cpus + 0.999)):
+                                   max_memory=str(max_memory) if max_memory is not None else None,
+                                   max_ongoing_requests=max_ongoing_requests, max_queued_requests=max_queued_requests,
+                                   retry_after_s=retry_after_s, token_sha256=token_sha256(token) if token else None)
+    # SIGTERM (kill, docker stop, Kubernetes) stops as Ctrl-C does, so the local cluster is shut down too. It is
+    # taken from before the service starts and acted on once the start is complete: a SIGTERM that came while
+    # serve.run was still waiting (after /healthz already answered) killed the process without removing anything,
+    # and raising out of serve.run made the process abort (SIGABRT) on its way out.
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    with ray_env.cluster(address, cpus_needed=int(replicas * config.cpus + 0.999), dashboard=dashboard):
+        failed = False
         try:
-            service.start(config, host=host, port=port, grpc_port=grpc_port)
-        except (StlpipsError, OSError) as exc:
-            fail(TOOL, str(exc))
-        grpc = f" and grpc://{host}:{grpc_port}" if grpc_port else ""
-        click.echo(f"stlpips-serve: {model} on http://{host}:{port}{grpc} ({replicas} replica(s), max batch "
-                   f"{max_batch}); Ctrl-C stops", err=True)
-        # SIGTERM (kill, docker stop, Kubernetes) stops as Ctrl-C does, so the local cluster is shut down too.
-        signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            while True:
-                time.sleep(3600)
+            try:
+                service.start(config, host=host, port=port, grpc_port=grpc_port)
+            except (StlpipsError, OSError) as exc:
+                failed = True
+                fail(TOOL, str(exc))
+            grpc = f" and grpc://{host}:{grpc_port}" if grpc_port else ""
+            click.echo(f"stlpips-serve: {model} on http://{host}:{port}{grpc} ({replicas} replica(s), max batch "
+                       f"{max_batch}{', token required' if token else ''}); Ctrl-C stops", err=True)
+            while not stopping.wait(3600):
+                pass
         except KeyboardInterrupt:
             pass
         finally:
-            service.stop(keep_serve=address is not None)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+            if not failed:  # a failed start has said why; what it started goes with the cluster
+                service.stop(keep_serve=address is not None)

@@ -1,13 +1,17 @@
 """The HTTP side of ``stlpips-serve``, free of Ray and of any web framework: the limits of one request, the ASGI
-guard that enforces the body limit before the routes see a byte, the checks of a scoring form, and the runtime's
-typed errors turned into JSON answers with their status codes, in the shape of the route's protocol (``/v1``'s
-``{"error": {"type", "message"}}``, the Open Inference Protocol's ``{"error": "..."}`` under ``/v2``)."""
+guard that enforces the body limit before the routes see a byte, the bearer-token check, the checks of a scoring
+form, and the runtime's typed errors turned into JSON answers with their status codes, in the shape of the route's
+protocol (``/v1``'s ``{"error": {"type", "message"}}``, the Open Inference Protocol's ``{"error": "..."}`` under
+``/v2``)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import (
+    AuthenticationError,
     ImageError,
     ImageTooLargeError,
     InferenceError,
@@ -47,7 +52,10 @@ class Limits:
 
 
 def status_of(exc: BaseException) -> int:
-    """The HTTP status of an error: 413 too large, 415 not an image, 400 any other bad input, 500 ours."""
+    """The HTTP status of an error: 401 no valid token, 413 too large, 415 not an image, 400 any other bad input,
+    500 ours."""
+    if isinstance(exc, AuthenticationError):
+        return 401
     if isinstance(exc, ImageTooLargeError | RequestTooLargeError):
         return 413
     if isinstance(exc, NotAnImageError):
@@ -192,10 +200,12 @@ def _replay(body: bytes, receive: Callable[[], Awaitable[dict]]) -> Callable[[],
     return replayed
 
 
-async def send_json(send: Callable[[dict], Awaitable[None]], status: int, content: dict[str, Any]) -> None:
+async def send_json(send: Callable[[dict], Awaitable[None]], status: int, content: dict[str, Any],
+                    headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     data = json.dumps(content).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -215,3 +225,78 @@ def check_form(content_type: str, names: Sequence[str], limits: Limits, *, many:
             raise RequestError(f"expected one {name!r} field with an image file, got {count}; fields sent: {sent}")
     if many and "dist" not in names:
         raise RequestError("expected one or more 'dist' fields with image files, got none")
+
+
+# --- the bearer token (opt in) ---------------------------------------------------------------------------------
+TOKEN_ENV = "STLPIPS_SERVE_TOKEN"
+MIN_TOKEN_CHARS = 16
+NEW_TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def token_sha256(token: str) -> str:
+    """What the service keeps of its token: the hex sha256 (the token itself never goes to the cluster)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_token(token_file: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> str | None:
+    """The service's token: the first line of ``token_file`` (surrounding whitespace stripped), else
+    ``$STLPIPS_SERVE_TOKEN``, else None (no token: the service answers without one). Raises ValueError, with what
+    to do, for an unreadable file and for a token under 16 characters."""
+    environ = os.environ if environ is None else environ
+    if token_file is not None:
+        try:
+            lines = open(token_file, encoding="utf-8").read().splitlines()  # noqa: SIM115 - read in one go
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the token file {os.fspath(token_file)!r}: {exc}") from None
+        token, source = (lines[0].strip() if lines else ""), f"the token file {os.fspath(token_file)!r}"
+    elif environ.get(TOKEN_ENV):
+        token, source = environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
+    else:
+        return None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"{source} holds a token of {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
+                         f"random ones, e.g. from {NEW_TOKEN_HINT}")
+    return token
+
+
+class TokenAuth:
+    """ASGI middleware in front of everything else: when the service has a token (``token_sha256()`` is not None),
+    a request to any path but the open ones must carry ``Authorization: Bearer <token>``; without it, or with
+    another token, it is answered 401 with the error body and ``WWW-Authenticate: Bearer`` (RFC 6750) before any
+    of its body is read. The token is compared by its sha256, with :func:`hmac.compare_digest` (constant time).
+    ``is_open(path)`` names the paths that stay open (health checks, the API's description); a trailing slash is
+    ignored, as everywhere in the service."""
+
+    def __init__(self, app: ASGIApp, token_sha256: Callable[[], str | None], is_open: Callable[[str], bool]) -> None:
+        self.app = app
+        self.token_sha256 = token_sha256
+        self.is_open = is_open
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
+        expected = self.token_sha256() if scope["type"] == "http" else None
+        if expected is None or self.is_open(scope["path"].rstrip("/") or "/"):
+            await self.app(scope, receive, send)
+            return
+        values = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == b"authorization"]
+        problem = bearer_problem(values, expected)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        challenge = b'Bearer realm="stlpips-serve"' + (b', error="invalid_token"' if problem[1] else b"")
+        await send_json(send, 401, error_answer(AuthenticationError(problem[0]), scope["path"]),
+                        [(b"www-authenticate", challenge)])
+
+
+def bearer_problem(authorization: Sequence[str], expected_sha256: str) -> tuple[str, bool] | None:
+    """None when the ``Authorization`` values of a request (HTTP headers, gRPC metadata) are one
+    ``Bearer <token>`` whose sha256 is ``expected_sha256`` (compared with :func:`hmac.compare_digest`); else (what
+    is wrong, whether a token was sent)."""
+    if not authorization:
+        return ("this service requires a token: send the header 'Authorization: Bearer <token>'", False)
+    scheme, _, token = authorization[0].strip().partition(" ")
+    if len(authorization) > 1 or scheme.lower() != "bearer" or not token.strip():
+        return ("send the token as one header 'Authorization: Bearer <token>'", False)
+    if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).digest(), bytes.fromhex(expected_sha256)):
+        return ("the token sent is not this service's token", True)
+    return None

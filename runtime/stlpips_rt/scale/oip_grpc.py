@@ -23,14 +23,28 @@ import numpy as np
 
 from ..errors import MissingExtraError, RequestError
 from . import oip
+from .http import bearer_problem
 
 log = logging.getLogger("stlpips.serve")
 SERVICE = "inference.GRPCInferenceService"
 #: The unary RPCs served; the others (streaming, repository, shared memory, statistics) answer UNIMPLEMENTED.
 RPCS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
 #: HTTP statuses of the service's errors -> gRPC status codes (grpc.StatusCode names).
-GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT",
-              500: "INTERNAL"}
+GRPC_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
+              415: "INVALID_ARGUMENT", 500: "INTERNAL"}
+#: The RPCs that answer without the service's token, as /healthz does over HTTP: the health checks.
+OPEN_RPCS = ("ServerLive", "ServerReady")
+
+
+def token_problem(rpc: str, metadata: Any, token_sha256: str | None) -> str | None:
+    """None when ``rpc`` may run: the service has no token, the RPC is a health check, or the call's metadata
+    carries ``authorization: Bearer <token>`` with the service's token; else what is wrong (the call is answered
+    UNAUTHENTICATED). ``metadata``: the call's (key, value) pairs."""
+    if token_sha256 is None or rpc in OPEN_RPCS:
+        return None
+    values = [str(v) for k, v in (metadata or ()) if str(k).lower() == "authorization"]
+    problem = bearer_problem(values, token_sha256)
+    return None if problem is None else problem[0].replace("the header", "the metadata")
 
 
 #: The module name tritonclient's generated message classes give themselves: the .proto's, not the file's.
@@ -122,11 +136,12 @@ class Front:
     (RESOURCE_EXHAUSTED) before they reach a replica."""
 
     def __init__(self, call: Callable[[str, bytes], tuple[bytes, str, str]], host: str, port: int,
-                 max_message_bytes: int, threads: int = 16) -> None:
+                 max_message_bytes: int, threads: int = 16, token_sha256: str | None = None) -> None:
         import grpc
 
         self._grpc = grpc
         self._call = call
+        self._token_sha256 = token_sha256  # the service's token (token_problem), checked here before any call
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max(max_message_bytes, 64 * 2**20)),
                    ("grpc.so_reuseport", 0)]
@@ -142,6 +157,9 @@ class Front:
 
     def _handler(self, rpc: str) -> Callable[[bytes, Any], bytes]:
         def handle(request: bytes, context: Any) -> bytes:
+            problem = token_problem(rpc, context.invocation_metadata(), self._token_sha256)
+            if problem is not None:
+                context.abort(self._grpc.StatusCode.UNAUTHENTICATED, problem)
             try:
                 response, code, message = self._call(rpc, request)
             except Exception:  # noqa: BLE001 - a failed call answers INTERNAL, never ends the front

@@ -15,9 +15,15 @@ interactive docs at ``GET /docs``. HTTP API (docs/at_scale.md has examples):
   ``{name}`` is the model's short name. Errors there are the protocol's ``{"error": "..."}``.
 
 Errors are ``{"error": {"type": <the runtime's error class>, "message": ...}}`` with 400 (bad image, size
-mismatch, malformed request), 413 (body or image over the limits, decompression bombs), 415 (not an image),
-404 (no such route). The body limit is enforced by :class:`~stlpips_rt.scale.http.RequestGuard` before FastAPI
-parses anything.
+mismatch, malformed request), 401 (no valid token, where the service has one), 413 (body or image over the
+limits, decompression bombs), 415 (not an image), 404 (no such route). The token is checked by
+:class:`~stlpips_rt.scale.http.TokenAuth` and the body limit by :class:`~stlpips_rt.scale.http.RequestGuard`,
+both before FastAPI parses anything.
+
+Overload: each replica works on at most ``max_ongoing_requests`` requests; Serve's HTTP proxy holds at most
+``max_queued_requests`` more and answers any request beyond them at once with 503 and ``Retry-After`` (Serve's
+backpressure, before the request reaches a replica). ``/docs`` serves Swagger UI from the fastapi-offline
+package's files, so it renders without internet.
 
 Exactness: concurrent ``/v1/score`` requests (and the pairs of ``/v2`` requests that ask for ``dist`` alone) are
 gathered by ``serve.batch`` (up to ``max_batch``, waiting at
@@ -25,21 +31,27 @@ most ``batch_wait_ms``). On CPU each gathered pair runs as its own graph run by 
 measurable there (27.1 vs 27.8 ms a pair for alex-st 64x64 at batch 1 vs 16). With a format-1.1 file ``stack=True``
 is safe on CPU too: its distances do not depend on the batch (docs/reproducibility.md), while a 0.1 file's last bit
 could move with a pair's position. On CUDA and TensorRT the gathered pairs of one size are stacked into one run,
-which is where batching pays; ``stack`` overrides either way.
+which is where batching pays; ``stack`` overrides either way. The wait follows: by default 5 ms where gathered
+pairs are stacked, 0 where they run one by one (a batch then takes the requests that queued while the previous one
+ran, and waiting longer only adds latency: 5 ms of each request's at one client, ``stlpips-bench serve``).
 """
 
 import asyncio
 import contextlib
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from starlette.exceptions import HTTPException
 
 from .. import __version__
@@ -50,13 +62,36 @@ from ..io.images import ImageOptions
 from ..io.output import json_distance
 from . import oip, oip_grpc, v2
 from .batch import _ScorerSpec
-from .http import Limits, RequestGuard, check_form, error_answer, header_pixels, is_oip, log, status_of
-from .ray_env import ModelPayload
+from .http import (
+    Limits,
+    RequestGuard,
+    TokenAuth,
+    check_form,
+    error_answer,
+    header_pixels,
+    is_oip,
+    load_token,
+    log,
+    status_of,
+    token_sha256,
+)
+from .ray_env import ModelPayload, keep_serve_replica_on_loopback
 
 APP_NAME = "stlpips"
+STACKED_BATCH_WAIT_MS = 5.0
 ROUTES = ("GET /v1/models", "POST /v1/score", "POST /v1/score_many", "GET /healthz", "GET /openapi.json", "GET /docs")
 V2_ROUTES = ("GET /v2", "GET /v2/health/live", "GET /v2/health/ready", "GET /v2/models/{name}",
              "GET /v2/models/{name}/ready", "POST /v2/models/{name}/infer")
+# What answers without the token: the health checks (load balancers and orchestrators probe them without secrets,
+# and they tell nothing but that a replica is up) and the API's description (the page, its assets and the schema:
+# the same for every deployment of this version, no data; the page's Authorize button then takes the token).
+OPEN_PATHS = ("/healthz", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/docs")
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's files, from the fastapi-offline package
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` (without a trailing slash) answers without the service's token."""
+    return path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 
 @dataclass(frozen=True)
@@ -69,12 +104,19 @@ class ServiceConfig:
     threads: int | None = 1
     replicas: int = 1
     max_batch: int = 16
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float | None = None  # None: STACKED_BATCH_WAIT_MS where gathered pairs are stacked, else 0
     stack: bool | None = None  # None: stack gathered pairs on CUDA / TensorRT only
     batch_size: int = 16  # graph run size of score_many
     cpus_per_replica: float | None = None
     gpus_per_replica: float = 0
-    max_ongoing_requests: int = 64
+    # Overload (docs/at_scale.md "Overload"): requests one replica works on at once (decoding, gathering, scoring;
+    # two batches' worth, one gathering while one runs), and requests Serve's proxy holds for the replicas beyond
+    # those (-1: no limit); any further request is answered 503 with Retry-After: retry_after_s, at once.
+    max_ongoing_requests: int = 32
+    max_queued_requests: int = 32
+    retry_after_s: float = 1.0
+    # The hex sha256 of the bearer token every request but OPEN_PATHS must carry (http.load_token); None: no token.
+    token_sha256: str | None = None
     # Working memory of one graph run (bytes, or "2G"); larger requests are tiled, exactly (docs/tiling.md).
     # None: the Scorer's default. The pixel limits stay only as a guard against decompression bombs.
     max_memory: str | None = None
@@ -290,13 +332,24 @@ def _replica() -> "ScoringService":
 class _ServiceApp(FastAPI):
     def openapi(self) -> dict[str, Any]:
         """FastAPI's schema less its 422 answers (a request that fails validation is answered 400 here), with the
-        forms named ScoreRequest and ScoreManyRequest rather than Body_score..."""
+        forms named ScoreRequest and ScoreManyRequest rather than Body_score..., and the bearer token declared
+        optional on every route but the open ones (it is required only where the service was started with one)."""
         if self.openapi_schema is None:
             schema = super().openapi()
             components = schema.get("components", {}).get("schemas", {})
-            for path in schema.get("paths", {}).values():
+            schema.setdefault("components", {})["securitySchemes"] = {"bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "Required where the service was started with --token-file or $STLPIPS_SERVE_TOKEN."}}
+            for route, path in schema.get("paths", {}).items():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
+                    if not is_open(route):
+                        operation["security"] = [{}, {"bearerAuth": []}]
+                        operation.setdefault("responses", {})["401"] = {
+                            "description": "AuthenticationError: no token, or not this service's (only where the "
+                                           "service has one)",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/" + (
+                                "V2Error" if is_oip(route) else "ErrorAnswer")}}}}
                     form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data", {})
                     ref = form.get("schema", {}).get("$ref", "")
                     if ref.startswith("#/components/schemas/Body_"):
@@ -317,16 +370,33 @@ app = _ServiceApp(
     title="stlpips-serve",
     summary="Perceptual distances (ST-LPIPS, LPIPS) of image pairs, exact to the stlpips_rt Scorer.",
     description="Errors answer `{\"error\": {\"type\": ..., \"message\": ...}}` with 400 (bad image or "
-                "request), 413 (over the limits), 415 (not an image), 404 (no such route), 500 (ours). "
-                "See docs/at_scale.md.",
+                "request), 401 (no valid token, where the service has one), 413 (over the limits), 415 (not an "
+                "image), 404 (no such route), 500 (ours); 503 with Retry-After when the service is full "
+                "(Serve's proxy, a plain-text body). See docs/at_scale.md.",
     version="1",
-    docs_url="/docs",
+    docs_url=None,  # served below, from installed files
     redoc_url=None,
     openapi_url="/openapi.json",
     generate_unique_id_function=lambda route: route.name,  # operationId: score, score_many, models, healthz
 )
-# The body limit sits in front of FastAPI, whose form parsing would otherwise read the whole body first.
+# The body limit sits in front of FastAPI, whose form parsing would otherwise read the whole body first; the token
+# check sits in front of that (middleware added last runs first), so a request without it is not even read.
 app.add_middleware(RequestGuard, max_body_bytes=lambda: _replica().limits.max_body_bytes)
+app.add_middleware(TokenAuth, token_sha256=lambda: _replica().config.token_sha256, is_open=is_open)
+app.mount(DOCS_ASSETS, StaticFiles(directory=str(resources.files("fastapi_offline") / "static")), name="docs_assets")
+
+
+@app.get("/docs", include_in_schema=False)
+async def _docs(request: Request) -> HTMLResponse:
+    """Swagger UI with every asset from this service (its script, styles and icon from DOCS_ASSETS, under the
+    path prefix a proxy in front declares as root_path), and no validator badge (it would call
+    validator.swagger.io)."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="stlpips-serve - Swagger UI",
+                               swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+                               swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+                               swagger_ui_parameters={"validatorUrl": None})
 
 
 @app.exception_handler(StlpipsError)
@@ -378,12 +448,15 @@ class ScoringService:
     """One replica: one Scorer, the HTTP routes, and the batched scoring of single pairs."""
 
     def __init__(self, spec: _ScorerSpec, config: ServiceConfig) -> None:
+        keep_serve_replica_on_loopback()
         self.scorer = spec.build()
         self.config = config
         self.limits = config.limits
         self.stack = config.stack if config.stack is not None else self.scorer.provider in ("cuda", "tensorrt")
         self._score_pairs.set_max_batch_size(config.max_batch)
-        self._score_pairs.set_batch_wait_timeout_s(config.batch_wait_ms / 1000.0)
+        self.batch_wait_ms = (config.batch_wait_ms if config.batch_wait_ms is not None
+                              else STACKED_BATCH_WAIT_MS if self.stack else 0.0)
+        self._score_pairs.set_batch_wait_timeout_s(self.batch_wait_ms / 1000.0)
         info = self.scorer.info
         provenance = self.scorer.provenance()
         sha256 = provenance["model"]["sha256"]
@@ -393,7 +466,7 @@ class ScoringService:
             "precision": self.scorer.precision, "provider": self.scorer.provider, "min_size": info.min_size,
             "outputs": list(info.outputs), "static_hw": list(info.static_hw) if info.static_hw else None,
             "metadata": info.metadata, "limits": asdict(self.limits),
-            "batching": {"max_batch": config.max_batch, "batch_wait_ms": config.batch_wait_ms, "stacked": self.stack},
+            "batching": {"max_batch": config.max_batch, "batch_wait_ms": self.batch_wait_ms, "stacked": self.stack},
         }
         self._answer = {"model": info.short_name, "model_sha256": sha256[:SHA_PREFIX], "provider": self.scorer.provider}
         self.stats = {"batches": 0, "pairs": 0, "largest_batch": 0}  # this replica's batches of single pairs
@@ -584,7 +657,10 @@ class ScoringService:
         return await self._proxied("ModelInfer", request, grpc_context)
 
     async def _proxied(self, rpc: str, request: Any, grpc_context: Any) -> Any:
-        response, code, message = await self._grpc_answer(rpc, request)
+        metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
+        problem = oip_grpc.token_problem(rpc, metadata, self.config.token_sha256)
+        response, code, message = ((None, "UNAUTHENTICATED", problem) if problem is not None
+                                   else await self._grpc_answer(rpc, request))
         if code == "OK":
             return response
         import grpc
@@ -639,14 +715,20 @@ def build_app(config: ServiceConfig) -> Any:
                        config.batch_size, ImageOptions(max_pixels=config.limits.max_pixels), config.max_memory)
     deployment = serve.deployment(ScoringService, name="ScoringService").options(
         num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
+        max_queued_requests=config.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s),
         ray_actor_options={"num_cpus": config.cpus, "num_gpus": config.gpus_per_replica})
     return deployment.bind(spec, config)
 
 
 def app_builder(args: dict[str, str]) -> Any:
     """For ``serve run stlpips_rt.scale.service:app_builder model=alex-st max_batch=16`` and KubeRay's RayService
-    (``import_path`` + ``args``): ServiceConfig fields as strings; limits as max_body_bytes, max_pixels."""
-    return build_app(config_from_args(args))
+    (``import_path`` + ``args``): ServiceConfig fields as strings; limits as max_body_bytes, max_pixels; the token
+    from ``token_file=PATH`` or ``$STLPIPS_SERVE_TOKEN`` where the application is built."""
+    args = dict(args)
+    token = load_token(args.pop("token_file", None))
+    config = config_from_args(args)
+    return build_app(replace(config, token_sha256=token_sha256(token)) if token else config)
 
 
 def config_from_args(args: dict[str, str]) -> ServiceConfig:
@@ -694,7 +776,8 @@ def start(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, grpc
             return handle.grpc.remote(rpc, request).result()
 
         # gRPC refuses a message over the body limit before it reaches a replica (the replica checks it again).
-        _grpc_front = oip_grpc.Front(call, host, grpc_port, max_message_bytes=config.limits.max_body_bytes)
+        _grpc_front = oip_grpc.Front(call, host, grpc_port, max_message_bytes=config.limits.max_body_bytes,
+                                     token_sha256=config.token_sha256)
     return handle
 
 
