@@ -1,6 +1,8 @@
 """`stlpips-bench serve`, the service's load client, without a service: its requests are what the protocols'
-parsers read, its answers' distances are read back bit for bit, a level stops at its request bound, and it refuses
-to load anything but loopback. (Its figures come from runs, docs/serving.md; no timing is asserted.)"""
+parsers read, its answers' distances are read back bit for bit, a level stops at its request bound, a client told
+Retry-After waits before its next request, the stability rule of its rounds, its report, and it refuses to load
+anything but loopback. (Its figures come from runs, docs/serving.md and docs/at_scale.md; no timing is
+asserted.)"""
 
 from __future__ import annotations
 
@@ -100,3 +102,54 @@ def test_stlpips_bench_serve_dispatches_and_plain_bench_is_unchanged(monkeypatch
     with pytest.raises(SystemExit) as code:
         entry.bench()
     assert code.value.code == 0 and "Benchmark ST-LPIPS" in capsys.readouterr().out
+
+
+def test_a_client_told_retry_after_waits_and_a_level_is_stable_when_three_rounds_agree(scorer: Scorer) -> None:
+    """A 503 with Retry-After makes the client wait (here: longer than the level's deadline, so each client sends
+    one request and stops); requests/s of rounds decide stability as perf_analyzer's rule does."""
+
+    class Full(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b"Request dropped due to backpressure"
+            self.send_response(503)
+            self.send_header("Retry-After", "3600")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Full)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        level = serve_bench.Level("v1", 2)
+        serve_bench.run_level("127.0.0.1", server.server_address[1], serve_bench.PROTOCOLS["v1"], "alex-st",
+                              serve_bench.make_pairs(scorer, 1, 32, 32), clients=2, requests=50, deadline_s=1,
+                              level=level)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert level.statuses == {503: 2} and len(level.round_rates) == 1  # one request each, then the wait
+    assert not serve_bench.agree([100.0, 100.0], 0.1)
+    assert serve_bench.agree([50.0, 98.0, 100.0, 104.0], 0.1) and not serve_bench.agree([80.0, 100.0, 120.0], 0.1)
+
+
+def test_the_report_has_the_overhead_the_soak_and_the_killed_replica() -> None:
+    usage = {role: {"rss_mb": 100.0, "fds": 10, "processes": 1} for role in ("replica", "proxy", "tree")}
+    level = serve_bench.Level("v1", 8, latencies=[0.1] * 10, statuses={200: 10}, wall_s=1.0).row()
+    report = {"model": "m.onnx", "size": "64x64", "service": "started here", "load_after": [1.0, 1.0, 1.0],
+              "machine": {"cpu": "Some CPU", "cores": 2, "load_average": [1.0, 1.0, 1.0]},
+              "levels": [{**level, "stable": False}],
+              "overhead": {"rounds": 2, "requests": 16, "overhead_p50_ms": 4.2, "healthz_p50_ms": 3.1,
+                           "sides": {side: {**level, "round_p50_ms": [10.0, 11.0]}
+                                     for side in ("scorer", "v1", "healthz")}},
+              "soak": {**level, "start": usage, "end": usage},
+              "kill_replica": {**level, "statuses": {"200": 9, "500": 1}, "recovery_s": 5.1, "max_latency_s": 5.0}}
+    text = serve_bench.markdown(report)
+    assert "(not stable)" in text and "**4.2 ms** over `Scorer.score`" in text and "[10.0, 11.0]" in text
+    assert "| replica (1 process(es)) | 100 | 100 | 10 | 10 |" in text
+    assert "'500': 1" in text and "after it: 5.1 s" in text

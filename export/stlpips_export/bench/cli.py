@@ -273,7 +273,9 @@ def log(message: str) -> None:
 def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: int | None, seconds: float | None,
          cold_runs: int | None, no_broadcast: bool, providers: str, threads: int | None, models_dir: Path | None,
          out_dir: Path, from_json: Path | None) -> None:
-    """Benchmark ST-LPIPS: upstream eager PyTorch, the project's PyTorch reference, the runtime per provider."""
+    """Benchmark ST-LPIPS: upstream eager PyTorch, the project's PyTorch reference, the runtime per provider.
+
+    `stlpips-bench serve --help`: the scoring service under load (concurrency sweep, overhead, soak)."""
     from .report import markdown
 
     if from_json is not None:
