@@ -96,13 +96,13 @@ def main(model: str, models_dir: Path | None, providers: str, precision: str, th
                                    max_memory=str(max_memory) if max_memory is not None else None,
                                    max_ongoing_requests=max_ongoing_requests, max_queued_requests=max_queued_requests,
                                    retry_after_s=retry_after_s, token_sha256=token_sha256(token) if token else None)
-    # SIGTERM (kill, docker stop, Kubernetes) stops as Ctrl-C does, so the local cluster is shut down too. It is
-    # taken from before the service starts and acted on once the start is complete: a SIGTERM that came while
-    # serve.run was still waiting (after /healthz already answered) killed the process without removing anything,
-    # and raising out of serve.run made the process abort (SIGABRT) on its way out.
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     with ray_env.cluster(address, cpus_needed=int(replicas * config.cpus + 0.999), dashboard=dashboard):
+        # SIGTERM (kill, docker stop, Kubernetes) stops as Ctrl-C does, so the local cluster is shut down too. Taken
+        # after Ray has started (ray.init installs a SIGTERM handler of its own, which aborts the process) and before
+        # the service starts, and acted on once the start is complete: a SIGTERM that came while serve.run was still
+        # waiting (after /healthz already answered) killed the process without removing anything.
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
         failed = False
         try:
             try:
