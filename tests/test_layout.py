@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import pydoc
 import warnings
 from pathlib import Path
 
@@ -140,8 +141,23 @@ def test_every_module_opens_with_what_it_is_for() -> None:
 
 
 def test_scorer_constructor_stays_small() -> None:
-    params = [p for p in inspect.signature(Scorer.__init__).parameters if p != "self"]
+    params = [p.name for p in inspect.signature(Scorer.__init__).parameters.values()
+              if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
     assert len(params) <= 8, params
+
+
+def test_scorer_signature_names_its_options() -> None:
+    # What help(Scorer), IDEs and API-doc generators read: the class's own signature, not (*args, **kwargs).
+    params = inspect.signature(Scorer).parameters
+    assert list(params)[:3] == ["model", "providers", "precision"], list(params)
+    for name in ("threads", "batch_size", "max_memory", "image", "provider_options"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert "model" in (Scorer.__doc__ or "") and "provider_options" in pydoc.render_doc(Scorer)
+
+
+def test_unknown_scorer_keyword_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'resise'"):
+        Scorer("alex-st", resise=64)
 
 
 def test_old_keywords_still_work_and_say_what_replaced_them(exported_model) -> None:

@@ -38,18 +38,7 @@ from .tiling import run as tiled
 ImageLike = Any  # path, PIL image, or numpy array (see stlpips_rt.images)
 
 
-class _TakesDeprecatedKeywords(type):
-    """Lets ``Scorer(...)`` accept the 0.1 keywords (mapped in :mod:`stlpips_rt.deprecated`, with a warning) while
-    ``__init__`` keeps its small signature."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if MOVED.keys() & kwargs.keys():
-            kwargs.update(zip(("model", "providers", "precision"), args, strict=False))
-            args, kwargs = (), translate(kwargs)
-        return super().__call__(*args, **kwargs)
-
-
-class Scorer(metaclass=_TakesDeprecatedKeywords):
+class Scorer:
     """Perceptual distance (ST-LPIPS / LPIPS) between images, through an exported ONNX graph.
 
     Args:
@@ -76,8 +65,9 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
             :class:`~stlpips_rt.TensorRTOptions` (fp16, engine cache, workspace, profile shapes),
             :class:`~stlpips_rt.OpenVinoOptions` (device). Providers not named keep their defaults.
 
-    The 0.1 keywords (``device_id``, ``tensorrt``, ``float_range``, ``resize``, ``models_dir``, ...) still work,
-    with a DeprecationWarning naming their replacement (:mod:`stlpips_rt.deprecated`).
+        **deprecated: the 0.1 keywords (``device_id``, ``tensorrt``, ``float_range``, ``resize``, ``models_dir``,
+            ...) still work, with a DeprecationWarning naming their replacement (:mod:`stlpips_rt.deprecated`);
+            any other keyword is a TypeError.
 
     GPU tensors (PyTorch, CuPy, JAX, ... through ``__cuda_array_interface__`` or DLPack) passed to
     :meth:`score_batch`, :meth:`score_many` or :meth:`run_arrays` are bound on the device without a copy; they must
@@ -100,7 +90,14 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
         max_memory: int | str | None = None,
         image: images.ImageOptions | None = None,
         provider_options: Iterable[ProviderOptions] = (),
+        **deprecated: Any,
     ) -> None:
+        if deprecated:
+            unknown = sorted(deprecated.keys() - MOVED.keys())
+            if unknown:
+                raise TypeError(f"Scorer() got an unexpected keyword argument {unknown[0]!r}")
+            moved = translate({"model": model, "image": image, "provider_options": provider_options, **deprecated})
+            model, image, provider_options = moved["model"], moved["image"], moved["provider_options"]
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
