@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import inspect
 import pydoc
+import re
 import warnings
 from pathlib import Path
 
@@ -188,3 +189,16 @@ def test_provider_options_take_one_object_per_provider(exported_model) -> None:
         Scorer(model, "cpu", provider_options=[CudaOptions(), CudaOptions(device_id=1)])
     with pytest.raises(TypeError, match="takes CudaOptions, TensorRTOptions and OpenVinoOptions"):
         Scorer(model, "cpu", provider_options=[ImageOptions()])
+
+
+def test_product_and_docs_name_no_tracker_issue() -> None:
+    # A user has no access to the project's tracker: say what was measured, where and with which command instead.
+    pattern = re.compile(r"\b[Ii]ssues? #?\d+|\bissue #\d+")
+    roots = [ROOT / "export", ROOT / "runtime", ROOT / "examples", ROOT / "docs"]
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md"] + [
+        f for root in roots for f in root.rglob("*")
+        if f.suffix in (".py", ".md", ".js", ".mjs", ".html", ".cpp", ".h", ".txt") and "node_modules" not in f.parts
+        and "build" not in f.parts]
+    found = [f"{f.relative_to(ROOT)}:{n}" for f in files
+             for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert not found, found
