@@ -415,15 +415,16 @@ class Scorer:
             return self._features_graph
 
     def features(self, images_: Any, *, float_range: str | None = None, spill_dir: str | os.PathLike[str] | None = None,
-                 cache: str | os.PathLike[str] | None = None, skip_errors: bool = False,
+                 cache: str | os.PathLike[str] | Any = None, skip_errors: bool = False,
                  progress: Any = None) -> Any:
         """Each image's features, computed once (one image per run of the features graph): a
         :class:`~stlpips_rt.matrix.FeatureSet` for :meth:`matrix` and :meth:`nearest`, ``.save(folder)`` and
         ``FeatureSet.load(folder)``. Images are paths, arrays, PIL images, a list or a 4-D batch, all of one size
         (else an ImageSizeError names the others; ``resize=`` brings them to one). Past ``max_memory / 2`` the
-        features are spilled to a memory-mapped file in ``spill_dir``. ``cache``: a folder caching each file's
-        features by model, path, size and mtime. ``skip_errors``: leave unreadable images out
-        (``result.failed``) instead of raising."""
+        features are spilled to a memory-mapped file in ``spill_dir``. ``cache``: a folder, or a
+        :class:`~stlpips_rt.matrix.cache.FeatureCache` (its size limit), caching image files' features by model,
+        file content, image options and engine (docs/matrix.md, "The feature cache"); None: no cache.
+        ``skip_errors``: leave unreadable images out (``result.failed``) instead of raising."""
         from .matrix import extract
         from .matrix.cache import FeatureCache
 
@@ -438,19 +439,15 @@ class Scorer:
                 return x
             return load
 
-        store = None
+        hooks = None
         if cache is not None:
-            store = FeatureCache(cache, model.sha256, f"{opts.resize}|{opts.float_range}")
+            store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+            engine = " ".join([self.provider, *(f"{k}={v}" for k, v in engine_of(self._session).items())])
+            store.bind(model.sha256, {"resize": opts.resize, "float_range": opts.float_range}, engine)
             store.paths = {name: Path(item) for item, name in items if images.is_path(item)}
-            store_get = store.get
-
-            def get(name: str) -> Any:
-                return store_get(name) if name in store.paths else None
-
-            hooks = (get, store.put)
+            hooks = (store.get, store.put)
         features, report = extract.compute(run, model, ((name, loader(item, name)) for item, name in items),
-                                           len(items), self.max_memory, spill_dir, skip_errors,
-                                           hooks if store is not None else None, progress)
+                                           len(items), self.max_memory, spill_dir, skip_errors, hooks, progress)
         features.failed = report.failed
         features.report = report
         return features
