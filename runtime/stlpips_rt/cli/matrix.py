@@ -248,15 +248,21 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
     if not quiet:
         shape = f"{len(rows)} x {len(rows)}" if cols is None else f"{len(rows)} x {len(cols)}"
         pairs = len(rows) * (len(rows) - 1) // 2 if cols is None else len(rows) * len(cols)
-        click.echo(f"{TOOL}: {shape} matrix, {pairs:,} pair{'' if pairs == 1 else 's'} in {time.perf_counter() - start:.1f}s {where}; "
-                   f"{describe_diversity(matrix, cols is None)}; {written:,} "
-                   f"{'entries' if output is not None and output.suffix == '.npy' else 'rows'} written", err=True)
+        as_npy = output is not None and output.suffix.lower() == ".npy"
+        click.echo(f"{TOOL}: {shape} matrix, {_count(pairs, 'pair', 'pairs')} in "
+                   f"{time.perf_counter() - start:.1f}s {where}; "
+                   f"{describe_diversity(matrix, cols is None)}; "
+                   f"{_count(written, *(('entry', 'entries') if as_npy else ('row', 'rows')))} written", err=True)
         for where_from, left in ((folder, skipped), (against, skipped_against)):
             if left:
                 click.echo(f"{TOOL}: not read in {where_from}{_skipped_words(left)}", err=True)
     for name, error in failed:
         click.echo(f"{TOOL}: left out {name}: {error}", err=True)
     sys.exit(1 if failed else 0)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
 
 
 def _skipped_words(skipped: Mapping[str, list[str]]) -> str:

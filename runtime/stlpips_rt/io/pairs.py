@@ -45,7 +45,7 @@ def scan_folder(folder: Path) -> tuple[list[Path], dict[str, list[str]]]:
         elif p.is_dir():
             skipped.setdefault("a folder: subfolders are not searched", []).append(p.name + "/")
         else:
-            skipped.setdefault(f"not an image file name ({' '.join(sorted(IMAGE_SUFFIXES))})", []).append(p.name)
+            skipped.setdefault(f"extension not one of {' '.join(sorted(IMAGE_SUFFIXES))}", []).append(p.name)
     return found, skipped
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-#: Default size limit of the cache: 2 GiB (about 650 alex-st feature rows of a 120x160 image, 3.2 MB each;
-#: 3,300 of 64x64; 210 of 256x256).
+#: Default size limit of the cache: 2 GiB (about 690 alex-st feature rows of a 120x160 image, 3.1 MB each;
+#: 3,400 of 64x64; 199 of 256x256).
 DEFAULT_LIMIT = 2 * 2**30
 CACHE_ENV = "STLPIPS_CACHE_DIR"
 #: After eviction the cache holds at most this share of its limit, so one new entry does not evict at every put.
