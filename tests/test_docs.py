@@ -126,7 +126,8 @@ def command_lines(code: str) -> list[list[str]]:
 
 def parse_only(args: list[str]) -> None:
     """Parse one invocation with its command's own click parser, running nothing: unknown options, missing option
-    values and bad choices raise; values that name files are not checked (the files are not here)."""
+    values, extra arguments and bad choices raise (:class:`click.UsageError`); values that name files are not
+    checked (the files are not here)."""
     command, name = _click_command(args[0]), args[0]
     rest = [a for a in args[1:] if not re.fullmatch(r"\[.*\]", a)]  # optional parts written [--like this]
     if isinstance(command, click.Group):  # `stlpips-eval shift ...`: the subcommand's own options
@@ -134,7 +135,16 @@ def parse_only(args: list[str]) -> None:
         if sub is None:
             raise click.UsageError(f"{name} has no subcommand {rest[0] if rest else '(none given)'!r}")
         command, name, rest = sub, f"{name} {rest[0]}", rest[1:]
-    command.make_context(name, rest, resilient_parsing=True)
+    ctx = click.Context(command, info_name=name)
+    values, extra, _ = command.make_parser(ctx).parse_args(args=list(rest))  # unknown options raise here
+    if extra and not ctx.allow_extra_args:
+        raise click.UsageError(f"unexpected extra argument(s) {extra}", ctx)
+    for param in command.params:  # choices are checked; files and folders are not (they are not here)
+        if isinstance(param.type, click.Choice) and values.get(param.name) is not None:
+            given = values[param.name]
+            for value in given if isinstance(given, list | tuple) else [given]:
+                if "$" not in str(value):  # a shell variable's value is not known here
+                    param.type.convert(value, param, ctx)
 
 
 NOT_RUN_BLOCKS = [b for page in PAGES for b in blocks_of(page) if b.lang == "bash" and b.not_run]
@@ -147,6 +157,14 @@ def test_commands_of_blocks_not_run_here_still_parse(block: Block) -> None:
             parse_only(args)
         except click.UsageError as exc:
             pytest.fail(f"{block.where}: `{shlex.join(args)}`: {exc.format_message()}")
+
+
+NOT_RUN_PYTHON = [b for page in PAGES for b in blocks_of(page) if b.lang == "python" and b.not_run]
+
+
+@pytest.mark.parametrize("block", NOT_RUN_PYTHON, ids=[b.where for b in NOT_RUN_PYTHON])
+def test_python_blocks_not_run_here_still_compile(block: Block) -> None:
+    compile(block.code, block.where, "exec")
 
 
 # --- running the pages ---------------------------------------------------------------------------------------------
