@@ -4,13 +4,14 @@ a fresh folder after the set-up command, and must succeed; when a doc and the co
 The fresh folder is what ``bash scripts/demo.sh`` leaves in ``out/example`` (``scripts/make_example.py``: the sample
 images the examples name) with ``models/`` holding the exported alex-st (and its features graph); other models are
 made by the docs' own commands. It also links the checkout's ``scripts/``, ``runtime/``, ``export/`` and
-``examples/`` (and copies ``docs/*.json``), so that commands a doc runs from the repository's root run as written. Blocks of one page run in order in one folder, each in its own process (bash with
-``set -eo pipefail``; Python as a script), with the project's console scripts on PATH.
+``examples/`` (and copies ``docs/*.json``), so that commands a doc runs from the repository's root run as written.
+Blocks of one page run in order in one folder, each in its own process (bash with ``set -eo pipefail``; Python as a
+script), with the project's console scripts on PATH.
 
 A block that cannot run here carries ``<!-- not run here: REASON -->`` on the line right above its fence (a GPU,
 another host, a long measurement); its ``stlpips-*`` command lines are still parsed by the command's own option
-parser, so a renamed or removed option fails here too. Blocks of output, configuration or samples use other tags
-(``text``, ``console``, ``json``, ...); an untagged fence is refused.
+parser, so a renamed or removed option fails here too, and its Python must compile. Blocks of output, configuration
+or samples use other tags (``text``, ``console``, ``json``, ...); an untagged fence is refused.
 """
 
 from __future__ import annotations
