@@ -245,6 +245,11 @@ export async function readImage(image, name = 'image') {
     + 'HTMLImageElement or HTMLCanvasElement');
 }
 
+/** A size as the page shows it: width × height, the order browsers and image tools use (messages say W×H). */
+export function wh(width, height) {
+  return `${width}×${height}`;
+}
+
 function formatBytes(n) {
   return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(0)} MiB`;
 }
@@ -269,13 +274,21 @@ async function modelBytes(source) {
   return [new Uint8Array(await response.arrayBuffer()), url];
 }
 
+/** Whether the browser offers a WebGPU adapter (navigator.gpu may exist with none, as in headless Chromium). */
+export async function webgpuAdapter() {
+  if (typeof navigator === 'undefined' || !navigator.gpu) return false;
+  try { return Boolean(await navigator.gpu.requestAdapter()); } catch { return false; }
+}
+
 async function pickBackend(wanted) {
-  if (wanted === 'wasm' || wanted === 'webgpu') return wanted;
-  if (wanted !== 'auto') throw new StlpipsError(`backend '${wanted}': use 'wasm', 'webgpu' or 'auto'`);
-  if (typeof navigator !== 'undefined' && navigator.gpu) {
-    try { if (await navigator.gpu.requestAdapter()) return 'webgpu'; } catch { /* no adapter: WASM */ }
+  if (wanted === 'wasm') return wanted;
+  if (wanted === 'webgpu') {
+    if (await webgpuAdapter()) return wanted;
+    throw new ModelError("backend 'webgpu': this browser offers no WebGPU adapter (navigator.gpu.requestAdapter() "
+      + "gave none); choose 'wasm', or 'auto' to take WebGPU only where there is one");
   }
-  return 'wasm';
+  if (wanted !== 'auto') throw new StlpipsError(`backend '${wanted}': use 'wasm', 'webgpu' or 'auto'`);
+  return (await webgpuAdapter()) ? 'webgpu' : 'wasm';
 }
 
 const wasmThreads = new WeakMap(); // onnxruntime-web module -> the WASM threads it was initialised with
@@ -357,7 +370,7 @@ export class Scorer {
     this._checkSize(x0, 'a');
     this._checkSize(x1, 'b');
     if (x0.width !== x1.width || x0.height !== x1.height) {
-      throw new ImageSizeError('a vs b', `sizes differ (${x0.height}x${x0.width} vs ${x1.height}x${x1.width}, HxW); `
+      throw new ImageSizeError('a vs b', `sizes differ (${wh(x0.width, x0.height)} vs ${wh(x1.width, x1.height)}, W×H); `
         + 'the metric compares aligned images: crop or resize them to one size');
     }
     this._checkMemory(x0.height, x0.width);
@@ -368,12 +381,12 @@ export class Scorer {
     const { height: h, width: w } = img;
     const s = this.info.staticHW;
     if (s && (h !== s[0] || w !== s[1])) {
-      throw new ImageSizeError(name, `${h}x${w} pixels, but this model was exported for ${s[0]}x${s[1]} only; `
+      throw new ImageSizeError(name, `${wh(w, h)} pixels (W×H), but this model was exported for ${wh(s[1], s[0])} only; `
         + 'resize the images to that size or use a model exported without --static');
     }
     if (h < this.info.minSize || w < this.info.minSize) {
-      throw new ImageSizeError(name, `${h}x${w} pixels is below this model's minimum of ${this.info.minSize}x`
-        + `${this.info.minSize}; use larger images or scale them up`);
+      throw new ImageSizeError(name, `${wh(w, h)} pixels (W×H) is below this model's minimum of `
+        + `${wh(this.info.minSize, this.info.minSize)}; use larger images or scale them up`);
     }
   }
 
@@ -382,10 +395,10 @@ export class Scorer {
     if (max === null || h * w <= max) return;
     const need = this.info.bytesPerPixel * h * w;
     const side = Math.floor(Math.sqrt(max));
-    throw new ImageTooLargeError('a vs b', `${h}x${w} pixels needs about ${formatBytes(need)} of working memory `
+    throw new ImageTooLargeError('a vs b', `${wh(w, h)} pixels (W×H) need about ${formatBytes(need)} of working memory `
       + `(the model's stlpips.bytes_per_pixel, ${this.info.bytesPerPixel} bytes per pixel of a pair, times the `
       + `pixels), over this page's budget of ${formatBytes(this.maxWasmBytes)} for onnxruntime-web's WebAssembly `
-      + `heap (4 GiB at most, weights and inputs included): at most ${max} pixels (about ${side}x${side}). `
+      + `heap (4 GiB at most, weights and inputs included): at most ${max} pixels (about ${wh(side, side)}). `
       + 'Downscale or crop the images, or score them with the Python runtime, which tiles large pairs exactly');
   }
 
@@ -400,7 +413,7 @@ export class Scorer {
       try {
         return await this.session.run(feeds, outputs);
       } catch (err) {
-        throw new InferenceError(`onnxruntime-web failed on a ${x0.height}x${x0.width} pair on ${this.backend}: `
+        throw new InferenceError(`onnxruntime-web failed on a ${wh(x0.width, x0.height)} (W×H) pair on ${this.backend}: `
           + `${err.message ?? err}`);
       }
     });
