@@ -77,38 +77,34 @@ async function loadModel(source, label) {
   await maybeScore();
 }
 
-async function decodeFile(file) {
-  // No colour-space conversion: the pixels as stored, as PIL decodes them.
-  return createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
-}
-
+// The file's pixels: an 8-bit RGBA PNG decoded exactly (stlpips.decodeRgbaPng), any other image through the canvas
+// without colour management, as PIL reads it (stlpips.readImage).
 async function setImage(which, file) {
   setError(`image-${which}`, null);
-  let bitmap;
+  let pixels;
+  let exact;
   try {
-    bitmap = await decodeFile(file);
-  } catch {
-    state.images[which]?.close?.();
+    exact = await stlpips.decodeRgbaPng(new Uint8Array(await file.arrayBuffer())).catch(() => null);
+    pixels = exact ?? await stlpips.readImage(file, file.name);
+  } catch (err) {
     state.images[which] = null; // the slot holds what was picked last: nothing scoreable
     $(`preview-${which}`).hidden = true;
     $(`size-${which}`).textContent = `${file.name} · not an image`;
     clearResult('No result.');
-    setError(`image-${which}`, new stlpips.ImageValueError(file.name, 'the browser cannot decode it as an image; '
-      + 'use a PNG, JPEG or WebP'));
+    setError(`image-${which}`, err);
     return;
   }
-  state.images[which]?.close?.();
-  state.images[which] = bitmap;
+  state.images[which] = pixels;
   state.names = { ...state.names, [which]: file.name };
   const canvas = $(`preview-${which}`);
-  canvas.width = bitmap.width;
-  canvas.height = bitmap.height;
-  canvas.getContext('2d').drawImage(bitmap, 0, 0);
+  canvas.width = pixels.width;
+  canvas.height = pixels.height;
+  canvas.getContext('2d').putImageData(pixels, 0, 0);
   canvas.hidden = false;
   $(`drop-${which}`).querySelector('.hint').hidden = true;
-  const translucent = hasTranslucentPixels(await stlpips.readImage(bitmap, which));
-  $(`size-${which}`).textContent = `${file.name} · ${stlpips.wh(bitmap.width, bitmap.height)}`
-    + (translucent ? ' · translucent: colours read premultiplied (docs/web.md, "Translucent pixels")' : '');
+  const roundedAlpha = !exact && hasTranslucentPixels(pixels);
+  $(`size-${which}`).textContent = `${file.name} · ${stlpips.wh(pixels.width, pixels.height)}`
+    + (roundedAlpha ? ' · translucent: colours read through the canvas (docs/web.md, "Translucent pixels")' : '');
   await maybeScore();
 }
 
