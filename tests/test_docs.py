@@ -117,7 +117,7 @@ def command_lines(code: str) -> list[list[str]]:
             if word.startswith("stlpips-") and word in _console_scripts():
                 args = words[start:]
                 for stop, arg in enumerate(args):
-                    if arg in ("&&", "||", ";", "|"):
+                    if arg in ("&&", "||", ";", "|", "&"):
                         args = args[:stop]
                         break
                 out.append(args)
