@@ -14,6 +14,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """stlpips-score --matrix caches features in the user's cache folder by default: the suite uses its own."""
+    import os
+
+    os.environ["STLPIPS_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

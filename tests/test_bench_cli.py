@@ -98,3 +98,18 @@ def test_report_states_ratios_to_upstream_and_whether_targets_are_met(runtime, m
     assert plain_row in md  # pairs/s, spread, latencies, x upstream, effective GFLOP/s (2 GFLOP per pair)
     assert "cold start <= 1/3 of upstream, alex-st | 0.200x | yes |" in md
     assert "peak memory <= 1/3 of upstream, alex-st | 0.500x | no |" in md
+
+
+def test_missing_models_are_named_together_before_anything_is_measured(tmp_path, monkeypatch) -> None:
+    """No model in --models: one line names both, with the commands that make them, and nothing was measured."""
+    monkeypatch.chdir(tmp_path)  # no ./models
+    monkeypatch.delenv("STLPIPS_MODEL_DIR", raising=False)
+    result = CliRunner().invoke(main, ["--quick", "--models", str(tmp_path), "--out", str(tmp_path / "out"),
+                                       "--sides", "upstream,runtime:cpu:exact"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line]
+    assert len(lines) == 1 and "alex-st, vgg-st" in lines[0], result.output
+    assert "`stlpips-export --net alex --variant st` and `stlpips-export --net vgg --variant st`" in lines[0]
+    assert not (tmp_path / "out").exists()
+    wrong = CliRunner().invoke(main, ["--quick", "-m", "alex-lpips", "--models", str(tmp_path)])
+    assert wrong.exit_code == 2 and "alex-st or vgg-st" in wrong.output

@@ -122,3 +122,20 @@ def test_images_constant_along_the_shift_never_flip():
     d1 = np.repeat(rng.integers(0, 256, size=(20, 32, 1, 3), dtype=np.uint8), 32, axis=2)
     run = score_set(L2(), TripletSet(ref, d0, d1))
     assert not any(rank_flips(run.dist, k).any() for k in (1, 2, 3))
+
+
+def test_shift_names_every_missing_model_at_once_and_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./models
+    monkeypatch.delenv("STLPIPS_MODEL_DIR", raising=False)
+    from click.testing import CliRunner
+
+    from stlpips_export.evaluate.cli import main
+
+    result = CliRunner().invoke(main, ["shift", "--quick", "--models", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line]
+    assert len(lines) == 1, result.output
+    for name in ("alex-lpips", "alex-st", "vgg-lpips", "vgg-st"):
+        assert f"`stlpips-export --net {name.split('-')[0]} --variant {name.split('-')[1]}`" in lines[0]
+    assert lines[0].endswith("or compare only the others: --metrics l2,ssim")
+    assert not (tmp_path / "o").exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import pydoc
+import re
 import warnings
 from pathlib import Path
 
@@ -140,8 +142,23 @@ def test_every_module_opens_with_what_it_is_for() -> None:
 
 
 def test_scorer_constructor_stays_small() -> None:
-    params = [p for p in inspect.signature(Scorer.__init__).parameters if p != "self"]
+    params = [p.name for p in inspect.signature(Scorer.__init__).parameters.values()
+              if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
     assert len(params) <= 8, params
+
+
+def test_scorer_signature_names_its_options() -> None:
+    # What help(Scorer), IDEs and API-doc generators read: the class's own signature, not (*args, **kwargs).
+    params = inspect.signature(Scorer).parameters
+    assert list(params)[:3] == ["model", "providers", "precision"], list(params)
+    for name in ("threads", "batch_size", "max_memory", "image", "provider_options"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert "model" in (Scorer.__doc__ or "") and "provider_options" in pydoc.render_doc(Scorer)
+
+
+def test_unknown_scorer_keyword_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'resise'"):
+        Scorer("alex-st", resise=64)
 
 
 def test_old_keywords_still_work_and_say_what_replaced_them(exported_model) -> None:
@@ -172,3 +189,16 @@ def test_provider_options_take_one_object_per_provider(exported_model) -> None:
         Scorer(model, "cpu", provider_options=[CudaOptions(), CudaOptions(device_id=1)])
     with pytest.raises(TypeError, match="takes CudaOptions, TensorRTOptions and OpenVinoOptions"):
         Scorer(model, "cpu", provider_options=[ImageOptions()])
+
+
+def test_product_and_docs_name_no_tracker_issue() -> None:
+    # A user has no access to the project's tracker: say what was measured, where and with which command instead.
+    pattern = re.compile(r"\b[Ii]ssues? #?\d+|\bissue #\d+")
+    roots = [ROOT / "export", ROOT / "runtime", ROOT / "examples", ROOT / "docs"]
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md"] + [
+        f for root in roots for f in root.rglob("*")
+        if f.suffix in (".py", ".md", ".js", ".mjs", ".html", ".cpp", ".h", ".txt") and "node_modules" not in f.parts
+        and "build" not in f.parts]
+    found = [f"{f.relative_to(ROOT)}:{n}" for f in files
+             for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert not found, found

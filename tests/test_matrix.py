@@ -160,11 +160,17 @@ def test_head_blocks_match_the_direct_form() -> None:
 
 def test_cli_matrix_folder_cache_outputs_and_a_corrupt_file(model: Path, folder: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    base = ["--model", str(model), "--providers", "cpu", "--threads", "1", "--matrix", str(folder)]
+    cache = tmp_path / "cache"
+    base = ["--model", str(model), "--providers", "cpu", "--threads", "1", "--matrix", str(folder),
+            "--cache-dir", str(cache)]
+    before = sorted(p.name for p in folder.iterdir())
     first = runner.invoke(score_cli, [*base, "-o", str(tmp_path / "m.npy")])
     assert first.exit_code == 1, first.output  # the truncated file is left out and named
     assert "left out" in first.output and "zz_truncated.png" in first.output
-    assert "11 image(s) computed, 0 from the cache" in first.output and "95% interval" in first.output
+    # im09 is a byte-for-byte copy of im02: the cache knows images by content, so it is read from the first's entry
+    assert "10 image(s) computed, 1 from the cache" in first.output and "95% interval" in first.output
+    assert f"cache {cache}: " in first.output and " of 2.0 GiB" in first.output
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written beside the images
     matrix = np.load(tmp_path / "m.npy")
     names = (tmp_path / "m.rows.txt").read_text().split()
     assert matrix.shape == (11, 11) and len(names) == 11 and names[0].endswith("im00.png")
@@ -267,3 +273,55 @@ def test_every_variant_gets_a_gated_features_graph(request: pytest.FixtureReques
     reference = np.array([[scorer.score(a, b) if i != j else 0.0 for j, b in enumerate(images)]
                           for i, a in enumerate(images)])
     _assert_close_to_score(matrix, reference)
+
+
+def test_cli_matrix_says_what_it_skipped_and_never_prints_nan(model: Path, corpus: list[np.ndarray],
+                                                              tmp_path: Path) -> None:
+    from PIL import Image
+
+    runner = CliRunner()
+    base = ["--model", str(model), "--providers", "cpu", "--threads", "1", "--no-cache"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, count in ((one, 1), (two, 2)):
+        folder.mkdir()
+        for i in range(count):
+            Image.fromarray(corpus[i]).save(folder / f"im{i}.png")
+    (two / "notes.txt").write_text("not an image")
+    (two / "nested").mkdir()
+    Image.fromarray(corpus[5]).save(two / "nested" / "deeper.png")
+    single = runner.invoke(score_cli, [*base, "--matrix", str(one), "-o", str(tmp_path / "one.npy")])
+    assert single.exit_code == 0 and "no pairs (one image)" in single.output and "nan" not in single.output
+    pair = runner.invoke(score_cli, [*base, "--matrix", str(two), "-o", str(tmp_path / "two.parquet")])
+    assert pair.exit_code == 0, pair.output
+    assert "2 x 2 matrix, 1 pair in" in pair.output and "(one pair: no interval)" in pair.output
+    assert "nan" not in pair.output
+    assert f"not read in {two}: " in pair.output and "notes.txt (extension not one of .bmp" in pair.output
+    assert "nested/ (a folder: subfolders are not searched)" in pair.output
+    import pyarrow.parquet as pq
+
+    assert str(pq.read_schema(tmp_path / "two.parquet").field("distance").type) == "float"  # float32, as pair rows
+    assert sorted(p.name for p in two.iterdir()) == ["im0.png", "im1.png", "nested", "notes.txt"]  # --no-cache
+
+
+def test_cli_matrix_of_several_sizes_is_a_usage_error_naming_resize(model: Path, corpus: list[np.ndarray],
+                                                                    tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(corpus[0]).save(tmp_path / "a.png")
+    Image.fromarray(corpus[1][:, :-4]).save(tmp_path / "b.png")
+    done = CliRunner().invoke(score_cli, ["--model", str(model), "--providers", "cpu", "--matrix", str(tmp_path),
+                                          "--no-cache"])
+    assert done.exit_code == 2, done.output
+    assert "b.png" in done.output and "--resize SIZE" in done.output and "resize=" not in done.output
+
+
+def test_cli_clear_cache_alone_empties_the_cache(model: Path, folder: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    cache = tmp_path / "cache"
+    runner.invoke(score_cli, ["--model", str(model), "--providers", "cpu", "--matrix", str(folder), "-q",
+                              "--cache-dir", str(cache), "--cache-size", "100M"])
+    assert len(list(cache.glob("*.npz"))) == 10  # the truncated file is left out; a copy shares its entry
+    cleared = runner.invoke(score_cli, ["--clear-cache", "--cache-dir", str(cache)])
+    assert cleared.exit_code == 0 and "10 entries removed" in cleared.output and not list(cache.glob("*.npz"))
+    refused = runner.invoke(score_cli, ["--clear-cache", "--top-k", "3"])
+    assert refused.exit_code == 2 and "--top-k: only with --matrix DIR" in refused.output

@@ -156,6 +156,21 @@ def test_form_errors_keep_their_messages(client: Client, case: str) -> None:
     assert client.request("POST", path, fields) == (400, {"error": {"type": "RequestError", "message": message}})
 
 
+def test_a_text_field_is_a_request_error_and_size_hints_name_no_resize_option(client: Client) -> None:
+    boundary = "stlpips-test"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="ref"\r\n\r\nhello\r\n--{boundary}\r\n'
+            'Content-Disposition: form-data; name="dist"; filename="d.png"\r\nContent-Type: image/png\r\n\r\n'
+            ).encode() + png(2) + f"\r\n--{boundary}--\r\n".encode()
+    status, _, data = client.raw("POST", "/v1/score", body=body,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert (status, json.loads(data)["error"]) == (400, {"type": "RequestError", "message": (
+        "field 'ref' is a text value, not a file; send the image as a file upload (curl -F ref=@image.png)")})
+    status, answer = client.request("POST", "/v1/score", [("ref", png(1)), ("dist", png(2, (48, 48)))])
+    message = answer["error"]["message"]
+    assert status == 400 and "the service does not resize: send images of one size" in message, message
+    assert "resize=" not in message and "--resize" not in message
+
+
 def test_malformed_and_oversized_forms_are_400(client: Client) -> None:
     status, _, data = client.raw("POST", "/v1/score", body=b"--x\r\n",
                                  headers={"Content-Type": "multipart/form-data"})  # no boundary

@@ -187,3 +187,19 @@ def test_size_checks_name_both_items_and_the_minimum() -> None:
 def test_bad_range_declaration_is_refused() -> None:
     with pytest.raises(ValueError, match="'0,1' or '-1,1'"):
         images.ImageOptions(float_range="0,255")
+
+
+def test_size_errors_name_the_option_of_the_interface_that_raised_them() -> None:
+    from stlpips_rt.errors import ImageSizeError, describe
+    from stlpips_rt.io.images import check_pair, check_size
+
+    a, b = np.zeros((3, 64, 64), np.float32), np.zeros((3, 64, 65), np.float32)
+    with pytest.raises(ImageSizeError) as caught:
+        check_pair(a, b, "a.png", "b.png")
+    assert "pass image=ImageOptions(resize=(H, W))" in str(caught.value)
+    assert "pass --resize SIZE" in describe(caught.value, "cli") and "ImageOptions" not in describe(caught.value, "cli")
+    assert "the service does not resize" in describe(caught.value, "service")
+    with pytest.raises(ImageSizeError) as caught:
+        check_size(a, "a.png", 16, static_hw=(32, 48))
+    assert "ImageOptions(resize=(32, 48))" in str(caught.value)
+    assert "--resize makes square images: scale them to 32x48" in describe(caught.value, "cli")

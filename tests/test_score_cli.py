@@ -134,7 +134,8 @@ def test_pairs_csv_bad_files_become_error_rows_and_the_run_goes_on(model: Path, 
     assert [r["status"] for r in rows] == ["ok", "error", "error", "error", "ok"]
     assert "truncated" in rows[1]["error"] and "cut.png" in rows[1]["error"]
     assert "does not exist" in rows[2]["error"]
-    assert "sizes differ" in rows[3]["error"]
+    assert "sizes differ" in rows[3]["error"] and "--resize SIZE" in rows[3]["error"]  # the CLI's option
+    assert "resize=" not in rows[3]["error"]
     assert code == 1 and "3 pair(s) failed" in err
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from web_harness import Browser, StaticServer, missing_requirement, open_page, rgba_b64
+from web_harness import WEB_ROOT, Browser, StaticServer, missing_requirement, open_page, rgba_b64
 
 from stlpips_rt import Scorer
 from stlpips_rt.io.images import to_model_input, uint8_to_unit
@@ -216,13 +216,14 @@ def test_bad_input_is_refused_with_what_to_do(web):
 
     err = web.error(f"await s.score({pair(64, 64, 64, 65)})")
     assert err["name"] == "ImageSizeError"
-    assert "sizes differ (64x64 vs 64x65, HxW)" in err["message"] and "crop or resize" in err["message"]
+    assert "sizes differ (64×64 vs 65×64, W×H)" in err["message"] and "crop or resize" in err["message"]
 
     min_size = web.eval(f"const s = {web.scorer_js('alex-st')}; return s.info.minSize;")
     small = min_size - 1
     err = web.error(f"await s.score({pair(small, 40, small, 40)})")
     assert err["name"] == "ImageSizeError"
-    assert err["message"].startswith(f"a: {small}x40 pixels is below this model's minimum of {min_size}x{min_size}")
+    assert err["message"].startswith(f"a: 40×{small} pixels (W×H) is below this model's minimum of "
+                                     f"{min_size}×{min_size}")
 
     err = web.error("await s.score('ref.png', 'dist.png')")
     assert err["name"] == "ImageValueError" and "unsupported input type" in err["message"]
@@ -266,7 +267,7 @@ def test_large_pair_gets_a_clear_error_and_the_page_lives_on(web, python_scorers
     err = web.error("const big = () => new ImageData(4000, 3000); await s.score(big(), big())")
     assert err["name"] == "ImageTooLargeError"
     message = err["message"]
-    assert message.startswith("a vs b: 3000x4000 pixels needs about") and "stlpips.bytes_per_pixel" in message
+    assert message.startswith("a vs b: 4000×3000 pixels (W×H) need about") and "stlpips.bytes_per_pixel" in message
     assert "budget of 1.50 GiB" in message and "Downscale or crop" in message
     limit = web.eval(f"const s = {web.scorer_js('alex-st')}; return s.maxPixels;")
     bpp = float(python_scorers["alex-st"].info.metadata["stlpips.bytes_per_pixel"])
@@ -320,7 +321,7 @@ def test_page_scores_picked_images_with_a_heat_map(web, python_scorers, tmp_path
     Image.new("RGB", (4000, 3000), (121, 130, 140)).save(web.data / "big_b.png")
     shown = _run_page(web, "big_a.png", "big_b.png")
     assert shown["errorShown"] == "block"
-    assert shown["error"].startswith("ImageTooLargeError: a vs b: 3000x4000 pixels needs about")
+    assert shown["error"].startswith("ImageTooLargeError: a vs b: 4000×3000 pixels (W×H) need about")
     shown = _run_page(web, "page_a.png", "page_b.png")
     assert shown["errorShown"] == "none"
     assert shown["last"]["distance"] == pytest.approx(expected, abs=TOL)
@@ -351,3 +352,132 @@ def test_threads_in_a_cross_origin_isolated_page(web, python_scorers):
             web.page = None  # the next test reloads from the plain server
     assert got["threads"] == 2
     assert got["d"] == pytest.approx(python_scorers["alex-st"].score(a, b), abs=TOL)
+
+
+# --- the page in each state a person meets ------------------------------------------------------------------------
+def _pick_only(web, a_name: str, b_name: str) -> dict:
+    """Pick two images in the page without waiting for a score (there may be none); what the page then shows."""
+    web.eval(f"await window.stlpipsApp.ready; await window.stlpipsApp.webgpu; {_pick('a', a_name)} "
+             f"{_pick('b', b_name)} return true;")
+    return web.eval(f"const names = {json.dumps([a_name, b_name])};"
+                    "const $ = (id) => document.getElementById(id);"
+                    "const shown = () => names.every((n, i) => $(`size-${'ab'[i]}`).textContent.startsWith(n));"
+                    "for (let i = 0; i < 600 && !shown(); i++) await new Promise((r) => setTimeout(r, 50));"
+                    "await new Promise((r) => setTimeout(r, 200));"
+                    "return {distance: $('distance').textContent, status: $('status').textContent,"
+                    "  error: $('error').textContent, errorShown: getComputedStyle($('error')).display,"
+                    "  model: $('model-info').textContent, sizes: [$('size-a').textContent, $('size-b').textContent],"
+                    "  webgpu: $('backend').querySelector('option[value=webgpu]').disabled};")
+
+
+@pytest.fixture(scope="module")
+def page_images(web) -> dict[str, np.ndarray]:
+    a, b = random_pair(21, 64, 80)
+    c = random_pair(22, 64, 72)[0]
+    for name, x in (("state_a.png", a), ("state_b.png", b), ("state_c.png", c)):
+        Image.fromarray(x).save(web.data / name)
+    (web.data / "not_a_model.onnx").write_text("not a model")
+    return {"a": a, "b": b, "c": c}
+
+
+def test_page_without_a_model_asks_for_one(web, page_images):
+    web.ensure_page(f"{web.server.url}index.html")
+    shown = _pick_only(web, "state_a.png", "state_b.png")
+    assert shown["errorShown"] == "none" and shown["distance"] == "–"
+    assert shown["status"] == "Open a model (.onnx) to score the images."
+    assert shown["sizes"][0] == "state_a.png · 80×64"  # W×H, as everywhere on the page
+    assert shown["webgpu"] is True  # headless Chromium offers no WebGPU adapter: the choice is disabled
+
+
+@pytest.mark.parametrize("query, error", [
+    ("model=/data/missing.onnx", "ModelError: /data/missing.onnx: the server answered 404"),
+    ("model=/data/not_a_model.onnx", "NotAnStlpipsModelError: "),
+    ("backend=webgpu&model=/data/{alex}", "ModelError: backend 'webgpu': this browser offers no WebGPU adapter"),
+], ids=["missing model", "a file that is no model", "a backend that fails"])
+def test_a_model_or_backend_that_fails_stays_on_the_page(web, page_images, query, error):
+    web.ensure_page(f"{web.server.url}index.html?{query.format(alex=web.models['alex-st'].name)}")
+    shown = _pick_only(web, "state_a.png", "state_b.png")  # picking images is no cure: the error stays
+    assert shown["errorShown"] == "block" and shown["error"].startswith(error), shown
+    assert shown["model"].startswith("Could not load") and shown["distance"] == "–"
+    assert shown["status"] == "No model: see the error below."
+    web.eval("const sel = document.getElementById('backend'); sel.value = 'wasm';"
+             "sel.dispatchEvent(new Event('change')); return true;")  # the cause changes: another backend
+    if query.startswith("backend"):
+        shown = _run_page(web, "state_a.png", "state_b.png")
+        assert shown["errorShown"] == "none" and shown["backend"] == "WASM"
+    web.page = None
+
+
+def test_a_size_mismatch_is_shown_until_the_pair_changes(web, page_images, python_scorers):
+    web.ensure_page(f"{web.server.url}index.html?model=/data/{web.models['alex-st'].name}")
+    shown = _run_page(web, "state_a.png", "state_c.png")
+    assert shown["errorShown"] == "block", shown
+    assert shown["error"].startswith("ImageSizeError: a vs b: sizes differ (80×64 vs 72×64, W×H)")
+    assert shown["last"]["error"]["name"] == "ImageSizeError" and shown["distance"] == "–"
+    shown = _run_page(web, "state_a.png", "state_b.png")  # the cause changes: a matching image
+    assert shown["errorShown"] == "none" and shown["error"] == ""
+    expected = python_scorers["alex-st"].score(page_images["a"], page_images["b"])
+    assert shown["last"]["distance"] == pytest.approx(expected, abs=TOL)
+
+
+def test_translucent_pngs_read_as_python_reads_them_and_the_canvas_path_as_documented(web, python_scorers):
+    """docs/web.md "Translucent pixels": an 8-bit RGBA PNG file (Blob, File, the page) is decoded by the module, so
+    its colours are the stored ones, as PIL reads them, alpha dropped: the page's distance is Python's. Through an
+    <img> (the canvas's premultiplied 8-bit storage) a pixel of alpha a < 255 reads as c' with
+    round(c' a / 255) == round(c a / 255) for the stored c (0 where a = 0); opaque pixels exactly."""
+    web.module_page()
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (64, 80, 4), dtype=np.uint8)
+    rgba[:8, :, 3] = 0
+    rgba[8:16, :, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(web.data / "rgba.png")
+    got = web.eval("const blob = await (await fetch('/data/rgba.png')).blob();"
+                   "const img = new Image(); img.src = '/data/rgba.png'; await img.decode();"
+                   "return [Array.from((await stlpips.readImage(blob)).data),"
+                   "        Array.from((await stlpips.readImage(img)).data)];")
+    from_file, through_canvas = (np.asarray(g, dtype=np.int64).reshape(64, 80, 4) for g in got)
+    assert np.array_equal(from_file, rgba)  # bit for bit, as PIL decodes it
+    c, a = rgba[..., :3].astype(np.int64), rgba[..., 3:].astype(np.int64)
+    assert np.array_equal(through_canvas[..., 3], rgba[..., 3])
+    assert np.array_equal(np.floor(through_canvas[..., :3] * a / 255 + 0.5), np.floor(c * a / 255 + 0.5))
+    assert np.array_equal(through_canvas[8:16, :, :3], c[8:16]) and not through_canvas[:8, :, :3].any()
+    assert not np.array_equal(through_canvas[16:, :, :3], c[16:])  # translucent through a canvas: rounded
+
+    other = rgba.copy()
+    other[..., :3] = np.roll(rgba[..., :3], 3, axis=1)
+    Image.fromarray(other, "RGBA").save(web.data / "rgba_b.png")
+    web.ensure_page(f"{web.server.url}index.html?model=/data/{web.models['alex-st'].name}")
+    try:
+        shown = _run_page(web, "rgba.png", "rgba_b.png")
+    finally:
+        web.page = None
+    expected = python_scorers["alex-st"].score(web.data / "rgba.png", web.data / "rgba_b.png")
+    assert shown["errorShown"] == "none", shown["error"]
+    assert shown["last"]["distance"] == pytest.approx(expected, abs=TOL)
+
+
+def test_the_steps_of_docs_web_md_open_a_working_page(web, page_images, python_scorers, tmp_path):
+    """docs/web.md "Run the page": examples/web with models/ linked beside it holding what the set-up exports
+    (alex-st alone), then the URL the doc says to open: the page loads that model and scores."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "web.md").read_text()
+    steps = doc[doc.index("## Run the page"):doc.index("## Use it in another page")]
+    url = re.search(r"# open http://localhost:8000/(\S+)", steps)[1]
+    assert "ln -s ../../models models" in steps
+    site, models = tmp_path / "web", tmp_path / "models"
+    site.mkdir()
+    models.mkdir()
+    for item in WEB_ROOT.iterdir():
+        (site / item.name).symlink_to(item)
+    (site / "models").symlink_to(models)
+    (models / web.models["alex-st"].name).symlink_to(web.models["alex-st"])  # what demo.sh exports
+    with StaticServer(web.data, web_root=site) as server:
+        web.ensure_page(server.url + url)
+        try:
+            shown = _run_page(web, "state_a.png", "state_b.png")
+        finally:
+            web.page = None
+    assert shown["errorShown"] == "none", shown["error"]
+    expected = python_scorers["alex-st"].score(page_images["a"], page_images["b"])
+    assert shown["last"]["distance"] == pytest.approx(expected, abs=TOL)

@@ -10,23 +10,40 @@ window.stlpipsApp = state;
 // The ramp of the Python runtime's heat maps (stlpips_rt/heatmap.py): black, purple, red, orange, pale yellow.
 const RAMP = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
 
-function showError(err) {
+// Each error stays on the page until its cause changes: 'model' (another model or backend is loaded), 'image-a' /
+// 'image-b' (that image is picked again) and 'run' (the next score: another pair or model).
+const errors = new Map();
+state.errors = errors;
+
+function setError(cause, err) {
+  if (err) errors.set(cause, err); else errors.delete(cause);
   const box = $('error');
-  if (!err) { box.style.display = 'none'; box.textContent = ''; return; }
-  box.textContent = `${err.name ?? 'Error'}: ${err.message ?? err}`;
-  box.style.display = 'block';
+  box.textContent = [...errors.values()].map((e) => `${e.name ?? 'Error'}: ${e.message ?? e}`).join('\n');
+  box.style.display = errors.size ? 'block' : 'none';
 }
 
 function setStatus(text) { $('status').textContent = text; }
 
-if (!navigator.gpu) {
-  const opt = $('backend').querySelector('option[value=webgpu]');
-  opt.disabled = true;
-  opt.textContent = 'WebGPU (not offered by this browser)';
+// WebGPU is offered only where the browser gives an adapter (navigator.gpu may exist without one).
+state.webgpu = stlpips.webgpuAdapter().then((adapter) => {
+  if (!adapter) {
+    const opt = $('backend').querySelector('option[value=webgpu]');
+    opt.disabled = true;
+    opt.textContent = navigator.gpu ? 'WebGPU (no adapter in this browser)' : 'WebGPU (not offered by this browser)';
+  }
+  return adapter;
+});
+
+function clearResult(note) {
+  for (const id of ['distance', 'time', 'pair-size']) $(id).textContent = '–';
+  $('heat').style.display = 'none';
+  $('heat-legend').hidden = true;
+  $('heat-note').textContent = note;
 }
 
 async function loadModel(source, label) {
-  showError(null);
+  setError('model', null);
+  setError('run', null);
   state.modelSource = source;
   $('model-info').textContent = `Loading ${label}…`;
   try {
@@ -51,37 +68,49 @@ async function loadModel(source, label) {
     $('threads').textContent = state.scorer.threads ?? '–';
   } catch (err) {
     $('model-info').textContent = `Could not load ${label}.`;
-    showError(err);
+    $('backend-used').textContent = '–';
+    clearResult('No model.');
+    setStatus('No model: see the error below.');
+    setError('model', err);
     return;
   }
   await maybeScore();
 }
 
-async function decodeFile(file) {
-  // No colour-space conversion: the pixels as stored, as PIL decodes them.
-  return createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
-}
-
+// The file's pixels: an 8-bit RGBA PNG decoded exactly (stlpips.decodeRgbaPng), any other image through the canvas
+// without colour management, as PIL reads it (stlpips.readImage).
 async function setImage(which, file) {
-  showError(null);
-  let bitmap;
+  setError(`image-${which}`, null);
+  let pixels;
+  let exact;
   try {
-    bitmap = await decodeFile(file);
-  } catch {
-    showError(new Error(`${file.name}: the browser cannot decode it as an image; use a PNG, JPEG or WebP`));
+    exact = await stlpips.decodeRgbaPng(new Uint8Array(await file.arrayBuffer())).catch(() => null);
+    pixels = exact ?? await stlpips.readImage(file, file.name);
+  } catch (err) {
+    state.images[which] = null; // the slot holds what was picked last: nothing scoreable
+    $(`preview-${which}`).hidden = true;
+    $(`size-${which}`).textContent = `${file.name} · not an image`;
+    clearResult('No result.');
+    setError(`image-${which}`, err);
     return;
   }
-  state.images[which]?.close?.();
-  state.images[which] = bitmap;
+  state.images[which] = pixels;
   state.names = { ...state.names, [which]: file.name };
   const canvas = $(`preview-${which}`);
-  canvas.width = bitmap.width;
-  canvas.height = bitmap.height;
-  canvas.getContext('2d').drawImage(bitmap, 0, 0);
+  canvas.width = pixels.width;
+  canvas.height = pixels.height;
+  canvas.getContext('2d').putImageData(pixels, 0, 0);
   canvas.hidden = false;
   $(`drop-${which}`).querySelector('.hint').hidden = true;
-  $(`size-${which}`).textContent = `${file.name} · ${bitmap.width}×${bitmap.height}`;
+  const roundedAlpha = !exact && hasTranslucentPixels(pixels);
+  $(`size-${which}`).textContent = `${file.name} · ${stlpips.wh(pixels.width, pixels.height)}`
+    + (roundedAlpha ? ' · translucent: colours read through the canvas (docs/web.md, "Translucent pixels")' : '');
   await maybeScore();
+}
+
+function hasTranslucentPixels(image) {
+  for (let i = 3; i < image.data.length; i += 4) if (image.data[i] < 255) return true;
+  return false;
 }
 
 function drawHeat(map) {
@@ -110,11 +139,18 @@ function drawHeat(map) {
 // Scores whenever the model or an image changes. Runs queue in the scorer; only the latest one updates the page.
 async function maybeScore() {
   const { scorer, images } = state;
-  if (!scorer || !images.a || !images.b) return null;
+  if (!scorer) {
+    setStatus(errors.has('model') ? 'No model: see the error below.' : 'Open a model (.onnx) to score the images.');
+    return null;
+  }
+  if (!images.a || !images.b) {
+    setStatus('Pick two images of the same size.');
+    return null;
+  }
   const generation = (state.generation = (state.generation ?? 0) + 1);
   const latest = () => generation === state.generation;
   const names = [state.names.a, state.names.b];
-  showError(null);
+  setError('run', null);
   setStatus('Scoring…');
   $('distance').textContent = '…';
   let result;
@@ -128,7 +164,7 @@ async function maybeScore() {
       $('time').textContent = `${ms.toFixed(0)} ms`;
       $('backend-used').textContent = scorer.backend.toUpperCase();
       $('threads').textContent = scorer.threads ?? '–';
-      $('pair-size').textContent = `${images.a.width}×${images.a.height}`;
+      $('pair-size').textContent = stlpips.wh(images.a.width, images.a.height);
       if (map) {
         drawHeat(map);
       } else {
@@ -142,12 +178,9 @@ async function maybeScore() {
   } catch (err) {
     result = { names, error: { name: err.name, message: err.message } };
     if (latest()) {
-      for (const id of ['distance', 'time', 'pair-size']) $(id).textContent = '–';
-      $('heat').style.display = 'none';
-      $('heat-legend').hidden = true;
-      $('heat-note').textContent = 'No result.';
-      setStatus('Failed.');
-      showError(err);
+      clearResult('No result.');
+      setStatus('Failed: see the error below.');
+      setError('run', err);
     }
   }
   state.runs += 1;

@@ -206,13 +206,78 @@ function isA(value, ctorName) {
   return typeof ctor === 'function' && value instanceof ctor;
 }
 
+// --- 8-bit RGBA PNG files, decoded here --------------------------------------------------------------------------
+// A canvas stores colours premultiplied by alpha in 8 bits, so a translucent pixel's colour does not come back as
+// the file stores it; the Python runtime reads the stored colour (and drops alpha). For the common translucent
+// format, non-interlaced 8-bit RGBA PNG, the module therefore reads the file itself: the zlib stream through the
+// browser's DecompressionStream, then PNG's five row filters. Other files go through the canvas (opaque pixels are
+// exact there).
+const PNG_SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
+
+function paeth(a, b, c) {
+  const p = a + b - c;
+  const pa = Math.abs(p - a);
+  const pb = Math.abs(p - b);
+  const pc = Math.abs(p - c);
+  return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+}
+
+/** The pixels of a non-interlaced 8-bit RGBA PNG as ImageData (exact, not premultiplied); null for any other file. */
+export async function decodeRgbaPng(bytes) {
+  if (bytes.length < 33 || PNG_SIGNATURE.some((v, i) => bytes[i] !== v)) return null;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const width = view.getUint32(16);
+  const height = view.getUint32(20);
+  const [depth, colourType, , , interlace] = bytes.subarray(24, 29);
+  if (depth !== 8 || colourType !== 6 || interlace !== 0 || !width || !height) return null;
+  const parts = [];
+  for (let at = 8; at + 8 <= bytes.length;) {
+    const length = view.getUint32(at);
+    const type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+    if (type === 'IDAT') parts.push(bytes.subarray(at + 8, at + 8 + length));
+    if (type === 'IEND') break;
+    at += 12 + length;
+  }
+  const inflated = new Uint8Array(await new Response(
+    new Blob(parts).stream().pipeThrough(new DecompressionStream('deflate'))).arrayBuffer());
+  const stride = 4 * width;
+  if (inflated.length < height * (stride + 1)) return null;
+  const out = new Uint8ClampedArray(height * stride);
+  for (let y = 0; y < height; y++) {
+    const filter = inflated[y * (stride + 1)];
+    const row = inflated.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1));
+    const at = y * stride;
+    for (let x = 0; x < stride; x++) {
+      const left = x >= 4 ? out[at + x - 4] : 0;
+      const up = y > 0 ? out[at - stride + x] : 0;
+      const upLeft = y > 0 && x >= 4 ? out[at - stride + x - 4] : 0;
+      const predictor = [0, left, up, (left + up) >> 1, paeth(left, up, upLeft)][filter];
+      if (predictor === undefined) return null;
+      out[at + x] = (row[x] + predictor) & 255;
+    }
+  }
+  return new ImageData(out, width, height, { colorSpace: 'srgb' });
+}
+
 /**
  * One image -> {data: RGBA Uint8ClampedArray, width, height}. ImageData is taken as it is (its bytes are the
- * pixels). Images are decoded without colour-space conversion (createImageBitmap colorSpaceConversion 'none'),
- * as PIL decodes them, then read back through an sRGB canvas; translucent pixels pass through the canvas's
- * premultiplied storage, so only opaque images (or ImageData) are exact.
+ * pixels); a Blob or File that is an 8-bit RGBA PNG is decoded here, exactly (decodeRgbaPng). Other images are
+ * decoded without colour-space conversion (createImageBitmap colorSpaceConversion 'none'), as PIL decodes them,
+ * then read back through an sRGB canvas, whose premultiplied storage keeps opaque pixels exact but rounds the
+ * colour of translucent ones (docs/web.md, "Translucent pixels").
  */
 export async function readImage(image, name = 'image') {
+  if (isA(image, 'Blob')) {
+    const exact = await decodeRgbaPng(new Uint8Array(await image.arrayBuffer())).catch(() => null);
+    if (exact) return exact;
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(image, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    } catch {
+      throw new ImageValueError(name, 'the browser cannot decode it as an image; use a PNG, JPEG or WebP');
+    }
+    try { return readPixels(bitmap, bitmap.width, bitmap.height, name); } finally { bitmap.close(); }
+  }
   if (isA(image, 'ImageData')) {
     if (image.colorSpace && image.colorSpace !== 'srgb') {
       throw new ImageValueError(name, `ImageData in colour space ${image.colorSpace}; read it with `
@@ -242,7 +307,12 @@ export async function readImage(image, name = 'image') {
   }
   const kind = image === null ? 'null' : (image?.constructor?.name ?? typeof image);
   throw new ImageValueError(name, `unsupported input type ${kind}; pass an ImageData, ImageBitmap, `
-    + 'HTMLImageElement or HTMLCanvasElement');
+    + 'HTMLImageElement, HTMLCanvasElement or an image file (Blob, File)');
+}
+
+/** A size as the page shows it: width × height, the order browsers and image tools use (messages say W×H). */
+export function wh(width, height) {
+  return `${width}×${height}`;
 }
 
 function formatBytes(n) {
@@ -269,13 +339,21 @@ async function modelBytes(source) {
   return [new Uint8Array(await response.arrayBuffer()), url];
 }
 
+/** Whether the browser offers a WebGPU adapter (navigator.gpu may exist with none, as in headless Chromium). */
+export async function webgpuAdapter() {
+  if (typeof navigator === 'undefined' || !navigator.gpu) return false;
+  try { return Boolean(await navigator.gpu.requestAdapter()); } catch { return false; }
+}
+
 async function pickBackend(wanted) {
-  if (wanted === 'wasm' || wanted === 'webgpu') return wanted;
-  if (wanted !== 'auto') throw new StlpipsError(`backend '${wanted}': use 'wasm', 'webgpu' or 'auto'`);
-  if (typeof navigator !== 'undefined' && navigator.gpu) {
-    try { if (await navigator.gpu.requestAdapter()) return 'webgpu'; } catch { /* no adapter: WASM */ }
+  if (wanted === 'wasm') return wanted;
+  if (wanted === 'webgpu') {
+    if (await webgpuAdapter()) return wanted;
+    throw new ModelError("backend 'webgpu': this browser offers no WebGPU adapter (navigator.gpu.requestAdapter() "
+      + "gave none); choose 'wasm', or 'auto' to take WebGPU only where there is one");
   }
-  return 'wasm';
+  if (wanted !== 'auto') throw new StlpipsError(`backend '${wanted}': use 'wasm', 'webgpu' or 'auto'`);
+  return (await webgpuAdapter()) ? 'webgpu' : 'wasm';
 }
 
 const wasmThreads = new WeakMap(); // onnxruntime-web module -> the WASM threads it was initialised with
@@ -357,7 +435,7 @@ export class Scorer {
     this._checkSize(x0, 'a');
     this._checkSize(x1, 'b');
     if (x0.width !== x1.width || x0.height !== x1.height) {
-      throw new ImageSizeError('a vs b', `sizes differ (${x0.height}x${x0.width} vs ${x1.height}x${x1.width}, HxW); `
+      throw new ImageSizeError('a vs b', `sizes differ (${wh(x0.width, x0.height)} vs ${wh(x1.width, x1.height)}, W×H); `
         + 'the metric compares aligned images: crop or resize them to one size');
     }
     this._checkMemory(x0.height, x0.width);
@@ -368,12 +446,12 @@ export class Scorer {
     const { height: h, width: w } = img;
     const s = this.info.staticHW;
     if (s && (h !== s[0] || w !== s[1])) {
-      throw new ImageSizeError(name, `${h}x${w} pixels, but this model was exported for ${s[0]}x${s[1]} only; `
+      throw new ImageSizeError(name, `${wh(w, h)} pixels (W×H), but this model was exported for ${wh(s[1], s[0])} only; `
         + 'resize the images to that size or use a model exported without --static');
     }
     if (h < this.info.minSize || w < this.info.minSize) {
-      throw new ImageSizeError(name, `${h}x${w} pixels is below this model's minimum of ${this.info.minSize}x`
-        + `${this.info.minSize}; use larger images or scale them up`);
+      throw new ImageSizeError(name, `${wh(w, h)} pixels (W×H) is below this model's minimum of `
+        + `${wh(this.info.minSize, this.info.minSize)}; use larger images or scale them up`);
     }
   }
 
@@ -382,10 +460,10 @@ export class Scorer {
     if (max === null || h * w <= max) return;
     const need = this.info.bytesPerPixel * h * w;
     const side = Math.floor(Math.sqrt(max));
-    throw new ImageTooLargeError('a vs b', `${h}x${w} pixels needs about ${formatBytes(need)} of working memory `
+    throw new ImageTooLargeError('a vs b', `${wh(w, h)} pixels (W×H) need about ${formatBytes(need)} of working memory `
       + `(the model's stlpips.bytes_per_pixel, ${this.info.bytesPerPixel} bytes per pixel of a pair, times the `
       + `pixels), over this page's budget of ${formatBytes(this.maxWasmBytes)} for onnxruntime-web's WebAssembly `
-      + `heap (4 GiB at most, weights and inputs included): at most ${max} pixels (about ${side}x${side}). `
+      + `heap (4 GiB at most, weights and inputs included): at most ${max} pixels (about ${wh(side, side)}). `
       + 'Downscale or crop the images, or score them with the Python runtime, which tiles large pairs exactly');
   }
 
@@ -400,7 +478,7 @@ export class Scorer {
       try {
         return await this.session.run(feeds, outputs);
       } catch (err) {
-        throw new InferenceError(`onnxruntime-web failed on a ${x0.height}x${x0.width} pair on ${this.backend}: `
+        throw new InferenceError(`onnxruntime-web failed on a ${wh(x0.width, x0.height)} (W×H) pair on ${this.backend}: `
           + `${err.message ?? err}`);
       }
     });

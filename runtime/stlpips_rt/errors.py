@@ -70,7 +70,35 @@ class ChannelError(ImageError):
 
 
 class ImageSizeError(ImageError):
-    """The two images of a pair differ in size, or an image is below the model's minimum size."""
+    """The two images of a pair differ in size, or an image is below the model's minimum size.
+
+    ``resize``: whether resizing is the remedy, and to what: ``True`` (any one size), ``(H, W)`` (that size), or
+    ``False`` (not a remedy). The message says it in Python's terms; :func:`describe` says it for the command line
+    (``--resize SIZE``) or the service (which does not resize)."""
+
+    def __init__(self, item: str, message: str, resize: bool | tuple[int, int] = False) -> None:
+        self.problem = message
+        self.resize = resize
+        super().__init__(item, self.wording("python"))
+
+    def wording(self, interface: str = "python") -> str:
+        """The problem and its remedy, for ``interface``: "python", "cli" or "service"."""
+        if self.resize is False:
+            return self.problem
+        size = self.resize if isinstance(self.resize, tuple) else None
+        if interface == "cli":
+            if size is None:
+                remedy = "pass --resize SIZE to score every image at SIZE x SIZE"
+            elif size[0] == size[1]:
+                remedy = f"pass --resize {size[0]}"
+            else:
+                remedy = f"--resize makes square images: scale them to {size[0]}x{size[1]} (HxW) first"
+        elif interface == "service":
+            remedy = "the service does not resize: send images of " + \
+                ("one size" if size is None else f"{size[0]}x{size[1]} (HxW)")
+        else:
+            remedy = f"pass image=ImageOptions(resize={size or '(H, W)'})"
+        return f"{self.problem} ({remedy})"
 
 
 class MemoryBudgetError(ImageError):
@@ -126,3 +154,10 @@ class OutputMismatchError(StlpipsError):
 class MissingExtraError(StlpipsError):
     """A feature needs an optional dependency that is not installed; the message names the extra."""
 
+
+def describe(exc: BaseException, interface: str = "python") -> str:
+    """An error's message for ``interface`` ("python", "cli", "service"): the remedies of a
+    :class:`ImageSizeError` name that interface's option; any other error is ``str(exc)``."""
+    if isinstance(exc, ImageSizeError):
+        return f"{exc.item}: {exc.wording(interface)}"
+    return str(exc)

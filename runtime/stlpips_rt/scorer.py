@@ -38,18 +38,7 @@ from .tiling import run as tiled
 ImageLike = Any  # path, PIL image, or numpy array (see stlpips_rt.images)
 
 
-class _TakesDeprecatedKeywords(type):
-    """Lets ``Scorer(...)`` accept the 0.1 keywords (mapped in :mod:`stlpips_rt.deprecated`, with a warning) while
-    ``__init__`` keeps its small signature."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if MOVED.keys() & kwargs.keys():
-            kwargs.update(zip(("model", "providers", "precision"), args, strict=False))
-            args, kwargs = (), translate(kwargs)
-        return super().__call__(*args, **kwargs)
-
-
-class Scorer(metaclass=_TakesDeprecatedKeywords):
+class Scorer:
     """Perceptual distance (ST-LPIPS / LPIPS) between images, through an exported ONNX graph.
 
     Args:
@@ -76,8 +65,9 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
             :class:`~stlpips_rt.TensorRTOptions` (fp16, engine cache, workspace, profile shapes),
             :class:`~stlpips_rt.OpenVinoOptions` (device). Providers not named keep their defaults.
 
-    The 0.1 keywords (``device_id``, ``tensorrt``, ``float_range``, ``resize``, ``models_dir``, ...) still work,
-    with a DeprecationWarning naming their replacement (:mod:`stlpips_rt.deprecated`).
+        **deprecated: the 0.1 keywords (``device_id``, ``tensorrt``, ``float_range``, ``resize``, ``models_dir``,
+            ...) still work, with a DeprecationWarning naming their replacement (:mod:`stlpips_rt.deprecated`);
+            any other keyword is a TypeError.
 
     GPU tensors (PyTorch, CuPy, JAX, ... through ``__cuda_array_interface__`` or DLPack) passed to
     :meth:`score_batch`, :meth:`score_many` or :meth:`run_arrays` are bound on the device without a copy; they must
@@ -100,7 +90,14 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
         max_memory: int | str | None = None,
         image: images.ImageOptions | None = None,
         provider_options: Iterable[ProviderOptions] = (),
+        **deprecated: Any,
     ) -> None:
+        if deprecated:
+            unknown = sorted(deprecated.keys() - MOVED.keys())
+            if unknown:
+                raise TypeError(f"Scorer() got an unexpected keyword argument {unknown[0]!r}")
+            moved = translate({"model": model, "image": image, "provider_options": provider_options, **deprecated})
+            model, image, provider_options = moved["model"], moved["image"], moved["provider_options"]
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
@@ -418,15 +415,16 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
             return self._features_graph
 
     def features(self, images_: Any, *, float_range: str | None = None, spill_dir: str | os.PathLike[str] | None = None,
-                 cache: str | os.PathLike[str] | None = None, skip_errors: bool = False,
+                 cache: str | os.PathLike[str] | Any = None, skip_errors: bool = False,
                  progress: Any = None) -> Any:
         """Each image's features, computed once (one image per run of the features graph): a
         :class:`~stlpips_rt.matrix.FeatureSet` for :meth:`matrix` and :meth:`nearest`, ``.save(folder)`` and
         ``FeatureSet.load(folder)``. Images are paths, arrays, PIL images, a list or a 4-D batch, all of one size
         (else an ImageSizeError names the others; ``resize=`` brings them to one). Past ``max_memory / 2`` the
-        features are spilled to a memory-mapped file in ``spill_dir``. ``cache``: a folder caching each file's
-        features by model, path, size and mtime. ``skip_errors``: leave unreadable images out
-        (``result.failed``) instead of raising."""
+        features are spilled to a memory-mapped file in ``spill_dir``. ``cache``: a folder, or a
+        :class:`~stlpips_rt.matrix.cache.FeatureCache` (its size limit), caching image files' features by model,
+        file content, image options and engine (docs/matrix.md, "The feature cache"); None: no cache.
+        ``skip_errors``: leave unreadable images out (``result.failed``) instead of raising."""
         from .matrix import extract
         from .matrix.cache import FeatureCache
 
@@ -441,19 +439,15 @@ class Scorer(metaclass=_TakesDeprecatedKeywords):
                 return x
             return load
 
-        store = None
+        hooks = None
         if cache is not None:
-            store = FeatureCache(cache, model.sha256, f"{opts.resize}|{opts.float_range}")
+            store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+            engine = " ".join([self.provider, *(f"{k}={v}" for k, v in engine_of(self._session).items())])
+            store.bind(model.sha256, {"resize": opts.resize, "float_range": opts.float_range}, engine)
             store.paths = {name: Path(item) for item, name in items if images.is_path(item)}
-            store_get = store.get
-
-            def get(name: str) -> Any:
-                return store_get(name) if name in store.paths else None
-
-            hooks = (get, store.put)
+            hooks = (store.get, store.put)
         features, report = extract.compute(run, model, ((name, loader(item, name)) for item, name in items),
-                                           len(items), self.max_memory, spill_dir, skip_errors,
-                                           hooks if store is not None else None, progress)
+                                           len(items), self.max_memory, spill_dir, skip_errors, hooks, progress)
         features.failed = report.failed
         features.report = report
         return features

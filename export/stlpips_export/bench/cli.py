@@ -23,7 +23,9 @@ from typing import Any
 import click
 import numpy as np
 
-from stlpips_rt.cli.options import CONTEXT, models_dir_option, runtime_options
+from stlpips_rt.cli.options import CONTEXT, fail, models_dir_option, runtime_options
+from stlpips_rt.engine.model_files import check_models_exist, missing_models
+from stlpips_rt.errors import ModelNotFoundError
 
 from .worker import TORCH_SIDES
 
@@ -253,6 +255,9 @@ def log(message: str) -> None:
 @click.command(context_settings=CONTEXT)
 @click.option("--quick", is_flag=True, help=f"a run under two minutes: shapes {QUICK_SHAPES}, 1 round, short timings.")
 @click.option("--nets", default="alex,vgg", show_default=True, help="backbones (the ST variant of each).")
+@click.option("-m", "--model", "models", multiple=True, metavar="NAME",
+              help="an ST model to measure, alex-st or vgg-st (repeatable; in place of --nets: the upstream peers "
+                   "exist for the ST variants only).")
 @click.option("--shapes", default=None, help=f"SIZE:BATCH,...;SIZE:... (default {DEFAULT_SHAPES}).")
 @click.option("--sides", default=None,
               help="comma-separated: upstream, tuned, tuned-compiled, tuned-bf16, reference, "
@@ -270,7 +275,8 @@ def log(message: str) -> None:
               help="folder for bench.md and bench.json.")
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="measure nothing: re-render bench.md from an earlier run's bench.json into --out.")
-def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: int | None, seconds: float | None,
+def main(quick: bool, nets: str, models: tuple[str, ...], shapes: str | None, sides: str | None, rounds: int | None,
+         seconds: float | None,
          cold_runs: int | None, no_broadcast: bool, providers: str, threads: int | None, models_dir: Path | None,
          out_dir: Path, from_json: Path | None) -> None:
     """Benchmark ST-LPIPS: upstream eager PyTorch, the project's PyTorch reference, the runtime per provider.
@@ -294,12 +300,25 @@ def main(quick: bool, nets: str, shapes: str | None, sides: str | None, rounds: 
     cold_runs = cold_runs if cold_runs is not None else (1 if quick else 3)
     shape_list = parse_shapes(shapes or (QUICK_SHAPES if quick else DEFAULT_SHAPES))
     net_list = [n.strip() for n in nets.split(",") if n.strip()]
+    if models:
+        if any(m.strip().lower() not in ("alex-st", "vgg-st") for m in models):
+            raise click.BadParameter(f"{', '.join(models)}: the bench compares the ST models with upstream's, "
+                                     "so -m is alex-st or vgg-st", param_hint="-m/--model")
+        net_list = list(dict.fromkeys(m.strip().lower().split("-")[0] for m in models))
     side_list = ([s.strip() for s in sides.split(",")] if sides
                  else default_sides(providers, int8_files_exist(net_list, models_dir)))
     models_dir = models_dir.resolve() if models_dir is not None else None
     for side in side_list:
         if side not in TORCH_SIDES and not side.startswith("runtime:"):
             raise click.BadParameter(f"unknown side {side!r}", param_hint="--sides")
+    if any(side.startswith("runtime:") for side in side_list):  # every model named now, before any measuring
+        try:
+            check_models_exist([f"{net}-st" for net in net_list], [models_dir] if models_dir else [])
+        except ModelNotFoundError as exc:
+            missing = missing_models([f"{net}-st" for net in net_list], [models_dir] if models_dir else [])
+            present = [net for net in net_list if f"{net}-st" not in missing]
+            others = f"; or measure only {' '.join(f'-m {net}-st' for net in present)}" if present else ""
+            fail("stlpips-bench", f"{exc}{others}")
 
     report: dict[str, Any] = {
         "command": "stlpips-bench " + " ".join(sys.argv[1:]),

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
-from stlpips_rt.cli.options import CONTEXT, models_dir_option, runtime_options
+from stlpips_rt.cli.options import CONTEXT, fail, models_dir_option, runtime_options
+from stlpips_rt.engine.model_files import check_models_exist, missing_models
+from stlpips_rt.errors import ModelNotFoundError
 
 from .metrics import BACKENDS, CLASSIC, LEARNED, METRIC_NAMES, make_metric
 from .study import SetResult, log, markdown_tables, plot, save_raw, score_set, write_csv
@@ -97,7 +99,15 @@ def shift(
         raise click.BadParameter("the learned metrics are compared against the exact runtime: keep 'onnx'",
                                  param_hint="--backends")
 
-    # Build every metric first: a missing model fails now, not after an hour of scoring.
+    # Every model first, all named at once: a missing model fails now, not after an hour of scoring.
+    needed = {name: [f"{name}-int8" if backend == "int8" else name for backend in backends if backend != "torch"]
+              for name in metric_names if name in LEARNED}
+    try:
+        check_models_exist([m for names in needed.values() for m in names], [models_dir] if models_dir else [])
+    except ModelNotFoundError as exc:
+        search = [models_dir] if models_dir else []
+        have = [name for name in metric_names if name not in needed or not missing_models(needed[name], search)]
+        fail("stlpips-eval", f"{exc}; or compare only the others: --metrics {','.join(have)}")
     log("loading metrics ...")
     metrics = []
     for name in metric_names:

@@ -17,13 +17,14 @@ from typing import Any
 import click
 import numpy as np
 
-from ..errors import StlpipsError
+from ..errors import ImageSizeError, StlpipsError, describe
 from ..io import manifest
 from ..io.output import format_distance
-from ..io.pairs import _images_in
+from ..io.pairs import scan_folder
 from ..io.progress import Progress
 from ..matrix import head
-from ..matrix.cache import DEFAULT_FOLDER
+from ..matrix.cache import CACHE_ENV, DEFAULT_LIMIT, FeatureCache, format_bytes
+from ..tiling.plan import parse_memory
 from .options import build_scorer, fail
 
 TOOL = "stlpips-score"
@@ -39,12 +40,19 @@ _OPTIONS = [
                  help="With --matrix: write each image's K nearest (rows a, rank, b, distance) instead of every pair."),
     click.option("--threshold", type=float, default=None,
                  help="With --matrix: write only the pairs closer than T (near-duplicates)."),
-    click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                 help=f"With --matrix: folder caching each image's features [default: DIR/{DEFAULT_FOLDER}]."),
-    click.option("--no-cache", is_flag=True, help="With --matrix: compute every image's features afresh."),
+    click.option("--cache-dir", "--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+                 default=None, help=f"With --matrix: the feature cache's folder [default: ${CACHE_ENV}, else the "
+                                    "user's cache folder, ~/.cache/stlpips-deploy/features on Linux]."),
+    click.option("--cache-size", "cache_size", metavar="SIZE", default=None,
+                 help=f"With --matrix: the feature cache's limit, e.g. 500M or 8G [default: "
+                      f"{format_bytes(DEFAULT_LIMIT)}]; the least recently used entries go first."),
+    click.option("--no-cache", is_flag=True, help="With --matrix: compute every image's features afresh, cache "
+                                                  "nothing."),
+    click.option("--clear-cache", is_flag=True, help="Empty the feature cache (--cache-dir, or the default) first; "
+                                                     "alone, only that."),
 ]
 _DEFAULTS = {"matrix_dir": None, "against_dir": None, "top_k": None, "threshold": None, "cache_dir": None,
-             "no_cache": False}
+             "cache_size": None, "no_cache": False, "clear_cache": False}
 
 
 def matrix_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,17 +66,41 @@ def take_matrix_args(extra: dict[str, Any]) -> dict[str, Any]:
     return {name: extra.pop(name, default) for name, default in _DEFAULTS.items()}
 
 
+def _flag(name: str) -> str:
+    return {"matrix_dir": "--matrix", "against_dir": "--against", "cache_dir": "--cache-dir"}.get(
+        name, "--" + name.replace("_", "-"))
+
+
 def refuse_matrix_options(args: Mapping[str, Any]) -> None:
-    given = [name for name, default in _DEFAULTS.items() if name != "matrix_dir" and args.get(name) != default]
+    given = [name for name, default in _DEFAULTS.items()
+             if name not in ("matrix_dir", "clear_cache") and args.get(name) != default]
     if given:
-        flags = ", ".join("--" + n.replace("_dir", "").replace("_", "-") for n in given)
-        raise click.UsageError(f"{flags}: only with --matrix DIR")
+        raise click.UsageError(f"{', '.join(_flag(n) for n in given)}: only with --matrix DIR")
+
+
+def feature_cache(args: Mapping[str, Any]) -> FeatureCache:
+    """The cache the options describe: --cache-dir (or the default folder), --cache-size (or the default limit)."""
+    try:
+        limit = DEFAULT_LIMIT if args["cache_size"] is None else parse_memory(args["cache_size"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cache-size") from None
+    return FeatureCache(args["cache_dir"], limit)
+
+
+def clear_cache(args: Mapping[str, Any], quiet: bool) -> None:
+    """--clear-cache: empty the cache folder of its own entries, and say so."""
+    cache = feature_cache(args)
+    removed = cache.clear()
+    if not quiet:
+        click.echo(f"{TOOL}: feature cache {cache.folder}: {removed} entr{'y' if removed == 1 else 'ies'} removed",
+                   err=True)
 
 
 def diversity(matrix: np.ndarray, symmetric: bool) -> tuple[float, float, float]:
-    """Mean off-diagonal distance and its 95% interval. Pairs share images, so they are not independent: the
-    standard error is the U-statistic's first-order one, from the per-image mean distances (symmetric:
-    ``2 * sd(row means) / sqrt(N)``; rows x columns: ``sqrt(var(row means)/M + var(column means)/N)``)."""
+    """Mean off-diagonal distance and its 95% interval (NaN where there is no pair, or too few images for an
+    interval). Pairs share images, so they are not independent: the standard error is the U-statistic's first-order
+    one, from the per-image mean distances (symmetric: ``2 * sd(row means) / sqrt(N)``, N >= 3; rows x columns:
+    ``sqrt(var(row means)/M + var(column means)/N)``, more than one pair)."""
     m = np.asarray(matrix, dtype=np.float64)
     if symmetric:
         n = len(m)
@@ -78,12 +110,22 @@ def diversity(matrix: np.ndarray, symmetric: bool) -> tuple[float, float, float]
         mean = float(row_means.mean())
         se = 2 * float(row_means.std(ddof=1)) / math.sqrt(n) if n > 2 else math.nan
     else:
-        mean = float(m.mean())
+        mean = float(m.mean()) if m.size else math.nan
         rows, cols = m.mean(axis=1), m.mean(axis=0)
         var = (rows.var(ddof=1) / len(rows) if len(rows) > 1 else 0.0) + \
               (cols.var(ddof=1) / len(cols) if len(cols) > 1 else 0.0)
-        se = math.sqrt(var)
+        se = math.sqrt(var) if m.size > 1 else math.nan
     return mean, mean - 1.96 * se, mean + 1.96 * se
+
+
+def describe_diversity(matrix: np.ndarray, symmetric: bool) -> str:
+    """The summary's words for :func:`diversity`, with no NaN: what is missing is said instead."""
+    mean, low, high = diversity(matrix, symmetric)
+    if math.isnan(mean):
+        return "no pairs (one image)"
+    if math.isnan(low):  # two images, or one row against one column
+        return f"mean distance {mean:.4f} (one pair: no interval)"
+    return f"mean distance {mean:.4f} (95% interval {low:.4f}-{high:.4f})"
 
 
 def _write_rows(output: Path | None, fields: list[str], columns: dict[str, Any],
@@ -96,7 +138,9 @@ def _write_rows(output: Path | None, fields: list[str], columns: dict[str, Any],
             import pyarrow.parquet as pq
         except ImportError:
             fail(TOOL, "Parquet output needs pyarrow: pip install 'stlpips-deploy[parquet]'")
-        table = pa.table({name: columns[name] for name in fields})
+        # the distance column holds the float32 the head computed, as pair scoring's Parquet rows do (ROW_TYPES)
+        table = pa.table({name: pa.array(np.asarray(columns[name], dtype=np.float32)) if name == "distance"
+                          else columns[name] for name in fields})
         pq.write_table(table.replace_schema_metadata(manifest.parquet_metadata(provenance)), str(output))
         return
     import csv
@@ -169,16 +213,23 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
                                    "--dist-dir, --heatmap)")
     if params.get("resume"):
         raise click.UsageError("--resume is not available with --matrix (features are cached instead)")
-    files = _images_in(folder)
-    others = _images_in(against) if against is not None else None
+    files, skipped = scan_folder(folder)
+    others, skipped_against = scan_folder(against) if against is not None else (None, {})
     if not files or (others is not None and not others):
-        fail(TOOL, f"no images in {folder if not files else against}")
-    cache = None if matrix_args["no_cache"] else (matrix_args["cache_dir"] or folder / DEFAULT_FOLDER)
+        empty, left = (folder, skipped) if not files else (against, skipped_against)
+        fail(TOOL, f"no image files in {empty}{_skipped_words(left)}")
+    cache = None
+    if not matrix_args["no_cache"]:
+        cache = feature_cache(matrix_args)
+        if matrix_args["clear_cache"]:
+            clear_cache(matrix_args, quiet)
+    elif matrix_args["clear_cache"] or matrix_args["cache_dir"] or matrix_args["cache_size"]:
+        raise click.UsageError("--no-cache caches nothing: drop --cache-dir, --cache-size and --clear-cache")
     start = time.perf_counter()
     if params["engine"] == "ray":
         from ..scale import matrix as ray_matrix
 
-        result = ray_matrix.main_ray(files, others, output, params, cache)
+        result = ray_matrix.main_ray(files, others, output, params, None if cache is None else cache.folder)
         rows, cols, matrix, failed, where = result
         provenance = _ray_provenance(params)
     else:
@@ -188,22 +239,37 @@ def run_matrix(params: Mapping[str, Any], matrix_args: Mapping[str, Any]) -> Non
             scorer = build_scorer(params["model"], params["models_dir"], params["providers"], params["precision"],
                                   params["threads"], params["batch_size"], params["max_memory"], params["resize"])
         except StlpipsError as exc:
-            fail(TOOL, str(exc))
+            fail(TOOL, describe(exc, "cli"))
         rows, cols, matrix, failed, counts = _local(scorer, files, others, output, cache, quiet)
         provenance = scorer.provenance()
-        where = (f"({scorer.provider}; features of {counts[0]} image(s) computed, {counts[1]} from the cache"
-                 f"{' ' + str(cache) if cache is not None else ''})")
+        cached = "; no cache" if cache is None else f", {counts[1]} from the cache; cache {cache.describe()}"
+        where = f"({scorer.provider}; features of {counts[0]} image(s) computed{cached})"
     written = write_result(matrix, rows, cols, output, top_k, threshold, provenance)
     if not quiet:
-        mean, low, high = diversity(matrix, cols is None)
         shape = f"{len(rows)} x {len(rows)}" if cols is None else f"{len(rows)} x {len(cols)}"
         pairs = len(rows) * (len(rows) - 1) // 2 if cols is None else len(rows) * len(cols)
-        click.echo(f"{TOOL}: {shape} matrix, {pairs:,} pairs in {time.perf_counter() - start:.1f}s {where}; "
-                   f"mean distance {mean:.4f} (95% interval {low:.4f}-{high:.4f}); {written:,} "
-                   f"{'entries' if output is not None and output.suffix == '.npy' else 'rows'} written", err=True)
+        as_npy = output is not None and output.suffix.lower() == ".npy"
+        click.echo(f"{TOOL}: {shape} matrix, {_count(pairs, 'pair', 'pairs')} in "
+                   f"{time.perf_counter() - start:.1f}s {where}; "
+                   f"{describe_diversity(matrix, cols is None)}; "
+                   f"{_count(written, *(('entry', 'entries') if as_npy else ('row', 'rows')))} written", err=True)
+        for where_from, left in ((folder, skipped), (against, skipped_against)):
+            if left:
+                click.echo(f"{TOOL}: not read in {where_from}{_skipped_words(left)}", err=True)
     for name, error in failed:
         click.echo(f"{TOOL}: left out {name}: {error}", err=True)
     sys.exit(1 if failed else 0)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def _skipped_words(skipped: Mapping[str, list[str]]) -> str:
+    """``: notes.txt, a.csv (not an image file name (...)); sub/ (a folder: ...)``, or nothing."""
+    if not skipped:
+        return ""
+    return ": " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in skipped.items())
 
 
 def _ray_provenance(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -218,7 +284,7 @@ def _ray_provenance(params: Mapping[str, Any]) -> dict[str, Any]:
                                             resize=params["resize"]))
 
 
-def _local(scorer: Any, files: list[Path], others: list[Path] | None, output: Path | None, cache: Path | None,
+def _local(scorer: Any, files: list[Path], others: list[Path] | None, output: Path | None, cache: Any,
            quiet: bool) -> tuple[list[str], list[str] | None, np.ndarray, list[tuple[str, str]], tuple[int, int]]:
     progress = Progress(len(files) + len(others or []), enabled=not quiet, unit="images")
     done = [0]
@@ -232,11 +298,18 @@ def _local(scorer: Any, files: list[Path], others: list[Path] | None, output: Pa
             fa = scorer.features([str(f) for f in files], cache=cache, skip_errors=True, progress=tick)
             fb = scorer.features([str(f) for f in others], cache=cache, skip_errors=True, progress=tick) \
                 if others is not None else None
+        except ImageSizeError as exc:  # images of several sizes: a usage error, like mismatched pairs
+            fail(TOOL, describe(exc, "cli"))
         except StlpipsError as exc:
-            fail(TOOL, str(exc), code=1)
+            fail(TOOL, describe(exc, "cli"), code=1)
     finally:
         progress.close()
     failed = [(f.name, f.error) for f in fa.failed + (fb.failed if fb is not None else [])]
+    if fb is not None and fb.image_hw != fa.image_hw:
+        fail(TOOL, describe(ImageSizeError(
+            f"{files[0].parent} vs {others[0].parent}" if others else "--against",
+            f"a distance matrix needs one image size; --matrix's images are {fa.image_hw[0]}x{fa.image_hw[1]}, "
+            f"--against's {fb.image_hw[0]}x{fb.image_hw[1]} (HxW)", resize=True), "cli"))
     shape = (len(fa), len(fa) if fb is None else len(fb))
     out = None
     if output is not None and output.suffix.lower() == ".npy":
@@ -251,8 +324,8 @@ def _local(scorer: Any, files: list[Path], others: list[Path] | None, output: Pa
 
     try:
         matrix = scorer.matrix(fa, fb, out=out, progress=pairs_done)
-    except StlpipsError as exc:  # e.g. the two folders' images differ in size
-        fail(TOOL, str(exc), code=1)
+    except StlpipsError as exc:
+        fail(TOOL, describe(exc, "cli"), code=1)
     finally:
         bar.close()
     if out is not None:

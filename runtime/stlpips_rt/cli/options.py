@@ -52,8 +52,10 @@ def models_dir_option(writing: bool = False) -> Callable[[F], F]:
     """``--models DIR``: the folder short names are looked up in first (then $STLPIPS_MODEL_DIR, then ./models);
     for the exporter, the folder it writes to."""
     if writing:
-        return click.option("--models", "--out", "models_dir", type=click.Path(file_okay=False, path_type=Path),
-                            default=Path("models"), show_default=True, help="Folder the .onnx files are written to.")
+        return click.option("--out", "--models", "models_dir", type=click.Path(file_okay=False, path_type=Path),
+                            default=Path("models"), show_default=True,
+                            help="The models folder the .onnx files are written to: the folder the other tools "
+                                 "read with --models.")
     return click.option("--models", "models_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
                         default=None, help="Folder of exported models, searched before $STLPIPS_MODEL_DIR and "
                                            "./models.")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import numpy as np
 
-from ..errors import ImageError, InferenceError, ModelNotFoundError, StlpipsError
+from ..errors import ImageError, InferenceError, ModelNotFoundError, StlpipsError, describe
 from ..io import heatmap, images, manifest
 from ..io.output import (
     ERROR,
@@ -28,7 +28,7 @@ from ..io.output import (
 from ..io.pairs import Pair, from_csv, from_dirs, from_ref
 from ..io.progress import Progress
 from ..scorer import Scorer
-from .matrix import matrix_options, refuse_matrix_options, run_matrix, take_matrix_args
+from .matrix import clear_cache, matrix_options, refuse_matrix_options, run_matrix, take_matrix_args
 from .options import CONTEXT, build_scorer, fail, max_memory_option, model_option, models_dir_option, runtime_options
 from .video import refuse_video_options, run_video, video_options
 
@@ -56,7 +56,7 @@ def _load_pair(scorer: Scorer, pair: Pair, ref: np.ndarray | None = None) -> Loa
         x1 = scorer.load(pair.dist_path, pair.dist)
         images.check_pair(x0, x1, pair.ref, pair.dist)
     except StlpipsError as exc:
-        return LoadedPair(pair, error=str(exc))
+        return LoadedPair(pair, error=describe(exc, "cli"))
     return LoadedPair(pair, x0, x1)
 
 
@@ -77,7 +77,7 @@ def _score_chunk(scorer: Scorer, loaded: list[LoadedPair], outputs: tuple[str, .
             if len(good) > 1:  # e.g. one pair too large for --max-memory: the others still get scored
                 return [row for item in loaded for row in _score_chunk(scorer, [item], outputs, broadcast,
                                                                           heatmap_dir)]
-            failure = str(exc)
+            failure = describe(exc, "cli")
     rows, k = [], 0
     for item in loaded:
         if item.error or failure:
@@ -106,7 +106,7 @@ def _run(scorer: Scorer, pairs: list[Pair], writer: RowWriter | ParquetRowWriter
             ref_array = scorer.load(pairs[0].ref_path, pairs[0].ref)
         except StlpipsError as exc:
             for p in pairs:
-                writer.write(error_row(p, str(exc)))
+                writer.write(error_row(p, describe(exc, "cli")))
             writer.flush()
             return
 
@@ -183,6 +183,10 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
     if matrix_args["matrix_dir"] is not None:
         run_matrix(click.get_current_context().params, matrix_args)
         return
+    if matrix_args["clear_cache"] and not (ref or dist or pairs_csv or ref_dir or ref_one or video_args["video"]):
+        refuse_matrix_options({k: v for k, v in matrix_args.items() if k not in ("cache_dir", "cache_size")})
+        clear_cache(matrix_args, quiet)  # --clear-cache alone (with --cache-dir at most)
+        return
     refuse_matrix_options(matrix_args)
     if video_args["video"]:
         run_video(click.get_current_context().params)
@@ -213,7 +217,7 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
     try:
         scorer = build_scorer(model, models_dir, providers, precision, threads, batch_size, max_memory, resize)
     except StlpipsError as exc:
-        fail(TOOL, str(exc))
+        fail(TOOL, describe(exc, "cli"))
     if heatmap_dir is not None and not scorer.info.has_spatial:
         fail(TOOL, f"--heatmap needs a spatial model; {scorer.info.path.name} has outputs "
               f"{', '.join(scorer.info.outputs)}. Export one with `stlpips-export --net {scorer.info.net} "
@@ -223,7 +227,7 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
         try:
             click.echo(format_distance(scorer.score(ref, dist)))
         except StlpipsError as exc:
-            fail(TOOL, str(exc), code=1)
+            fail(TOOL, describe(exc, "cli"), code=1)
         return
 
     pairs = _select_pairs(ref, dist, pairs_csv, ref_one, ref_dir, dist_dir)
@@ -237,7 +241,7 @@ def main(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_one: P
         try:  # before anything is written: a refused resume leaves the output byte for byte as it was
             manifest.check_resume(output, provenance)
         except StlpipsError as exc:
-            fail(TOOL, str(exc))
+            fail(TOOL, describe(exc, "cli"))
     kept = read_done(output, fmt) if resumed and output is not None else []
     done_keys = {(r["ref"], r["dist"]) for r in kept}
     todo = [p for p in pairs if p.key not in done_keys]
@@ -290,7 +294,7 @@ def _main_ray(ref: Path | None, dist: Path | None, pairs_csv: Path | None, ref_o
 
         ray_env.require_ray()
     except ImportError as exc:
-        fail(TOOL, str(exc))
+        fail(TOOL, describe(exc, "cli"))
     pairs = _select_pairs(ref, dist, pairs_csv, ref_one, ref_dir, dist_dir,
                           read_table=lambda p: job.pairs_from_parquet(p) if p.suffix.lower() == ".parquet"
                           else from_csv(p))

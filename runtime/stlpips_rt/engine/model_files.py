@@ -45,11 +45,54 @@ def resolve_model(model: str | os.PathLike[str], search: Sequence[str | os.PathL
         if (folder / spec.file_name).is_file():
             return folder / spec.file_name
     where = ", ".join(str(d) for d in searched)
-    flags = " ".join(f"--{p}" for p in spec.short_name.split("-")[2:])
     raise ModelNotFoundError(
         f"model {str(model)!r}: {spec.file_name} not found in {where}; export it with "
-        f"`stlpips-export --net {spec.net} --variant {spec.variant}{' ' + flags if flags else ''}`, or point "
-        f"--models / ${MODEL_DIR_ENV} at the folder that holds it"
+        f"`{export_command(spec.short_name)}`, or point --models / ${MODEL_DIR_ENV} at the folder that holds it"
+    )
+
+
+def export_command(short_name: str) -> str:
+    """The command that writes a short name's file: ``stlpips-export --net vgg --variant st --spatial``."""
+    spec = ModelSpec.parse(short_name)
+    flags = [f"--{spec.precision}"] if spec.precision != "fp32" else []
+    flags += [f"--{part}" for part in ("spatial", "layers") if getattr(spec, part)]
+    if spec.static_hw is not None:
+        flags.append(f"--static {spec.static_hw[0]}x{spec.static_hw[1]}")
+    if not spec.fused:
+        flags.append("--no-fuse")
+    return " ".join(["stlpips-export --net", spec.net, "--variant", spec.variant, *flags])
+
+
+def missing_models(names: Sequence[str], search: Sequence[str | os.PathLike[str]] = ()) -> list[str]:
+    """The models of ``names`` (short names or paths) that do not resolve to a file, in order, once each."""
+    missing = []
+    for name in dict.fromkeys(names):
+        try:
+            resolve_model(name, search)
+        except ModelNotFoundError:
+            missing.append(str(name))
+    return missing
+
+
+def check_models_exist(names: Sequence[str], search: Sequence[str | os.PathLike[str]] = ()) -> None:
+    """Raise one :class:`ModelNotFoundError` naming every model of ``names`` (short names or paths) that does not
+    resolve, with the commands that make them: for tools that need several models, before any work starts."""
+    missing = missing_models(names, search)
+    if not missing:
+        return
+    where = ", ".join(str(d) for d in model_dirs(search))
+    makes, paths = [], []
+    for name in missing:
+        try:
+            makes.append(f"`{export_command(name)}`")
+        except ModelNotFoundError:  # a path: nothing to export under its name
+            paths.append(name)
+    remedy = f"make them with {' and '.join(makes)}" if makes else ""
+    if paths:
+        remedy += f"{'; ' if remedy else ''}no such file: {', '.join(paths)}"
+    raise ModelNotFoundError(
+        f"{len(missing)} model(s) not found in {where}: {', '.join(missing)}; {remedy}; or point --models / "
+        f"${MODEL_DIR_ENV} at the folder that holds them"
     )
 
 

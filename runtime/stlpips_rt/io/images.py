@@ -105,13 +105,13 @@ def check_size(x: np.ndarray, name: str, min_size: int, static_hw: tuple[int, in
     h, w = x.shape[-2:]
     if static_hw is not None and (h, w) != tuple(static_hw):
         raise ImageSizeError(
-            name, f"{h}x{w} pixels, but this model was exported for {static_hw[0]}x{static_hw[1]} only; pass "
-                  f"resize={tuple(static_hw)} or use a model exported without --static"
+            name, f"{h}x{w} pixels, but this model was exported for {static_hw[0]}x{static_hw[1]} only; resize "
+                  "the images, or use a model exported without --static", resize=(int(static_hw[0]), int(static_hw[1]))
         )
     if h < min_size or w < min_size:
         raise ImageSizeError(
-            name, f"{h}x{w} pixels is below this model's minimum of {min_size}x{min_size}; use larger images "
-                  "or pass resize=(H, W)"
+            name, f"{h}x{w} pixels is below this model's minimum of {min_size}x{min_size}; use larger images",
+            resize=True,
         )
 
 
@@ -121,7 +121,7 @@ def check_pair(x0: np.ndarray, x1: np.ndarray, name0: str, name1: str) -> None:
         raise ImageSizeError(
             f"{name0} vs {name1}",
             f"sizes differ ({x0.shape[1]}x{x0.shape[2]} vs {x1.shape[1]}x{x1.shape[2]}, HxW); the metric "
-            "compares aligned images: crop or resize them to one size (or pass resize=(H, W))",
+            "compares aligned images: crop or resize them to one size", resize=True,
         )
 
 

@@ -30,9 +30,23 @@ class Pair:
 
 
 def _images_in(folder: Path) -> list[Path]:
+    return scan_folder(folder)[0]
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], dict[str, list[str]]]:
+    """The image files directly in ``folder`` (by extension, :data:`IMAGE_SUFFIXES`; sorted), and what was not
+    read: ``{reason: [names]}`` for subfolders (not searched) and files of other extensions."""
     if not folder.is_dir():
         raise click.BadParameter(f"{folder} is not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found, skipped = [], {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(p)
+        elif p.is_dir():
+            skipped.setdefault("a folder: subfolders are not searched", []).append(p.name + "/")
+        else:
+            skipped.setdefault(f"extension not one of {' '.join(sorted(IMAGE_SUFFIXES))}", []).append(p.name)
+    return found, skipped
 
 
 def from_csv(path: Path) -> list[Pair]:

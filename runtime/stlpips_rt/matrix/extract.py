@@ -121,8 +121,7 @@ def compute(run: RunFeatures, model: FeatureModel, items: Iterable[Item], count:
                               for (h, w), n in other_sizes.items())
         raise ImageSizeError(", ".join(n for ns in other_sizes.values() for n in ns[:5]),
                              f"a distance matrix needs one image size; the first image ({names[0] if names else '?'})"
-                             f" is {size[0]}x{size[1]}, others are {described}. Pass resize= (or --resize) to "
-                             "bring them to one size")
+                             f" is {size[0]}x{size[1]}, others are {described} (HxW)", resize=True)
     if layout is None or data is None or size is None:
         raise StlpipsError("no image could be read: nothing to compare" if report.failed else "no images given")
     features = FeatureSet(data[:len(names)], names, size, layout, model.weights, model.sha256, model.name, spill)

@@ -29,6 +29,7 @@ from ..errors import (
     RequestError,
     RequestTooLargeError,
     StlpipsError,
+    describe,
 )
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -73,7 +74,7 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     """``{"error": {"type": ..., "message": ...}}``: the runtime's error class and its message. Anything that is
     not a runtime error is reported without its details (they may hold internals)."""
     if isinstance(exc, StlpipsError):
-        return {"error": {"type": type(exc).__name__, "message": str(exc)}}
+        return {"error": {"type": type(exc).__name__, "message": describe(exc, "service")}}
     return {"error": {"type": "InternalError", "message": "the service failed on this request; see its log"}}
 
 
@@ -209,10 +210,12 @@ async def send_json(send: Callable[[dict], Awaitable[None]], status: int, conten
     await send({"type": "http.response.body", "body": data})
 
 
-def check_form(content_type: str, names: Sequence[str], limits: Limits, *, many: bool) -> None:
+def check_form(content_type: str, names: Sequence[str], limits: Limits, *, many: bool,
+               text_fields: Sequence[str] = ()) -> None:
     """Refuse (:class:`RequestError`) a scoring request that is not a multipart form, has more parts than
-    ``limits.max_fields``, or lacks its fields: exactly one ``ref``, and one ``dist`` (``many``: one or more).
-    ``names`` are the form's field names, one per part, in order."""
+    ``limits.max_fields``, lacks its fields (exactly one ``ref``, and one ``dist``; ``many``: one or more), or sends
+    one of them as a text value instead of a file. ``names`` are the form's field names, one per part, in order;
+    ``text_fields`` the names of the parts that are text values."""
     if not content_type.startswith("multipart/form-data"):
         raise RequestError(f"Content-Type is {content_type or 'missing'!r}; send multipart/form-data with image "
                            "files in the fields ref and dist (curl -F ref=@a.png -F dist=@b.png)")
@@ -225,6 +228,10 @@ def check_form(content_type: str, names: Sequence[str], limits: Limits, *, many:
             raise RequestError(f"expected one {name!r} field with an image file, got {count}; fields sent: {sent}")
     if many and "dist" not in names:
         raise RequestError("expected one or more 'dist' fields with image files, got none")
+    for name in ("ref", "dist"):
+        if name in text_fields:
+            raise RequestError(f"field {name!r} is a text value, not a file; send the image as a file upload "
+                               f"(curl -F {name}=@image.png)")
 
 
 # --- the bearer token (opt in) ---------------------------------------------------------------------------------

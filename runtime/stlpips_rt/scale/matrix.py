@@ -189,7 +189,7 @@ def score_matrix(images_: Sequence[str | os.PathLike[str]], model: str | os.Path
         others = "; ".join(f"{h}x{w}: {', '.join(n[:3])}" for (h, w), n in list(sizes.items())[1:])
         raise ImageSizeError(", ".join(n for ns in list(sizes.values())[1:] for n in ns[:5]),
                              f"a distance matrix needs one image size; {first[0]}x{first[1]} first, others are "
-                             f"{others}. Pass resize= (or --resize)")
+                             f"{others} (HxW)", resize=True)
     if shapes is None or not row_loc or col_loc == []:
         raise StlpipsError("no image could be read: nothing to compare")
     model_meta = FeatureModel.from_metadata(feat_path, _metadata(feat_path), spec.features.sha256)
@@ -272,7 +272,7 @@ def main_ray(files: list[Path], others: list[Path] | None, output: Path | None, 
     from .ray_env import cluster
 
     if cache is not None and params.get("cache_dir"):
-        click.echo("stlpips-score: note: --cache is not used with --engine ray (features stay in the object store)",
+        click.echo("stlpips-score: note: --cache-dir is not used with --engine ray (features stay in the object store)",
                    err=True)
     try:
         require_ray()

@@ -436,7 +436,8 @@ def _form_check(*, many: bool) -> Any:
     async def check(request: Request) -> None:
         form = await request.form()  # parsed once, by FastAPI, from the body RequestGuard let through
         check_form(request.headers.get("content-type", ""), [name for name, _ in form.multi_items()],
-                   _replica().limits, many=many)
+                   _replica().limits, many=many,
+                   text_fields=[name for name, value in form.multi_items() if isinstance(value, str)])
 
     return check
 
