@@ -158,6 +158,49 @@ def test_head_blocks_match_the_direct_form() -> None:
     assert [(int(x), int(y)) for x, y in zip(i, j, strict=True)] == [(1, 5), (2, 6)]
 
 
+def test_the_head_gives_the_same_bits_whatever_its_threads_groups_or_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry's arithmetic depends on the block cut and the chunking alone: the local run (groups of blocks,
+    chunks spread over threads) gives every block the same float64 Gram products and norms, bit for bit, as the
+    block computed alone (what a Ray task runs), so the same float32 matrix."""
+    rng = np.random.default_rng(1)
+    dim = 5 * head.K_CHUNK + 123  # six chunks, the last one partial
+    data = rng.normal(0, 0.1, (23, dim)).astype(np.float32)
+    data[7] = data[3]
+    weights = rng.uniform(0, 1e-2, dim)
+    seen: dict[tuple[bytes, bytes], list[np.ndarray]] = {}
+    finish = head._finish
+
+    def spy(gram: np.ndarray, na: np.ndarray, nb: np.ndarray, a: np.ndarray, b: np.ndarray | None,
+            weights_: np.ndarray) -> np.ndarray:  # the float64 numbers of each block, before float32 rounding
+        seen[(a.tobytes(), b.tobytes() if b is not None else b"")] = [gram.copy(), na.copy(), nb.copy()]
+        return finish(gram, na, nb, a, b, weights_)
+
+    monkeypatch.setattr(head, "_finish", spy)
+    alone = np.zeros((23, 23), dtype=np.float32)
+    for t in head.tasks(23, None, 5):
+        alone[t.rows, t.cols] = head.block(data[t.rows], None if t.same else data[t.cols], weights)
+    alone = np.triu(alone, 1) + np.triu(alone, 1).T
+    assert alone[3, 7] == 0 and alone[0, 1] > 0
+    expected = dict(seen)
+    for threads, group in ((1, 5), (2, 5), (1, 10), (2, 15), (3, 1024)):
+        seen.clear()
+        got = head.pairwise(data, weights, block_size=5, threads=threads, group=group)
+        assert seen.keys() == expected.keys()
+        assert all(np.array_equal(x, y) for k in expected for x, y in zip(seen[k], expected[k], strict=True)), \
+            (threads, group)
+        assert np.array_equal(got, alone), (threads, group)
+    seen.clear()
+    cross = np.zeros((9, 14), dtype=np.float32)
+    for t in head.tasks(9, 14, 5):
+        cross[t.rows, t.cols] = head.block(data[:9][t.rows], data[9:][t.cols], weights)
+    expected = dict(seen)
+    for threads, group in ((1, 5), (2, 10), (2, 1024)):
+        seen.clear()
+        assert np.array_equal(head.cross(data[:9], data[9:], weights, block_size=5, threads=threads, group=group),
+                              cross), (threads, group)
+        assert all(np.array_equal(x, y) for k in expected for x, y in zip(seen[k], expected[k], strict=True))
+
+
 def test_cli_matrix_folder_cache_outputs_and_a_corrupt_file(model: Path, folder: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     cache = tmp_path / "cache"

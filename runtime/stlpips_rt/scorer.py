@@ -494,8 +494,9 @@ class Scorer:
             fa.check_comparable(fb, "b")
         plan = self.matrix_plan(len(fa), *fa.image_hw, None if fb is None else len(fb), block) \
             if fa.spill_path is not None else None
-        kwargs = dict(threads=self._head_threads(), progress=progress,
-                      panel_rows=plan.panel_rows if plan is not None else None, block_size=block or head.BLOCK)
+        kwargs = dict(threads=self._head_threads(), progress=progress, block_size=block or head.BLOCK)
+        if plan is not None:
+            kwargs.update(panel_rows=plan.panel_rows, group=plan.group)
         if fb is None:
             return head.pairwise(fa.data, fa.weights, out, **kwargs)
         return head.cross(fa.data, fb.data, fa.weights, out, **kwargs)

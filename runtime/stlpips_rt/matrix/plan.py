@@ -1,14 +1,17 @@
 """What a distance matrix costs and how it is cut: feature bytes per image, in memory or spilled to disk, blocks
-of the head, panels of rows held in memory."""
+of the head and the groups of blocks it works in, panels of rows held in memory."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .head import BLOCK, K_CHUNK, tasks
+from .head import BLOCK, GROUP, K_CHUNK, tasks
 
-#: float64 temporaries of one block in flight: two converted chunks of BLOCK rows and their squares.
-BLOCK_WORK_BYTES = 4 * BLOCK * K_CHUNK * 8
+
+def group_work_bytes(side: int) -> int:
+    """float64 temporaries of a group of ``side`` images a side in flight (head.run_tasks): a converted chunk of
+    its rows and of its columns, and the Gram products of its blocks."""
+    return 2 * side * K_CHUNK * 8 + side * side * 8
 
 
 def _bytes(n: float) -> str:
@@ -42,12 +45,22 @@ class MatrixPlan:
         return self.feature_bytes > self.max_memory // 2
 
     @property
+    def group(self) -> int:
+        """Images a side of the head's unit of work: up to GROUP, a multiple of the block, its rows, columns and
+        work within half the budget."""
+        b, room = self.block, self.max_memory // 2
+        side = max(b, GROUP // b * b)
+        while side > b and group_work_bytes(side) + 2 * side * self.bytes_per_image > room:
+            side -= b
+        return side
+
+    @property
     def panel_rows(self) -> int:
-        """Rows of features held in memory at once while the head runs (a multiple of BLOCK)."""
-        b = self.block
-        room = self.max_memory // 2 - self.threads * (BLOCK_WORK_BYTES + 2 * b * self.bytes_per_image)
-        rows = max(b, room // max(1, self.bytes_per_image) // b * b)
-        return min(rows, -(-self.rows // b) * b)
+        """Rows of features held in memory at once while the head runs (a multiple of the group)."""
+        g = self.group
+        room = self.max_memory // 2 - (group_work_bytes(g) + g * self.bytes_per_image)
+        rows = max(g, room // max(1, self.bytes_per_image) // g * g)
+        return min(rows, -(-self.rows // g) * g)
 
     @property
     def pairs(self) -> int:
@@ -69,5 +82,6 @@ class MatrixPlan:
         out = self.rows * (self.cols or self.rows) * 4
         return (f"{shape} matrix, {self.pairs:,} pairs: features {self.bytes_per_image:,} bytes per image, "
                 f"{_bytes(self.feature_bytes)} for {self.images:,} images, {where}; head in {self.blocks:,} blocks of "
-                f"up to {self.block}x{self.block} on {self.threads} thread(s), about {_bytes(BLOCK_WORK_BYTES)} of "
-                f"float64 work each; output {_bytes(out)} float32")
+                f"up to {self.block}x{self.block}, worked in groups of up to {self.group}x{self.group} on "
+                f"{self.threads} thread(s) with {_bytes(group_work_bytes(self.group))} of float64 work; output "
+                f"{_bytes(out)} float32")
