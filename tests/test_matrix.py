@@ -4,6 +4,7 @@ against Scorer.score on every pair, saved features, spilling past max_memory, st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from stlpips_rt import ImageOptions, ImageSizeError, NotAnStlpipsModelError, Scorer
 from stlpips_rt.cli.score import main as score_cli
 from stlpips_rt.io.manifest import file_sha256, read_provenance
-from stlpips_rt.matrix import FeatureSet, FeaturesMismatchError, head
+from stlpips_rt.matrix import FeatureSet, FeaturesMismatchError, extract, head
 from stlpips_rt.matrix.features import HEADER
 from stlpips_rt.matrix.model import FeatureModel
 
@@ -77,8 +78,69 @@ def test_features_graph_is_written_beside_and_described(model: Path, scorer: Sco
     assert isinstance(features_model, FeatureModel) and features_model.path == path
     assert features_model.channels == (64, 192, 384, 256, 256) and features_model.name == "alex-st"
     assert all(w.dtype == np.float32 and (w >= 0).all() for w in features_model.weights)
+    assert features_model.batch_invariant  # the export checked it (stlpips.features_batch = invariant)
     with pytest.raises(NotAnStlpipsModelError, match="features graph"):
         Scorer(path, providers="cpu")
+
+
+def test_features_are_batched_and_the_same_bits_as_one_image_alone(model: Path, corpus: list[np.ndarray]) -> None:
+    scorer = Scorer(model, providers="cpu", threads=2)
+    runner, features_model = scorer._features()
+    assert runner.batching and runner.workers == 2
+    batches: list[int] = []
+    run = runner.run
+    scorer._features_graph = (dataclasses.replace(runner, run=lambda x: batches.append(len(x)) or run(x)),
+                              features_model)
+    together = scorer.features(corpus)
+    assert max(batches) == len(corpus)  # 32x32: one run for all of them
+    one = Scorer(model, providers="cpu", threads=1)
+    alone = np.stack([one.features([x]).data[0] for x in corpus])
+    assert np.array_equal(together.data, alone)
+
+
+def test_a_graph_without_the_batch_key_runs_one_image_per_run(model: Path) -> None:
+    import onnxruntime as ort
+
+    meta = dict(ort.InferenceSession(str(model.with_name("stlpips_alex_st_features.onnx")),
+                                     providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map)
+    older = FeatureModel.from_metadata(model, {k: v for k, v in meta.items() if k != "stlpips.features_batch"}, "0")
+    assert not older.batch_invariant
+
+    class Session:
+        def get_providers(self) -> list[str]:
+            return ["CPUExecutionProvider"]
+
+    assert not extract.session_runner(Session(), older, 2).batching
+    assert extract.session_runner(Session(), FeatureModel.from_metadata(model, meta, "0"), 2).batching
+    assert [extract.images_per_run(*hw) for hw in ((32, 32), (64, 64), (256, 256))] == [32, 16, 1]
+
+
+def test_the_export_tells_a_batch_invariant_graph_from_one_that_is_not() -> None:
+    """A channel ReduceSum (how unit normalisation was exported) moves a batch of one image's last bit; the same
+    sum as a 1x1 convolution of ones does not, and the export's check says so."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stlpips_export.features_export import batch_invariant
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(0, 0.3, (64, 3, 3, 3)).astype(np.float32), "w")
+    ones = numpy_helper.from_array(np.ones((1, 64, 1, 1), np.float32), "ones")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+
+    def graph(channel_sum: object) -> object:
+        nodes = [helper.make_node("Conv", ["image", "w"], ["f"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Mul", ["f", "f"], ["sq"]), channel_sum]
+        image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])
+        g = helper.make_graph(nodes, "g", [image], [helper.make_tensor_value_info("feat0", TensorProto.FLOAT, None)],
+                              [weight, ones, axes])
+        data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+        return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    reduce_sum = graph(helper.make_node("ReduceSum", ["sq", "axes"], ["feat0"], keepdims=1))
+    conv = graph(helper.make_node("Conv", ["sq", "ones"], ["feat0"]))
+    assert not batch_invariant(reduce_sum, None, 21)
+    assert batch_invariant(conv, None, 21)
 
 
 def test_matrix_equals_score_on_every_pair(scorer: Scorer, corpus: list[np.ndarray]) -> None:

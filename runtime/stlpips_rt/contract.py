@@ -55,6 +55,9 @@ def feature_outputs(num_layers: int) -> tuple[str, ...]:
 FEATURES_INPUT = "image"
 #: :attr:`Key.KIND` of a features graph; a pair graph has no ``stlpips.kind``.
 KIND_FEATURES = "features"
+#: :attr:`Key.FEATURES_BATCH` of a features graph checked to be batch invariant, and of one that is not.
+BATCH_INVARIANT = "invariant"
+BATCH_PER_IMAGE = "per-image"
 
 INPUT_RANGE = "-1,1"
 INPUT_LAYOUT = "NCHW,RGB"
@@ -114,6 +117,10 @@ class Key:
     FEATURE_CHANNELS = "stlpips.feature_channels"
     HEAD_WEIGHTS = "stlpips.head_weights"
     PAIR_MODEL = "stlpips.pair_model"
+    # "invariant" when the export checked that an image's features are the same bits alone or in any batch, in
+    # any position (onnxruntime CPU provider): the runtime may then stack images of one size into a batch;
+    # "per-image" when that check failed (one image per run). Absent in features graphs before this key.
+    FEATURES_BATCH = "stlpips.features_batch"
 
     @classmethod
     def all(cls) -> tuple[str, ...]:

@@ -398,8 +398,9 @@ class Scorer:
 
     # --- distance matrices (stlpips_rt.matrix, docs/matrix.md) ----------------------------------------------
     def _features(self) -> tuple[Any, Any]:
-        """The features graph beside this model (``{name}_features.onnx``): its runner and description, loaded on
-        first use, always float32 on this scorer's provider."""
+        """The features graph beside this model (``{name}_features.onnx``): its :class:`~.matrix.extract.Runner`
+        and description, loaded on first use, always float32 on this scorer's provider; on the CPU provider one
+        intra-op thread per run and this scorer's threads as runs side by side (matrix/extract.py)."""
         from .matrix import extract
         from .matrix.model import FeatureModel, features_path
 
@@ -407,17 +408,17 @@ class Scorer:
             if self._features_graph is None:
                 path = features_path(self.info.path, ModelSpec.from_file_name(self.info.path.name))
                 chosen, config, explicit = self._session_args
-                session = build_session(path, chosen, dataclasses.replace(config, precision="exact"),
-                                        explicit).session
+                config = dataclasses.replace(config, precision="exact", threads=1)
+                session = build_session(path, chosen, config, explicit).session
                 model = FeatureModel.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
                 model.check_graph([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-                self._features_graph = (extract.session_runner(session), model)
+                self._features_graph = (extract.session_runner(session, model, self._head_threads()), model)
             return self._features_graph
 
     def features(self, images_: Any, *, float_range: str | None = None, spill_dir: str | os.PathLike[str] | None = None,
                  cache: str | os.PathLike[str] | Any = None, skip_errors: bool = False,
                  progress: Any = None) -> Any:
-        """Each image's features, computed once (one image per run of the features graph): a
+        """Each image's features, computed once (the same bits however the images are batched): a
         :class:`~stlpips_rt.matrix.FeatureSet` for :meth:`matrix` and :meth:`nearest`, ``.save(folder)`` and
         ``FeatureSet.load(folder)``. Images are paths, arrays, PIL images, a list or a 4-D batch, all of one size
         (else an ImageSizeError names the others; ``resize=`` brings them to one). Past ``max_memory / 2`` the
@@ -428,7 +429,7 @@ class Scorer:
         from .matrix import extract
         from .matrix.cache import FeatureCache
 
-        run, model = self._features()
+        runner, model = self._features()
         opts = self._options(float_range)
         items = images.expand(images_, "images")
 
@@ -446,7 +447,7 @@ class Scorer:
             store.bind(model.sha256, {"resize": opts.resize, "float_range": opts.float_range}, engine)
             store.paths = {name: Path(item) for item, name in items if images.is_path(item)}
             hooks = (store.get, store.put)
-        features, report = extract.compute(run, model, ((name, loader(item, name)) for item, name in items),
+        features, report = extract.compute(runner, model, ((name, loader(item, name)) for item, name in items),
                                            len(items), self.max_memory, spill_dir, skip_errors, hooks, progress)
         features.failed = report.failed
         features.report = report
@@ -470,8 +471,8 @@ class Scorer:
         from .matrix.head import BLOCK
         from .matrix.plan import MatrixPlan
 
-        run, model = self._features()
-        outputs = run(np.zeros((1, 3, height, width), dtype=np.float32))
+        runner, model = self._features()
+        outputs = runner.run(np.zeros((1, 3, height, width), dtype=np.float32))
         per_image = 4 * sum(int(np.prod(o.shape[1:])) for o in outputs)
         return MatrixPlan(rows, cols, per_image, self.max_memory, self._head_threads(), block or BLOCK)
 

@@ -1,10 +1,21 @@
-"""Images -> a :class:`FeatureSet`, one image per run of the features graph.
+"""Images -> a :class:`FeatureSet`: images of one size stacked into batches where that cannot move a bit, runs
+of the features graph side by side.
 
-One image per run makes an image's features a function of the image alone: onnxruntime's CPU kernels change the
-last bit of an image's features with its position in a stacked batch (measured on alex-st 64x64: up to 1.2e-7
-between a batch of 16 and single runs; repeated single runs are identical). So identical images give exactly 0,
-features from a cache, another call or a Ray actor are the same bits, and the cost is small (alex-st, one thread:
-50.6 images/s at batch 1 against 70.2 at batch 4 for 64x64, 4.6 against 4.5 for 256x256; docs/matrix.md).
+An image's features are a function of the image alone: identical images give exactly 0, and features from a
+cache, another call or a Ray actor are the same bits. How that holds:
+
+- **Batches only where the graph is batch invariant.** Features graphs exported with ``stlpips.features_batch =
+  invariant`` (the export checks it on the onnxruntime CPU provider: each image's features the same bits alone or
+  in a batch, any position) take up to :func:`images_per_run` images of one size per run on the CPU provider.
+  Older graphs, and other providers (whose kernels may pick another algorithm for another batch size), run one
+  image per run: in older graphs the channel sums of the normalisation took another order for a batch of one,
+  moving the last bit (up to 1.2e-7 on alex-st 64x64).
+- **Runs side by side, one thread each.** On the CPU provider ``workers`` runs go at once, each on one
+  onnxruntime thread (the session is built with one intra-op thread): a 64x64 image has too little work per
+  operator to split it across threads (alex-st, 2 shared cores: one image per run on 2 intra-op threads reached
+  17.9 images/s, two one-thread runs side by side 41.1, the pair graph at batch 16 on 2 threads 30.2 images
+  through its backbone, medians of 5 rounds, load average 7-12), and a one-thread run is the same bits
+  whatever the machine's core count.
 
 Past ``max_memory / 2`` of features, rows go to a memory-mapped file (``spill_dir``) instead of memory.
 """
@@ -13,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +35,7 @@ from ..errors import ImageSizeError, StlpipsError
 from .features import FeatureLayout, FeatureSet, spill_file
 from .model import FeatureModel
 
-#: image ``[1, 3, H, W]`` float32 -> the per-layer features ``[1, C_l, H_l, W_l]``
+#: images ``[n, 3, H, W]`` float32 -> the per-layer features ``[n, C_l, H_l, W_l]``
 RunFeatures = Callable[[np.ndarray], list[np.ndarray]]
 #: each item: (name, loader) where loader() returns float32 ``[3, H, W]`` or raises a StlpipsError
 Item = tuple[str, Callable[[], np.ndarray]]
@@ -31,13 +43,45 @@ Item = tuple[str, Callable[[], np.ndarray]]
 CacheGet = Callable[[str], tuple[np.ndarray, tuple[int, int]] | None]
 CachePut = Callable[[str, np.ndarray, tuple[int, int]], None]
 
+#: pixels of one batched run: 16 images of 64x64, 64 of 32x32 (capped by MAX_BATCH), one of 256x256
+BATCH_PIXELS = 1 << 16
+MAX_BATCH = 32
 
-def session_runner(session: object) -> RunFeatures:
-    """A :data:`RunFeatures` over an onnxruntime session of a features graph."""
+
+def images_per_run(height: int, width: int) -> int:
+    """How many images of ``height x width`` a batch-invariant features graph takes per run. Batches help small
+    images (alex-st, one thread, 2 shared cores: 32x32 at 187 images/s in batches of 16 against 138 alone, 64x64
+    60 against 53, 256x256 4.4 either way; medians of 7 rounds, load average 10-13)."""
+    return max(1, min(MAX_BATCH, BATCH_PIXELS // max(1, height * width)))
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How images go through a features graph: ``run`` a stacked batch, ``batching`` (images of one size may
+    share a run: a batch-invariant graph on the CPU provider) and ``workers`` runs at once."""
+
+    run: RunFeatures
+    batching: bool = False
+    workers: int = 1
+
+
+def session_runner(session: object, model: FeatureModel | None = None, workers: int = 1) -> Runner:
+    """A :class:`Runner` over an onnxruntime session of ``model``'s features graph: batches when the graph says it
+    is batch invariant and the session runs on the CPU provider; ``workers`` runs at once there (build the
+    session with one intra-op thread), one elsewhere."""
     def run(x: np.ndarray) -> list[np.ndarray]:
         return session.run(None, {FEATURES_INPUT: x})  # type: ignore[attr-defined]
 
-    return run
+    cpu = session.get_providers()[0] == "CPUExecutionProvider"  # type: ignore[attr-defined]
+    invariant = model is not None and model.batch_invariant
+    return Runner(run, batching=cpu and invariant, workers=max(1, int(workers)) if cpu else 1)
+
+
+def rows_of(run: RunFeatures, images: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Feature rows float32 ``[n, D]`` of ``images`` ``[n, 3, H, W]`` in one run, and each layer's (H_l, W_l)."""
+    outputs = run(np.ascontiguousarray(images, dtype=np.float32))
+    rows = np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(images), -1) for o in outputs], axis=1)
+    return rows, [(int(o.shape[2]), int(o.shape[3])) for o in outputs]
 
 
 @dataclass
@@ -53,13 +97,14 @@ class ExtractReport:
     failed: list[Failure] = field(default_factory=list)
 
 
-def compute(run: RunFeatures, model: FeatureModel, items: Iterable[Item], count: int, max_memory: int,
+def compute(runner: Runner, model: FeatureModel, items: Iterable[Item], count: int, max_memory: int,
             spill_dir: str | os.PathLike[str] | None = None, skip_errors: bool = False,
             cache: tuple[CacheGet, CachePut] | None = None, progress: Callable[[int], None] | None = None,
             ) -> tuple[FeatureSet, ExtractReport]:
     """Features of ``count`` items, in their order. An item that fails to load raises (``skip_errors=False``) or
     is left out and listed in the report. Images must share one size: the first image's; the others are named in
-    one :class:`ImageSizeError` (after every item was read, so it names all of them)."""
+    one :class:`ImageSizeError` (after every item was read, so it names all of them). Items are read here, in
+    order; the graph runs on ``runner.workers`` threads."""
     report = ExtractReport()
     data: np.ndarray | None = None
     spill: Path | None = None
@@ -67,54 +112,91 @@ def compute(run: RunFeatures, model: FeatureModel, items: Iterable[Item], count:
     size: tuple[int, int] | None = None
     names: list[str] = []
     other_sizes: dict[tuple[int, int], list[str]] = {}
+    batch: list[tuple[int, str, np.ndarray]] = []  # (row, name, image) waiting for a run
+    per_run = 1
+    running: set[Future] = set()
 
-    def tick() -> None:
+    def tick(done: int = 1) -> None:
         if progress is not None:
-            progress(1)
+            progress(done)
 
-    for name, load in items:
-        hit = cache[0](name) if cache is not None else None
-        x = None
-        if hit is not None:
-            row, hw = hit
-        else:
-            try:
-                x = load()
-            except StlpipsError as exc:
-                if not skip_errors:
-                    raise
-                report.failed.append(Failure(name, str(exc)))
-                tick()
-                continue
-            hw = (int(x.shape[1]), int(x.shape[2]))
-        size = size or hw
-        if hw != size or other_sizes:
-            if hw != size:
-                other_sizes.setdefault(hw, []).append(name)
-            tick()
-            continue  # only read the rest, to name every image of another size
-        if layout is None:
-            probe = run(np.zeros((1, 3, *size), dtype=np.float32))
-            layout = FeatureLayout(model.channels, tuple((int(o.shape[2]), int(o.shape[3])) for o in probe))
-            if count * layout.bytes_per_image > max_memory // 2:
-                data, spill = spill_file(spill_dir, count, layout.dim)
-            else:
-                data = np.empty((count, layout.dim), dtype=np.float32)
+    def run_batch(todo: list[tuple[int, str, np.ndarray]]) -> list[tuple[int, str, np.ndarray]]:
+        rows, _ = rows_of(runner.run, np.stack([x for _, _, x in todo]))
         assert data is not None
-        if x is not None:
-            outputs = run(np.ascontiguousarray(x[None], dtype=np.float32))
-            row = np.concatenate([np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs])
-            report.computed += 1
+        for (index, _, _), row in zip(todo, rows, strict=True):
+            data[index] = row
+        return todo
+
+    def collect(futures: Iterable[Future]) -> None:
+        for future in futures:
+            done = future.result()
+            report.computed += len(done)
             if cache is not None:
-                cache[1](name, row, hw)
-        else:
-            report.cached += 1
-            if row.shape != (layout.dim,):
-                raise StlpipsError(f"{name}: cached features of {row.size} values, expected {layout.dim}; delete "
-                                   "the cache folder")
-        data[len(names)] = row
-        names.append(name)
-        tick()
+                assert data is not None
+                for index, name, _ in done:
+                    cache[1](name, np.array(data[index]), size)  # type: ignore[arg-type]
+            tick(len(done))
+
+    def submit() -> None:
+        nonlocal batch, running
+        if batch:
+            running.add(pool.submit(run_batch, batch))
+            batch = []
+        while len(running) > 2 * runner.workers:  # bound the images held in memory
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            collect(done)
+
+    with ThreadPoolExecutor(max_workers=runner.workers) as pool:
+        try:
+            for name, load in items:
+                hit = cache[0](name) if cache is not None else None
+                x = None
+                if hit is not None:
+                    row, hw = hit
+                else:
+                    try:
+                        x = load()
+                    except StlpipsError as exc:
+                        if not skip_errors:
+                            raise
+                        report.failed.append(Failure(name, str(exc)))
+                        tick()
+                        continue
+                    hw = (int(x.shape[1]), int(x.shape[2]))
+                size = size or hw
+                if hw != size or other_sizes:
+                    if hw != size:
+                        other_sizes.setdefault(hw, []).append(name)
+                    tick()
+                    continue  # only read the rest, to name every image of another size
+                if layout is None:
+                    _, shapes = rows_of(runner.run, np.zeros((1, 3, *size), dtype=np.float32))
+                    layout = FeatureLayout(model.channels, tuple(shapes))
+                    if count * layout.bytes_per_image > max_memory // 2:
+                        data, spill = spill_file(spill_dir, count, layout.dim)
+                    else:
+                        data = np.empty((count, layout.dim), dtype=np.float32)
+                    per_run = images_per_run(*size) if runner.batching else 1
+                assert data is not None
+                index = len(names)
+                names.append(name)
+                if x is not None:
+                    batch.append((index, name, x))
+                    if len(batch) >= per_run:
+                        submit()
+                    continue
+                report.cached += 1
+                if row.shape != (layout.dim,):
+                    raise StlpipsError(f"{name}: cached features of {row.size} values, expected {layout.dim}; "
+                                       "delete the cache folder")
+                data[index] = row
+                tick()
+            if not other_sizes:
+                submit()
+        finally:
+            batch = []
+            done, running = wait(running), set()
+        collect(done.done)
     if other_sizes:
         assert size is not None
         described = "; ".join(f"{h}x{w}: {', '.join(n[:3])}{' and more' if len(n) > 3 else ''} ({len(n)})"

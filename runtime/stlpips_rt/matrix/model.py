@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import FEATURES_INPUT, KIND_FEATURES, Key, ModelSpec, feature_outputs
+from ..contract import BATCH_INVARIANT, FEATURES_INPUT, KIND_FEATURES, Key, ModelSpec, feature_outputs
 from ..errors import ModelNotFoundError, NotAnStlpipsModelError
 from ..io.manifest import file_sha256
 
@@ -38,8 +38,9 @@ def decode_weights(text: str, channels: tuple[int, ...]) -> tuple[np.ndarray, ..
 @dataclass(frozen=True)
 class FeatureModel:
     """A features graph's description: ``path``, its ``sha256`` (what saved features are keyed by), the pair
-    model's short name ``name`` (``alex-st``), ``min_size``, ``static_hw``, per-layer ``channels`` and the head's
-    ``weights`` (float32 ``[C_l]`` each)."""
+    model's short name ``name`` (``alex-st``), ``min_size``, ``static_hw``, per-layer ``channels``, the head's
+    ``weights`` (float32 ``[C_l]`` each) and ``batch_invariant`` (the export checked that an image's features are
+    the same bits in any batch: ``stlpips.features_batch``)."""
 
     path: Path
     sha256: str
@@ -48,6 +49,7 @@ class FeatureModel:
     static_hw: tuple[int, int] | None
     channels: tuple[int, ...]
     weights: tuple[np.ndarray, ...] = field(repr=False)
+    batch_invariant: bool = False
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -75,7 +77,7 @@ class FeatureModel:
         static_hw = tuple(int(v) for v in static.lower().split("x")) if static else None
         name = meta.get(Key.PAIR_MODEL) or f"{meta.get(Key.NET)}-{meta.get(Key.VARIANT)}"
         return cls(path, sha256 or file_sha256(path), name, min_size, static_hw, channels,  # type: ignore[arg-type]
-                   weights)
+                   weights, meta.get(Key.FEATURES_BATCH) == BATCH_INVARIANT)
 
     def check_graph(self, inputs: list[str], outputs: list[str]) -> None:
         missing = [o for o in self.outputs if o not in outputs]

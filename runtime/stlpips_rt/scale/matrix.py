@@ -1,8 +1,9 @@
 """Distance matrices on Ray: each image's features computed once in actors, blocks of the matrix as tasks.
 
 1. Features: ``workers`` actors (each with the features graph, sent through the object store like the model of
-   batch scoring) take chunks of images and return their feature rows, one image per run as in the local path, so
-   the rows are the same bits wherever they are computed. The driver puts each chunk into the object store it
+   batch scoring) take chunks of images and return their feature rows, batched as the local path batches them
+   (only where the graph is batch invariant: stlpips_rt.matrix.extract), so the rows are the same bits wherever
+   they are computed. The driver puts each chunk into the object store it
    owns (on the driver's node), so losing a worker node never loses features; a chunk whose actor died is retried
    (actors restart, calls are retried), and an image that fails to load is left out and named.
 2. Head: the matrix is cut into the same blocks as the local path (stlpips_rt.matrix.head.tasks, ``block``
@@ -30,7 +31,7 @@ from ..contract import ModelSpec
 from ..errors import ImageSizeError, StlpipsError
 from ..io import images
 from ..matrix import head
-from ..matrix.extract import session_runner
+from ..matrix.extract import images_per_run, rows_of, session_runner
 from ..matrix.features import FeatureLayout
 from ..matrix.model import FeatureModel, features_path
 from .ray_env import ModelPayload, require_ray
@@ -59,12 +60,12 @@ class _FeatureWorker:
                                 not _is_auto(spec.providers)).session
         self.model = FeatureModel.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map),
                                                 spec.features.sha256)
-        self.run = session_runner(session)
+        self.runner = session_runner(session, self.model)
         self.options = images.ImageOptions(max_pixels=spec.max_pixels, resize=spec.resize)
 
     def chunk(self, items: list[str]) -> tuple[dict[str, Any], np.ndarray]:
         """(meta: ok names, image sizes, failures, layer shapes), rows float32 ``[ok, D]``."""
-        rows, names, sizes, failed, shapes = [], [], [], [], None
+        loaded, names, sizes, failed = [], [], [], []
         for name in items:
             try:
                 x = images.load(name, name, self.options)
@@ -72,12 +73,20 @@ class _FeatureWorker:
             except StlpipsError as exc:
                 failed.append((name, str(exc)))
                 continue
-            outputs = self.run(np.ascontiguousarray(x[None], dtype=np.float32))
-            shapes = [tuple(int(v) for v in o.shape[2:]) for o in outputs]
-            rows.append(np.concatenate([np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs]))
+            loaded.append(x)
             names.append(name)
             sizes.append(tuple(int(v) for v in x.shape[1:]))
-        data = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+        rows, shapes, start = [], None, 0
+        while start < len(loaded):  # runs of one size, batched as the local path batches them
+            hw = sizes[start]
+            per_run = images_per_run(*hw) if self.runner.batching else 1
+            stop = start + 1
+            while stop < len(loaded) and stop - start < per_run and sizes[stop] == hw:
+                stop += 1
+            part, shapes = rows_of(self.runner.run, np.stack(loaded[start:stop]))
+            rows.append(part)
+            start = stop
+        data = np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
         return {"names": names, "sizes": sizes, "failed": failed, "shapes": shapes, "pid": os.getpid()}, data
 
 
