@@ -4,7 +4,6 @@ against Scorer.score on every pair, saved features, spilling past max_memory, st
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -85,17 +84,24 @@ def test_features_graph_is_written_beside_and_described(model: Path, scorer: Sco
 
 def test_features_are_batched_and_the_same_bits_as_one_image_alone(model: Path, corpus: list[np.ndarray]) -> None:
     scorer = Scorer(model, providers="cpu", threads=2)
-    runner, features_model = scorer._features()
+    runner, _ = scorer._features()
     assert runner.batching and runner.workers == 2
     batches: list[int] = []
-    run = runner.run
-    scorer._features_graph = (dataclasses.replace(runner, run=lambda x: batches.append(len(x)) or run(x)),
-                              features_model)
+    write = runner.write
+
+    def spy(images: np.ndarray, dest: np.ndarray, rows: list[int]) -> None:
+        batches.append(len(images))
+        write(images, dest, rows)
+
+    runner.write = spy  # type: ignore[method-assign]
     together = scorer.features(corpus)
     assert max(batches) == len(corpus)  # 32x32: one run for all of them
     one = Scorer(model, providers="cpu", threads=1)
     alone = np.stack([one.features([x]).data[0] for x in corpus])
     assert np.array_equal(together.data, alone)
+    # the bound outputs (write) hold what a plain run returns
+    plain = runner.run(np.stack([one.load(x) for x in corpus[:3]]))
+    assert np.array_equal(np.concatenate([o.reshape(3, -1) for o in plain], axis=1), together.data[:3])
 
 
 def test_a_graph_without_the_batch_key_runs_one_image_per_run(model: Path) -> None:

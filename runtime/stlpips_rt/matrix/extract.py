@@ -23,6 +23,8 @@ Past ``max_memory / 2`` of features, rows go to a memory-mapped file (``spill_di
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -32,11 +34,9 @@ import numpy as np
 
 from ..contract import FEATURES_INPUT
 from ..errors import ImageSizeError, StlpipsError
-from .features import FeatureLayout, FeatureSet, spill_file
+from .features import FeatureLayout, FeatureSet, memory_rows, spill_file
 from .model import FeatureModel
 
-#: images ``[n, 3, H, W]`` float32 -> the per-layer features ``[n, C_l, H_l, W_l]``
-RunFeatures = Callable[[np.ndarray], list[np.ndarray]]
 #: each item: (name, loader) where loader() returns float32 ``[3, H, W]`` or raises a StlpipsError
 Item = tuple[str, Callable[[], np.ndarray]]
 #: a cached row and its image size for a name, or None; and storing one
@@ -55,33 +55,95 @@ def images_per_run(height: int, width: int) -> int:
     return max(1, min(MAX_BATCH, BATCH_PIXELS // max(1, height * width)))
 
 
-@dataclass(frozen=True)
 class Runner:
-    """How images go through a features graph: ``run`` a stacked batch, ``batching`` (images of one size may
-    share a run: a batch-invariant graph on the CPU provider) and ``workers`` runs at once."""
+    """How images go through a features graph (an onnxruntime session): :meth:`write` runs a stacked batch and
+    puts each image's row into an array; ``batching``: images of one size may share a run (a batch-invariant
+    graph on the CPU provider); ``workers``: runs at once (threads).
 
-    run: RunFeatures
-    batching: bool = False
-    workers: int = 1
+    :meth:`write` binds the graph's outputs to buffers it keeps for the next run (onnxruntime IOBinding) and
+    copies them into the rows, rather than taking fresh output arrays each run: fresh arrays cost their
+    allocation and page faults, about a quarter of a 64x64 image's time (alex-st, one thread, batches of 16: 137
+    images per CPU second with fresh outputs copied into rows, 173 with bound ones, 179 running the graph alone;
+    the pair graph 169)."""
+
+    def __init__(self, session: object, batching: bool = False, workers: int = 1) -> None:
+        self.session, self.batching, self.workers = session, batching, max(1, int(workers))
+        self._lock = threading.Lock()
+        self._shapes: dict[tuple[int, int], list[tuple[int, ...]]] = {}  # (H, W) -> each output's [C_l, H_l, W_l]
+        self._free: dict[tuple[int, ...], list[tuple[object, list[np.ndarray]]]] = {}  # idle bindings by input
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., object], *args: object) -> Future:
+        """``fn(*args)`` on one of ``workers`` threads kept from call to call: onnxruntime's per-thread buffers
+        stay warm (a new thread pool per ``Scorer.features`` call cost about 15% of 256 64x64 images' time)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stlpips-features")
+                weakref.finalize(self, self._pool.shutdown, wait=False)
+            return self._pool.submit(fn, *args)
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        """The per-layer features ``[n, C_l, H_l, W_l]`` of ``images`` ``[n, 3, H, W]``, in new arrays."""
+        return self.session.run(None, {FEATURES_INPUT: images})  # type: ignore[attr-defined]
+
+    def output_shapes(self, height: int, width: int) -> list[tuple[int, ...]]:
+        """Each output's ``(C_l, H_l, W_l)`` for images of ``height x width`` (one run of a blank image, once)."""
+        with self._lock:
+            known = self._shapes.get((height, width))
+        if known is None:
+            known = [o.shape[1:] for o in self.run(np.zeros((1, 3, height, width), np.float32))]
+            with self._lock:
+                self._shapes[(height, width)] = known
+        return known
+
+    def _take(self, shape: tuple[int, ...]) -> tuple[object, list[np.ndarray]]:
+        with self._lock:
+            idle = self._free.get(shape)
+            if idle:
+                return idle.pop()
+        outputs = [np.empty((shape[0], *s), np.float32) for s in self.output_shapes(shape[2], shape[3])]
+        binding = self.session.io_binding()  # type: ignore[attr-defined]
+        for meta, out in zip(self.session.get_outputs(), outputs, strict=True):  # type: ignore[attr-defined]
+            binding.bind_output(meta.name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        return binding, outputs
+
+    def _give_back(self, shape: tuple[int, ...], bound: tuple[object, list[np.ndarray]]) -> None:
+        with self._lock:
+            if shape not in self._free and len(self._free) >= 4:  # full batches and a shorter last one
+                self._free.clear()
+            idle = self._free.setdefault(shape, [])
+            if len(idle) < self.workers:
+                idle.append(bound)
+
+    def write(self, images: np.ndarray, dest: np.ndarray, rows: list[int]) -> None:
+        """Run ``images`` ``[n, 3, H, W]`` once and write image i's features (every layer, flattened, in layer
+        order) into ``dest[rows[i]]``."""
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        binding, outputs = bound = self._take(x.shape)
+        try:
+            binding.bind_cpu_input(FEATURES_INPUT, x)  # type: ignore[attr-defined]
+            self.session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+            start, index = 0, rows if len(rows) > 1 else rows[0]
+            for out in outputs:
+                size = out[0].size
+                dest[index, start:start + size] = out.reshape(len(x), size) if len(rows) > 1 else out.reshape(size)
+                start += size
+        finally:
+            self._give_back(x.shape, bound)
 
 
 def session_runner(session: object, model: FeatureModel | None = None, workers: int = 1) -> Runner:
     """A :class:`Runner` over an onnxruntime session of ``model``'s features graph: batches when the graph says it
     is batch invariant and the session runs on the CPU provider; ``workers`` runs at once there (build the
     session with one intra-op thread), one elsewhere."""
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        return session.run(None, {FEATURES_INPUT: x})  # type: ignore[attr-defined]
-
     cpu = session.get_providers()[0] == "CPUExecutionProvider"  # type: ignore[attr-defined]
     invariant = model is not None and model.batch_invariant
-    return Runner(run, batching=cpu and invariant, workers=max(1, int(workers)) if cpu else 1)
+    return Runner(session, batching=cpu and invariant, workers=workers if cpu else 1)
 
 
-def rows_of(run: RunFeatures, images: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Feature rows float32 ``[n, D]`` of ``images`` ``[n, 3, H, W]`` in one run, and each layer's (H_l, W_l)."""
-    outputs = run(np.ascontiguousarray(images, dtype=np.float32))
-    rows = np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(images), -1) for o in outputs], axis=1)
-    return rows, [(int(o.shape[2]), int(o.shape[3])) for o in outputs]
+def layer_shapes(runner: Runner, height: int, width: int) -> list[tuple[int, int]]:
+    """Each layer's (H_l, W_l) for images of ``height x width``."""
+    return [(int(s[1]), int(s[2])) for s in runner.output_shapes(height, width)]
 
 
 @dataclass
@@ -121,10 +183,8 @@ def compute(runner: Runner, model: FeatureModel, items: Iterable[Item], count: i
             progress(done)
 
     def run_batch(todo: list[tuple[int, str, np.ndarray]]) -> list[tuple[int, str, np.ndarray]]:
-        rows, _ = rows_of(runner.run, np.stack([x for _, _, x in todo]))
         assert data is not None
-        for (index, _, _), row in zip(todo, rows, strict=True):
-            data[index] = row
+        runner.write(np.stack([x for _, _, x in todo]), data, [index for index, _, _ in todo])
         return todo
 
     def collect(futures: Iterable[Future]) -> None:
@@ -140,63 +200,61 @@ def compute(runner: Runner, model: FeatureModel, items: Iterable[Item], count: i
     def submit() -> None:
         nonlocal batch, running
         if batch:
-            running.add(pool.submit(run_batch, batch))
+            running.add(runner.submit(run_batch, batch))
             batch = []
         while len(running) > 2 * runner.workers:  # bound the images held in memory
             done, running = wait(running, return_when=FIRST_COMPLETED)
             collect(done)
 
-    with ThreadPoolExecutor(max_workers=runner.workers) as pool:
-        try:
-            for name, load in items:
-                hit = cache[0](name) if cache is not None else None
-                x = None
-                if hit is not None:
-                    row, hw = hit
-                else:
-                    try:
-                        x = load()
-                    except StlpipsError as exc:
-                        if not skip_errors:
-                            raise
-                        report.failed.append(Failure(name, str(exc)))
-                        tick()
-                        continue
-                    hw = (int(x.shape[1]), int(x.shape[2]))
-                size = size or hw
-                if hw != size or other_sizes:
-                    if hw != size:
-                        other_sizes.setdefault(hw, []).append(name)
+    try:
+        for name, load in items:
+            hit = cache[0](name) if cache is not None else None
+            x = None
+            if hit is not None:
+                row, hw = hit
+            else:
+                try:
+                    x = load()
+                except StlpipsError as exc:
+                    if not skip_errors:
+                        raise
+                    report.failed.append(Failure(name, str(exc)))
                     tick()
-                    continue  # only read the rest, to name every image of another size
-                if layout is None:
-                    _, shapes = rows_of(runner.run, np.zeros((1, 3, *size), dtype=np.float32))
-                    layout = FeatureLayout(model.channels, tuple(shapes))
-                    if count * layout.bytes_per_image > max_memory // 2:
-                        data, spill = spill_file(spill_dir, count, layout.dim)
-                    else:
-                        data = np.empty((count, layout.dim), dtype=np.float32)
-                    per_run = images_per_run(*size) if runner.batching else 1
-                assert data is not None
-                index = len(names)
-                names.append(name)
-                if x is not None:
-                    batch.append((index, name, x))
-                    if len(batch) >= per_run:
-                        submit()
                     continue
-                report.cached += 1
-                if row.shape != (layout.dim,):
-                    raise StlpipsError(f"{name}: cached features of {row.size} values, expected {layout.dim}; "
-                                       "delete the cache folder")
-                data[index] = row
+                hw = (int(x.shape[1]), int(x.shape[2]))
+            size = size or hw
+            if hw != size or other_sizes:
+                if hw != size:
+                    other_sizes.setdefault(hw, []).append(name)
                 tick()
-            if not other_sizes:
-                submit()
-        finally:
-            batch = []
-            done, running = wait(running), set()
-        collect(done.done)
+                continue  # only read the rest, to name every image of another size
+            if layout is None:
+                layout = FeatureLayout(model.channels, tuple(layer_shapes(runner, *size)))
+                if count * layout.bytes_per_image > max_memory // 2:
+                    data, spill = spill_file(spill_dir, count, layout.dim)
+                else:
+                    data = memory_rows(count, layout.dim)
+                per_run = images_per_run(*size) if runner.batching else 1
+            assert data is not None
+            index = len(names)
+            names.append(name)
+            if x is not None:
+                batch.append((index, name, x))
+                if len(batch) >= per_run:
+                    submit()
+                continue
+            report.cached += 1
+            if row.shape != (layout.dim,):
+                raise StlpipsError(f"{name}: cached features of {row.size} values, expected {layout.dim}; "
+                                   "delete the cache folder")
+            data[index] = row
+            tick()
+        if not other_sizes:
+            submit()
+    finally:
+        batch = []
+        done, running = wait(running), set()
+    collect(done.done)
     if other_sizes:
         assert size is not None
         described = "; ".join(f"{h}x{w}: {', '.join(n[:3])}{' and more' if len(n) > 3 else ''} ({len(n)})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import tempfile
 import weakref
@@ -194,6 +195,29 @@ def spill_file(directory: str | os.PathLike[str] | None, rows: int, dim: int) ->
     os.close(fd)
     data = np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(rows, dim))
     return data, Path(name)
+
+
+#: madvise(2) advice to fault a mapping's pages in now, writable (Linux 5.14; Python's mmap module names it from 3.13)
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def memory_rows(rows: int, dim: int) -> np.ndarray:
+    """A float32 ``[rows, dim]`` array in memory with its pages mapped up front (huge pages where the kernel
+    allows). Rows written into fresh pages fault them in one by one, and with transparent huge pages the kernel
+    may compact memory on each fault: for 256 64x64 alex-st images (162 MB) that cost 220-390 ms of kernel time
+    against 20-60 ms mapped up front, about 15% of the features' time (2-core AMD EPYC, load average 19)."""
+    nbytes = rows * dim * 4
+    if nbytes == 0:
+        return np.empty((rows, dim), dtype=np.float32)
+    block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    data = np.frombuffer(block, dtype=np.float32).reshape(rows, dim)
+    with contextlib.suppress(OSError, AttributeError):
+        block.madvise(mmap.MADV_HUGEPAGE)
+    try:
+        block.madvise(_MADV_POPULATE_WRITE)
+    except (OSError, AttributeError):  # an older kernel: touch the pages in order instead
+        data.fill(0)
+    return data
 
 
 def _remove(path: Path) -> None:

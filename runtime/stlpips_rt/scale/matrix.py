@@ -31,7 +31,7 @@ from ..contract import ModelSpec
 from ..errors import ImageSizeError, StlpipsError
 from ..io import images
 from ..matrix import head
-from ..matrix.extract import images_per_run, rows_of, session_runner
+from ..matrix.extract import images_per_run, layer_shapes, session_runner
 from ..matrix.features import FeatureLayout
 from ..matrix.model import FeatureModel, features_path
 from .ray_env import ModelPayload, require_ray
@@ -76,17 +76,18 @@ class _FeatureWorker:
             loaded.append(x)
             names.append(name)
             sizes.append(tuple(int(v) for v in x.shape[1:]))
-        rows, shapes, start = [], None, 0
-        while start < len(loaded):  # runs of one size, batched as the local path batches them
-            hw = sizes[start]
-            per_run = images_per_run(*hw) if self.runner.batching else 1
-            stop = start + 1
-            while stop < len(loaded) and stop - start < per_run and sizes[stop] == hw:
-                stop += 1
-            part, shapes = rows_of(self.runner.run, np.stack(loaded[start:stop]))
-            rows.append(part)
-            start = stop
-        data = np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+        if not loaded:
+            return {"names": names, "sizes": sizes, "failed": failed, "shapes": None, "pid": os.getpid()}, \
+                np.zeros((0, 0), dtype=np.float32)
+        shapes = layer_shapes(self.runner, *sizes[0])
+        if any(hw != sizes[0] for hw in sizes):  # another size: the driver names it; rows of this chunk unused
+            return {"names": names, "sizes": sizes, "failed": failed, "shapes": shapes, "pid": os.getpid()}, \
+                np.zeros((len(loaded), 0), dtype=np.float32)
+        data = np.empty((len(loaded), FeatureLayout(self.model.channels, tuple(shapes)).dim), dtype=np.float32)
+        per_run = images_per_run(*sizes[0]) if self.runner.batching else 1
+        for start in range(0, len(loaded), per_run):  # batched as the local path batches them
+            self.runner.write(np.stack(loaded[start:start + per_run]), data,
+                              list(range(start, min(len(loaded), start + per_run))))
         return {"names": names, "sizes": sizes, "failed": failed, "shapes": shapes, "pid": os.getpid()}, data
 
 
