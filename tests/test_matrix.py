@@ -269,6 +269,23 @@ def test_the_head_gives_the_same_bits_whatever_its_threads_groups_or_cluster(mon
         assert all(np.array_equal(x, y) for k in expected for x, y in zip(seen[k], expected[k], strict=True))
 
 
+def test_the_diversity_summary_reads_the_matrix_a_slice_at_a_time() -> None:
+    from stlpips_rt.cli.matrix import diversity
+
+    rng = np.random.default_rng(3)
+    upper = np.triu(rng.uniform(0, 1, (1500, 1500)), 1)
+    square = (upper + upper.T).astype(np.float32)
+    row_means = square.astype(np.float64).sum(axis=1) / 1499
+    mean, low, high = diversity(square, symmetric=True)
+    assert mean == pytest.approx(row_means.mean(), rel=1e-12)
+    assert high - mean == pytest.approx(1.96 * 2 * row_means.std(ddof=1) / np.sqrt(1500), rel=1e-9)
+    cross = rng.uniform(0, 1, (1100, 700)).astype(np.float32)
+    m64 = cross.astype(np.float64)
+    mean, low, high = diversity(cross, symmetric=False)
+    se = np.sqrt(m64.mean(axis=1).var(ddof=1) / 1100 + m64.mean(axis=0).var(ddof=1) / 700)
+    assert mean == pytest.approx(m64.mean(), rel=1e-12) and high - mean == pytest.approx(1.96 * se, rel=1e-9)
+
+
 def test_cli_matrix_folder_cache_outputs_and_a_corrupt_file(model: Path, folder: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     cache = tmp_path / "cache"

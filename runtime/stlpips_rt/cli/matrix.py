@@ -101,20 +101,25 @@ def diversity(matrix: np.ndarray, symmetric: bool) -> tuple[float, float, float]
     interval). Pairs share images, so they are not independent: the standard error is the U-statistic's first-order
     one, from the per-image mean distances (symmetric: ``2 * sd(row means) / sqrt(N)``, N >= 3; rows x columns:
     ``sqrt(var(row means)/M + var(column means)/N)``, more than one pair)."""
-    m = np.asarray(matrix, dtype=np.float64)
+    n_rows, n_cols = matrix.shape
+    row_sums, col_sums = np.zeros(n_rows), np.zeros(n_cols)
+    for r0 in range(0, n_rows, 1024):  # float64 a slice at a time: the matrix may be a memmap larger than memory
+        part = np.asarray(matrix[r0:r0 + 1024], dtype=np.float64)
+        row_sums[r0:r0 + len(part)] = part.sum(axis=1)
+        col_sums += part.sum(axis=0)
     if symmetric:
-        n = len(m)
-        if n < 2:
+        if n_rows < 2:
             return math.nan, math.nan, math.nan
-        row_means = m.sum(axis=1) / (n - 1)
+        row_means = row_sums / (n_rows - 1)
         mean = float(row_means.mean())
-        se = 2 * float(row_means.std(ddof=1)) / math.sqrt(n) if n > 2 else math.nan
+        se = 2 * float(row_means.std(ddof=1)) / math.sqrt(n_rows) if n_rows > 2 else math.nan
     else:
-        mean = float(m.mean()) if m.size else math.nan
-        rows, cols = m.mean(axis=1), m.mean(axis=0)
+        size = n_rows * n_cols
+        mean = float(row_sums.sum() / size) if size else math.nan
+        rows, cols = row_sums / max(n_cols, 1), col_sums / max(n_rows, 1)
         var = (rows.var(ddof=1) / len(rows) if len(rows) > 1 else 0.0) + \
               (cols.var(ddof=1) / len(cols) if len(cols) > 1 else 0.0)
-        se = math.sqrt(var) if m.size > 1 else math.nan
+        se = math.sqrt(var) if size > 1 else math.nan
     return mean, mean - 1.96 * se, mean + 1.96 * se
 
 
