@@ -15,8 +15,8 @@ second of this process (``getrusage``: all its threads), since a shared machine'
   difference).
 
 **``--large N``**: a matrix of N images end to end, as a user runs it: N 64x64 PNGs written to a folder, then
-``stlpips-score --matrix DIR -o matrix.npy`` twice in a child process (first computing every image's features
-and filling the cache, then from the cache), each with its wall and CPU time, when the head started (the output
+``stlpips-score --matrix DIR -o matrix.npy`` in a child process, computing every image's features and filling the
+cache (``--again``: then a second time, from the cache), with its wall and CPU time, when the head started (the output
 file appears), peak memory (``ru_maxrss``; and peak anonymous and file-backed resident memory, sampled from
 ``/proc``: the spilled features and the output are memory-mapped files) and peak disk (the spill file in the
 child's TMPDIR, the features cache, the output), then a sample of its entries against ``Scorer.score``.
@@ -227,7 +227,7 @@ def cli_run(command: list[str], env: dict[str, str], watch: dict[str, tuple[Path
     }
 
 
-def run_large(model: str, n: int, size: int, threads: int | None, workdir: Path, check: int) -> dict:
+def run_large(model: str, n: int, size: int, threads: int | None, workdir: Path, check: int, again: bool) -> dict:
     images_dir, tmp, out = workdir / "images", workdir / "tmp", workdir / "matrix.npy"
     images_dir.mkdir(parents=True)
     tmp.mkdir()
@@ -243,7 +243,7 @@ def run_large(model: str, n: int, size: int, threads: int | None, workdir: Path,
     cache = images_dir / ".stlpips-features"
     watch = {"spill": (tmp, "*"), "cache": (cache, "*"), "output": (workdir, "matrix*")}
     runs = {}
-    for name in ("computed", "from_cache"):
+    for name in ("computed", "from_cache")[:2 if again else 1]:
         for f in workdir.glob("matrix*"):
             f.unlink()
         print(f"[large] {name}: {' '.join(command)}", flush=True)
@@ -284,6 +284,7 @@ def main() -> None:
                         help="--large: where the images, spill, cache and output go (default: a temporary folder, "
                              "removed afterwards)")
     parser.add_argument("--check", type=int, default=50, help="--large: entries checked against score_batch")
+    parser.add_argument("--again", action="store_true", help="--large: run a second time, from the cache")
     args = parser.parse_args()
     load_before = os.getloadavg()
     report: dict = {"cpu": cpu_model(), "cores": os.cpu_count(), "model": Path(args.model).name,
@@ -293,7 +294,7 @@ def main() -> None:
         try:
             report["large"] = {"images": args.large, "size": f"{args.large_size}x{args.large_size}",
                                **run_large(args.model, args.large, args.large_size, args.threads, workdir,
-                                           args.check)}
+                                           args.check, args.again)}
         finally:
             if args.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
