@@ -10,7 +10,8 @@ second of this process (``getrusage``: all its threads), since a shared machine'
 - features against the pair graph's backbone: images/s of ``Scorer.features`` against 2 x the pairs/s of
   ``score_batch`` (two images through the backbone per pair);
 - the head: pairs/s, its work per pair (``2 D`` flops: one multiply-add per feature value in the Gram product)
-  and that rate per thread as a fraction of the one-thread DGEMM rate;
+  and that rate per thread as a fraction of the one-thread DGEMM rate; and the head alone on ``--head-images``
+  (default 2048) images' random rows of the 64x64 layout, where it does more work per image converted;
 - the matrix against ``score_batch`` (the speedup), and the sampled pairs against the matrix (max relative
   difference).
 
@@ -158,6 +159,42 @@ def run_case(scorer: Scorer, threads: int, n: int, size: int, sample: int, round
     }
 
 
+def run_head(scorer: Scorer, threads: int, n: int, rounds: int) -> dict:
+    """The head alone on ``n`` images' worth of random feature rows of the 64x64 layout (the head does not look at
+    what the numbers are), against the one-thread DGEMM rate, interleaved over ``rounds``."""
+    from stlpips_rt.matrix import FeatureSet
+
+    layout = scorer.features(smooth_images(1, 64, 0)).layout
+    runner, model = scorer._features()
+    rng = np.random.default_rng(7)
+    data = rng.normal(0, 0.05, (n, layout.dim)).astype(np.float32)
+    features = FeatureSet(data, [f"random{i}" for i in range(n)], (64, 64), layout, model.weights, model.sha256,
+                          model.name)
+    pairs, runs = n * (n - 1) // 2, {}
+    for _ in range(rounds):
+        _, wall, cpu = timed(lambda: scorer.matrix(features))
+        runs.setdefault("head_wall_s", []).append(wall)
+        runs.setdefault("head_cpu_s", []).append(cpu)
+        wall_rate, cpu_rate = dgemm_rate(rng)
+        runs.setdefault("dgemm_1thread_gflops_wall", []).append(wall_rate)
+        runs.setdefault("dgemm_1thread_gflops_cpu", []).append(cpu_rate)
+    m = {k: statistics.median(v) for k, v in runs.items()}
+    flops = pairs * 2.0 * layout.dim
+    return {
+        "images": n, "size": "64x64 (random rows)", "pairs": pairs, "threads": threads,
+        "head_flops_per_pair": 2 * layout.dim, "head_s": round(m["head_wall_s"], 3),
+        "head_pairs_per_s": round(pairs / m["head_wall_s"], 1),
+        "head_gflops_per_thread": round(flops / m["head_wall_s"] / threads / 1e9, 2),
+        "head_gflops_per_cpu_s": round(flops / m["head_cpu_s"] / 1e9, 2),
+        "dgemm_1thread_gflops": round(m["dgemm_1thread_gflops_wall"], 2),
+        "dgemm_1thread_gflops_per_cpu_s": round(m["dgemm_1thread_gflops_cpu"], 2),
+        "head_fraction_of_dgemm_per_thread": round(flops / m["head_wall_s"] / threads / 1e9
+                                                   / m["dgemm_1thread_gflops_wall"], 3),
+        "head_fraction_of_dgemm_per_cpu_s": round(flops / m["head_cpu_s"] / 1e9 / m["dgemm_1thread_gflops_cpu"], 3),
+        "rounds": {k: [round(x, 3) for x in v] for k, v in runs.items()},
+    }
+
+
 # --- the end-to-end run ------------------------------------------------------------------------------------------
 def allocated_bytes(path: Path, pattern: str = "*") -> int:
     """Disk blocks in use by the files under ``path`` matching ``pattern`` (a sparse spill file counts what was
@@ -285,6 +322,8 @@ def main() -> None:
                              "removed afterwards)")
     parser.add_argument("--check", type=int, default=50, help="--large: entries checked against score_batch")
     parser.add_argument("--again", action="store_true", help="--large: run a second time, from the cache")
+    parser.add_argument("--head-images", type=int, default=2048,
+                        help="also time the head alone on this many images' random 64x64 rows (0: skip)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     report: dict = {"cpu": cpu_model(), "cores": os.cpu_count(), "model": Path(args.model).name,
@@ -304,6 +343,8 @@ def main() -> None:
         report["provider"] = scorer.provider
         report["cases"] = [run_case(scorer, threads, 256, 64, 320, args.rounds, 0),
                            run_case(scorer, threads, 64, 256, 48, args.rounds, 10)]
+        if args.head_images:
+            report["head_alone"] = run_head(scorer, threads, args.head_images, args.rounds)
         report["plan_10000_at_64x64"] = str(scorer.matrix_plan(10_000, 64, 64))
         for case in report["cases"]:
             print(f"{case['images']} images {case['size']} ({case['pairs']:,} pairs), {case['threads']} threads: "
@@ -317,6 +358,13 @@ def main() -> None:
                   f"{case['dgemm_1thread_gflops']} GFLOP/s per thread; per CPU second "
                   f"{case['head_fraction_of_dgemm_per_cpu_s']} of {case['dgemm_1thread_gflops_per_cpu_s']}): "
                   f"{case['speedup']}x; max rel vs score_batch {case['max_rel_vs_score_batch']:.1e}")
+        if args.head_images:
+            h = report["head_alone"]
+            print(f"head alone, {h['images']} images of random 64x64 rows ({h['pairs']:,} pairs), {h['threads']} "
+                  f"threads: {h['head_s']} s, {h['head_pairs_per_s']:,} pairs/s: "
+                  f"{h['head_fraction_of_dgemm_per_thread']} of the one-thread DGEMM rate "
+                  f"{h['dgemm_1thread_gflops']} GFLOP/s per thread; per CPU second "
+                  f"{h['head_fraction_of_dgemm_per_cpu_s']} of {h['dgemm_1thread_gflops_per_cpu_s']}")
         print(f"plan for 10,000 images at 64x64: {report['plan_10000_at_64x64']}")
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     print(f"cpu {report['cpu']}, load average {report['load_average_before']} -> {report['load_average_after']}")
