@@ -16,8 +16,9 @@ second of this process (``getrusage``: all its threads), since a shared machine'
   difference).
 
 **``--large N``**: a matrix of N images end to end, as a user runs it: N 64x64 PNGs written to a folder, then
-``stlpips-score --matrix DIR -o matrix.npy`` in a child process, computing every image's features and filling the
-cache (``--again``: then a second time, from the cache), with its wall and CPU time, when the head started (the output
+``stlpips-score --matrix DIR -o matrix.npy`` in a child process with default options, computing every image's
+features and filling the feature cache (``$STLPIPS_CACHE_DIR`` pointed into the run's folder; ``--again``: then a
+second time, from the cache), with its wall and CPU time, when the head started (the output
 file appears), peak memory (``ru_maxrss``; and peak anonymous and file-backed resident memory, sampled from
 ``/proc``: the spilled features and the output are memory-mapped files) and peak disk (the spill file in the
 child's TMPDIR, the features cache, the output), then a sample of its entries against ``Scorer.score``.
@@ -276,8 +277,8 @@ def run_large(model: str, n: int, size: int, threads: int | None, workdir: Path,
     cli = Path(sys.executable).with_name("stlpips-score")
     command = [str(cli) if cli.exists() else "stlpips-score", "--matrix", str(images_dir), "-o", str(out),
                "--model", model, "--providers", "cpu"] + (["--threads", str(threads)] if threads else [])
-    env = {**os.environ, "TMPDIR": str(tmp)}
-    cache = images_dir / ".stlpips-features"
+    cache = workdir / "cache"  # the feature cache (default size limit), here rather than in the user's cache folder
+    env = {**os.environ, "TMPDIR": str(tmp), "STLPIPS_CACHE_DIR": str(cache)}
     watch = {"spill": (tmp, "*"), "cache": (cache, "*"), "output": (workdir, "matrix*")}
     runs = {}
     for name in ("computed", "from_cache")[:2 if again else 1]:
@@ -288,7 +289,7 @@ def run_large(model: str, n: int, size: int, threads: int | None, workdir: Path,
         print(f"[large] {name}: {runs[name]}", flush=True)
     runs["output_bytes"] = sum(f.stat().st_size for f in workdir.glob("matrix*"))
     runs["cache_bytes"] = allocated_bytes(cache)
-    runs["images_bytes"] = allocated_bytes(images_dir) - runs["cache_bytes"]
+    runs["images_bytes"] = allocated_bytes(images_dir)
     matrix = np.load(out, mmap_mode="r")
     names = out.with_suffix(".rows.txt").read_text().splitlines()
     scorer = Scorer(model, "cpu", threads=threads)
