@@ -36,8 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+#: images a side of a block (a product of 256 x 2,048 values ran at 45 GFLOP/s per CPU second where a 1,024-wide
+#: one ran at 49 and a 128-wide one at 37-40: OpenBLAS 0.3.31 on Zen 4, one thread)
 BLOCK = 256
+#: values per product; with BLOCK, all that fixes an entry's arithmetic
 K_CHUNK = 2048
+#: images a side of the local run's unit of work (converted chunks reused by all its blocks; no effect on the bits)
 GROUP = 1024
 RECOMPUTE_BELOW = 1e-4
 #: rows converted at once by :func:`row_norms`
