@@ -380,9 +380,9 @@ def test_ray_matrix_survives_losing_a_worker_node(model: Path, tmp_path: Path, r
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["alex-st", "vgg-st", "alex-lpips", "vgg-lpips"])
 def test_every_variant_gets_a_gated_features_graph(request: pytest.FixtureRequest, exported_model, key: str) -> None:
-    """The export gate (head(features) vs the pair graph and PyTorch, float32 tolerance) passed for each variant,
-    and the matrix of three images equals Scorer.score. Opt-in (``-m slow``): it exports the vgg models (minutes
-    each on 2 cores)."""
+    """The export gate (head(features) vs the pair graph and PyTorch, float32 tolerance) and its batch-invariance
+    check passed for each variant, and the matrix of three images equals Scorer.score. Opt-in (``-m slow``): it
+    exports the vgg models (minutes each on 2 cores)."""
     from stlpips_rt.contract import Key
 
     if "slow" not in (request.config.getoption("-m") or ""):
@@ -396,6 +396,7 @@ def test_every_variant_gets_a_gated_features_graph(request: pytest.FixtureReques
 
     meta = {p.key: p.value for p in onnx.load(str(features_model.path), load_external_data=False).metadata_props}
     assert float(meta[Key.PARITY_MAX_ABS]) <= 1e-5 and meta[Key.PAIR_MODEL] == key
+    assert meta[Key.FEATURES_BATCH] == "invariant" and features_model.batch_invariant
     images = [_image(200 + i) for i in range(3)]
     matrix = scorer.matrix(images)
     reference = np.array([[scorer.score(a, b) if i != j else 0.0 for j, b in enumerate(images)]
