@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from stlpips_rt import resolve_model
-from stlpips_rt.contract import Key, ModelSpec
+from stlpips_rt.contract import ModelSpec
 from stlpips_rt.precision import FastPath, fast_path, session_mode
 
 #: Small enough for CI; the real gate scores 2000 (docs/int8.md). The graph must still clear 99.5% on these.
@@ -78,26 +78,6 @@ def test_the_gate_passes_matching_rankings_and_fails_flipped_ones():
     report = gate_report(fp32, flipped)
     assert report.rank_agreement == pytest.approx(0.98) and not report.passed
     assert "FAIL" in report.summary()
-
-
-@pytest.fixture(scope="module")
-def int8_sibling_folder(exported_model, tmp_path_factory):
-    """A folder with alex-st and an int8 file beside it. The test writes the int8 graph itself, without its gate
-    (graphs of this quantizer miss the gate, docs/int8.md): it exercises the runtime's routing, not accuracy."""
-    import shutil
-
-    import onnx
-
-    from stlpips_export.int8 import builtin_calibration, quantize_backbone
-    from stlpips_export.onnx_export import read_metadata, set_metadata
-
-    fp32 = exported_model("alex", "st")
-    folder = tmp_path_factory.mktemp("int8")
-    shutil.copy(fp32, folder / fp32.name)
-    graph = quantize_backbone(onnx.load(str(fp32)), builtin_calibration(count=16))
-    set_metadata(graph, {**read_metadata(fp32), Key.PRECISION: "int8"})
-    onnx.save(graph, str(folder / "stlpips_alex_st_int8.onnx"))
-    return folder
 
 
 def test_fast_loads_the_int8_sibling_and_says_so(int8_sibling_folder):
