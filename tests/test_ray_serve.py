@@ -60,13 +60,13 @@ def client(ray_cluster, model: Path):
     service.stop()
 
 
-def test_health_and_model_card(client: Client) -> None:
+def test_health_and_model_card(client: Client, model: Path) -> None:
     assert client.request("GET", "/healthz") == (200, {"status": "ok"})
     status, card = client.request("GET", "/v1/models")
     assert status == 200
     assert card["model"] == "alex-st" and card["provider"] == "cpu" and card["min_size"] == 21
     assert card["metadata"]["stlpips.net"] == "alex"
-    assert card["sha256"] == card["provenance"]["model"]["sha256"] and len(card["sha256"]) == 64
+    assert card["sha256"] == card["provenance"]["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert card["provenance"]["engine"]["name"] == "onnxruntime"
     assert card["limits"]["max_body_bytes"] == MAX_BODY
     assert card["batching"] == {"max_batch": 8, "batch_wait_ms": 5, "stacked": False}
@@ -85,8 +85,12 @@ def test_score_equals_the_scorer_bit_for_bit(client: Client, scorer: Scorer) -> 
 
 def test_score_many_uses_the_broadcast_graph_exactly(client: Client, scorer: Scorer) -> None:
     ref, dists = png(3), [png(10 + i) for i in range(5)]
+    before = client.request("GET", "/v1/models")[1]["replica_stats"]["graph_runs"]
     status, body = client.request("POST", "/v1/score_many", [("ref", ref)] + [("dist", d) for d in dists])
     assert status == 200
+    after = client.request("GET", "/v1/models")[1]["replica_stats"]["graph_runs"]
+    # one run of the broadcast form (the reference once, five candidates), and no run of pairs
+    assert (after["broadcast"] - before["broadcast"], after["pairs"] - before["pairs"]) == (1, 0)
     expected = scorer.score_many(Image.open(io.BytesIO(ref)), [Image.open(io.BytesIO(d)) for d in dists])
     assert body["distances"] == [json_distance(v) for v in expected]
     assert body["model_sha256"] == hashlib.sha256(scorer.info.path.read_bytes()).hexdigest()[:16]

@@ -136,6 +136,8 @@ class Scorer:
         self._tiles_lock = threading.Lock()
         self._tiles_graph: tuple[Any, tiling.ModelGeometry] | None = None
         self._features_graph: tuple[Any, Any] | None = None  # (run, matrix.FeatureModel), on first use
+        self._runs_lock = threading.Lock()
+        self._runs = {"pairs": 0, "broadcast": 0}
 
     def __repr__(self) -> str:
         return (f"Scorer(model={self.info.path.name!r}, provider={self.provider!r}, "
@@ -214,9 +216,18 @@ class Scorer:
         in1 = np.ascontiguousarray(in1, dtype=np.float32)
         return self._infer(in0, in1, outputs)
 
+    @property
+    def runs(self) -> dict[str, int]:
+        """Graph runs on the host so far, by form: ``broadcast`` (one reference, in0 of batch 1, against several
+        candidates: its features computed once for the run) and ``pairs`` (every other run)."""
+        with self._runs_lock:
+            return dict(self._runs)
+
     def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str], session: Any = None) \
             -> list[np.ndarray]:
         session = session or self._session
+        with self._runs_lock:
+            self._runs["broadcast" if len(in0) == 1 < len(in1) else "pairs"] += 1
         try:
             if self._io_binding:
                 binding = session.io_binding()
