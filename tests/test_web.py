@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from example_pairs import authors_published_distance
 from PIL import Image
 from web_harness import WEB_ROOT, Browser, StaticServer, missing_requirement, open_page, rgba_b64
 
@@ -133,8 +134,8 @@ def test_authors_example_pair(web, shared_data, python_scorers):
                    "const bmp = [await __t.bitmap('/data/ex_ref.png'), await __t.bitmap('/data/ex_p0.png')];"
                    "return {img: await s.score(...img), bitmap: await s.score(...bmp)};")
     python = python_scorers["alex-st"].score(shared_data / "ex_ref.png", shared_data / "ex_p0.png")
-    for kind in ("img", "bitmap"):
-        assert got[kind] == pytest.approx(0.7777555, abs=TOL), kind
+    for kind in ("img", "bitmap"):  # another engine than the authors' and ours: within float32's tolerance
+        assert got[kind] == pytest.approx(authors_published_distance(), abs=TOL), kind
         assert got[kind] == pytest.approx(python, abs=TOL), kind
 
 
