@@ -25,6 +25,7 @@ PARQUET_KEY = "stlpips.provenance"
 RESUME_FIELDS = ("model.sha256", "precision", "provider", "resize")
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
+_READ_BYTES = 1 << 20  # how much of a file is hashed per read: speed only, the digest does not depend on it
 
 
 def file_sha256(path: Path) -> str:
@@ -34,7 +35,7 @@ def file_sha256(path: Path) -> str:
     if key not in _SHA_CACHE:
         h = hashlib.sha256()
         with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+            for block in iter(lambda: f.read(_READ_BYTES), b""):
                 h.update(block)
         _SHA_CACHE[key] = h.hexdigest()
     return _SHA_CACHE[key]
