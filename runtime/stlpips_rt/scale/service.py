@@ -502,7 +502,8 @@ class ScoringService:
                           "size, scored through the broadcast graph; equals `Scorer.score_many` bit for bit.",
               dependencies=[Depends(_form_check(many=True))])
     async def score_many(self, ref: Annotated[bytes, File(description="The reference. " + IMAGE)],
-                         dist: Annotated[list[bytes], File(description="The images to score against ref, each "
+                         dist: Annotated[list[bytes], File(min_length=1,  # the schema says so too
+                                                           description="The images to score against ref, each "
                                                                        "the size of ref, in one field each. "
                                                                        + IMAGE)],
                          ) -> ScoreManyAnswer:
