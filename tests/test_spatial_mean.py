@@ -129,12 +129,12 @@ class RecordingSession:
 def test_the_gate_measures_the_mean_against_a_float64_mean_of_the_layer_maps() -> None:
     """spatial_mean_error on a graph whose float32 means are off by a known factor: it returns that factor's error,
     and exactly what this test computes in float64 from the very maps the graph returned."""
-    for scale, low, high in ((1.0, 0.0, 2e-7), (1 + 3e-6, 2.5e-6, 3.5e-6), (1 - 4e-5, 3.9e-5, 4.1e-5)):
+    for scale, low, high in ((1 + 3e-6, 2.5e-6, 3.5e-6), (1 - 4e-5, 3.9e-5, 4.1e-5), (1.0, 0.0, 2e-7)):
         session = RecordingSession(toy_distance_graph(scale))
         measured = spatial_mean_error(session, ["layer_map0", "layer_map1"], 96, 128)
+        assert low <= measured <= high, (scale, measured)
         (feeds, (dist, map0, map1)), = session.runs
         assert feeds["in0"].shape == feeds["in1"].shape == (1, 3, 96, 128)
         assert not np.array_equal(feeds["in0"], feeds["in1"])
         exact = map0.astype(np.float64).mean() + map1.astype(np.float64).mean()
         assert measured == pytest.approx(abs(float(dist[0]) - exact) / exact, rel=1e-9, abs=1e-15)
-        assert low <= measured <= high, (scale, measured)
