@@ -19,7 +19,10 @@ from stlpips_rt.scale.http import (
     Limits,
     RequestGuard,
     check_form,
+    error_answer,
     error_body,
+    header_pixels,
+    is_oip,
     read_body,
     send_json,
     status_of,
@@ -38,6 +41,7 @@ def test_default_limits_and_they_stay_as_started() -> None:
     (errors.ImageTooLargeError("a", "big"), 413),
     (errors.RequestTooLargeError("body"), 413),
     (errors.NotAnImageError("a", "text"), 415),
+    (errors.NoSuchModelError("no model 'vgg-st' here"), 404),
     (errors.ImageReadError("a", "cut"), 400),
     (errors.ImageSizeError("a", "small"), 400),
     (errors.MemoryBudgetError("a", "budget"), 400),
@@ -56,6 +60,28 @@ def test_error_bodies_name_the_runtime_error_and_hide_anything_else() -> None:
         "error": {"type": "ImageSizeError", "message": "dist: 48x48, ref is 64x64"}}
     assert error_body(KeyError("/secret/path")) == {
         "error": {"type": "InternalError", "message": "the service failed on this request; see its log"}}
+
+
+def test_errors_under_v2_take_the_inference_protocol_s_shape() -> None:
+    refused = errors.ImageSizeError("in1", "too small")
+    assert [is_oip(p) for p in ("/v2", "/v2/models/alex-st/infer", "/v20", "/v1/score", "/", "/x/v2")] == \
+        [True, True, False, False, False, False]
+    assert error_answer(refused, "/v2/models/alex-st/infer") == {"error": "in1: too small"}
+    assert error_answer(refused, "/v1/score") == error_body(refused)
+    assert error_answer(RuntimeError("/secret"), "/v2") == {
+        "error": "the service failed on this request; see its log"}
+
+
+def test_header_pixels_or_zero_where_the_header_does_not_parse() -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20)).save(buf, format="PNG")
+    data = buf.getvalue()
+    assert header_pixels(data) == 600
+    assert header_pixels(b"no image at all") == 0 and header_pixels(data[:10]) == 0  # left to the decoder
 
 
 async def _stream(chunks: list[bytes], pulled: list[int]) -> AsyncIterator[bytes]:
@@ -160,6 +186,14 @@ def test_the_guard_answers_413_as_json_with_its_length() -> None:
     assert headers[b"content-type"] == b"application/json"
     assert headers[b"content-length"] == str(len(sent[1]["body"])).encode()
     assert json.loads(sent[1]["body"])["error"]["type"] == "RequestTooLargeError"
+
+
+def test_the_guard_answers_v2_paths_in_the_protocol_s_shape() -> None:
+    _, sent = _guard(_http("/v2/models/alex-st/infer"), [{"type": "http.request", "body": b"x" * 101}], limit=100)
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"]) == {"error": "the body is over this service's limit of 100 bytes; send "
+                                                    "smaller images (or start the service with a larger "
+                                                    "--max-body-mb)"}
 
 
 def test_a_client_gone_before_its_body_ends_gets_nothing() -> None:
