@@ -37,11 +37,11 @@ class Breakage:
 BREAKAGES = {
     "cache-key-file-name": Breakage(
         "the feature cache's key reduced to the file name", "runtime/stlpips_rt/matrix/cache.py",
-        'key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.options_key}"', "key = path.name",
+        "content = content_sha256(path)", "content = Path(path).name",
         ("tests/test_feature_cache.py",)),
     "cache-ignores-model": Breakage(
         "the feature cache ignoring the model", "runtime/stlpips_rt/matrix/cache.py",
-        "self.folder = Path(folder) / model_sha256[:16]", "self.folder = Path(folder)",
+        'text = f"stlpips-features/1|model={model_sha256}|content=', 'text = f"stlpips-features/1|content=',
         ("tests/test_feature_cache.py",)),
     "mean-error-zero": Breakage(
         "spatial_mean_error returns 0.0", "export/stlpips_export/verify.py",

@@ -98,3 +98,48 @@ def test_default_folder_is_the_users_cache_or_the_environment(monkeypatch: pytes
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "stlpips-deploy" / "features"
+
+
+def test_another_model_or_engine_misses_through_the_cache_itself(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"an image")
+    folder = tmp_path / "cache"
+    _cache(folder, {"a": image}).put("a", _row(0), (4, 4))
+    for model, engine in ((MODEL, ENGINE), ("b" * 64, ENGINE), (MODEL, "openvino name=onnxruntime version=1.31.1")):
+        cache = FeatureCache(folder).bind(model, OPTIONS, engine)
+        cache.paths = {"a": image}
+        assert (cache.get("a") is not None) == (model == MODEL and engine == ENGINE), (model, engine)
+    assert len(FeatureCache(folder)) == 1  # one entry, read back only by the set-up that wrote it
+
+
+def test_a_file_replaced_in_place_misses_though_its_name_size_and_time_are_the_same(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"image one")
+    stat = image.stat()
+    folder = tmp_path / "cache"
+    _cache(folder, {"a": image}).put("a", _row(0), (4, 4))
+    image.write_bytes(b"image two")  # the same length
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert image.stat().st_size == stat.st_size and image.stat().st_mtime_ns == stat.st_mtime_ns
+    assert _cache(folder, {"a": image}).get("a") is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a zip", "empty", "no hw"])
+def test_a_damaged_entry_is_a_miss_and_is_written_again(tmp_path: Path, damage: str) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"an image")
+    folder = tmp_path / "cache"
+    cache = _cache(folder, {"a": image})
+    cache.put("a", _row(0), (4, 4))
+    entry = cache._entry("a")
+    data = entry.read_bytes()
+    if damage == "no hw":
+        np.savez(entry.with_suffix(""), row=_row(0))  # np.savez adds .npz: the same file, a field missing
+    else:
+        entry.write_bytes({"truncated": data[: len(data) // 2], "not a zip": b"PK not really", "empty": b""}[damage])
+    again = _cache(folder, {"a": image})
+    assert again.get("a") is None and again.hits == 0
+    again.put("a", _row(1), (5, 6))
+    row, hw = _cache(folder, {"a": image}).get("a")
+    assert np.array_equal(row, _row(1)) and hw == (5, 6)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["CACHEDIR.TAG", entry.name])  # no temporary left
