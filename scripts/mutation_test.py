@@ -42,6 +42,7 @@ class Guard:
     what: str
 
 
+GATE_MEAN_TEST = "test_the_gate_measures_the_mean_against_a_float64_mean_of_the_layer_maps"
 GUARDS = {
     "manifest": Guard("runtime/stlpips_rt/io/manifest.py",
                       ("file_sha256", "manifest_path", "_get", "read_provenance", "check_resume", "write_manifest",
@@ -52,12 +53,12 @@ GUARDS = {
     "cache": Guard("runtime/stlpips_rt/matrix/cache.py", ("content_sha256", "entry_key", "FeatureCache"),
                    ("tests/test_feature_cache.py",), "the feature cache's keys, damaged entries and eviction"),
     "gate": Guard("export/stlpips_export/verify.py", ("ParityReport", "compare", "spatial_mean_error"),
-                  ("tests/test_gate.py", "tests/test_spatial_mean.py"),
+                  ("tests/test_gate.py", f"tests/test_spatial_mean.py::{GATE_MEAN_TEST}"),
                   "the export gate's measurements and verdict"),
     "precision": Guard("runtime/stlpips_rt/precision.py",
                        ("TOLERANCES", "SPATIAL_MEAN_MAX_REL", "float64_distance", "tolerance", "error_stats",
                         "rank_agreement"),
-                       ("tests/test_gate.py", "tests/test_spatial_mean.py"),
+                       ("tests/test_gate.py", f"tests/test_spatial_mean.py::{GATE_MEAN_TEST}"),
                        "the comparisons and bounds the gate measures with"),
     "http": Guard("runtime/stlpips_rt/scale/http.py", (),
                   ("tests/test_serve_http.py",
