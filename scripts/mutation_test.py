@@ -45,12 +45,12 @@ class Guard:
 GATE_MEAN_TEST = "test_the_gate_measures_the_mean_against_a_float64_mean_of_the_layer_maps"
 GUARDS = {
     "manifest": Guard("runtime/stlpips_rt/io/manifest.py",
-                      ("file_sha256", "manifest_path", "_get", "read_provenance", "check_resume", "write_manifest",
-                       "parquet_metadata", "MANIFEST_VERSION", "PARQUET_KEY", "RESUME_FIELDS"),
+                      ("content_sha256", "file_sha256", "manifest_path", "_get", "read_provenance", "check_resume",
+                       "write_manifest", "parquet_metadata", "MANIFEST_VERSION", "PARQUET_KEY", "RESUME_FIELDS"),
                       ("tests/test_manifest.py",
                        "tests/test_outputs.py::test_check_resume_names_each_field_that_differs"),
                       "the --resume refusal and the manifest of every output"),
-    "cache": Guard("runtime/stlpips_rt/matrix/cache.py", ("content_sha256", "entry_key", "FeatureCache"),
+    "cache": Guard("runtime/stlpips_rt/matrix/cache.py", ("entry_key", "FeatureCache"),
                    ("tests/test_feature_cache.py",), "the feature cache's keys, damaged entries and eviction"),
     "gate": Guard("export/stlpips_export/verify.py", ("ParityReport", "compare", "spatial_mean_error"),
                   ("tests/test_gate.py", f"tests/test_spatial_mean.py::{GATE_MEAN_TEST}"),
