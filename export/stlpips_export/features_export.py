@@ -31,7 +31,7 @@ from stlpips_rt.precision import error_stats
 
 from .errors import ParityError
 from .exporters import _quiet, check_opset
-from .model import PerceptualDistance, unit_normalize
+from .model import PerceptualDistance
 from .verify import parity_cases
 
 #: Pair-graph metadata copied into the features graph (what it computes, and from which weights and tools).
@@ -51,15 +51,12 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, model: PerceptualDistance) -> None:
         super().__init__()
-        self.scaling_layer = model.scaling_layer
-        self.net = model.net
-        self.backbone_dtype = model.backbone_dtype
+        self.model = model
         self.num_layers = len(model.lins)
         self.eval()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = self.net(self.scaling_layer(image).to(self.backbone_dtype))
-        return tuple(unit_normalize(f.float()) for f in features)
+        return tuple(self.model.normalized_features(image))
 
 
 def head_weights(model: PerceptualDistance) -> list[np.ndarray]:

@@ -2,8 +2,9 @@
 mean) on top of a backbone from the variant table.
 
 Inputs are RGB ``[N, 3, H, W]`` in ``[-1, 1]``. ``in0`` and ``in1`` may have different batch sizes when one of them
-is 1: both go through the backbone as one batch of ``N0 + N1`` images, so a single reference is computed once and
-broadcast against many candidates.
+is 1. Each goes through the backbone on its own, as upstream runs them: a single reference is computed once and
+broadcast against many candidates, and the exported graph has no Concat of the inputs and no Slice of each layer's
+activations to undo it.
 """
 
 from __future__ import annotations
@@ -50,9 +51,8 @@ class LinearWeights(nn.Module):
         return self.model(x)
 
 
-def paired_difference(features: torch.Tensor, n0: int) -> torch.Tensor:
-    """``features[:n0] - features[n0:]``: in0's rows against in1's, a batch of 1 broadcast against the other."""
-    first, second = features[:n0], features[n0:]
+def paired_difference(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``first - second``: in0's rows against in1's, a batch of 1 broadcast against the other."""
     if torch.compiler.is_exporting():
         # torch.export (the dynamo ONNX exporter) takes implicit broadcasting between two symbolic batch sizes as
         # N0 == N1 and would merge the two batch axes. Expanding both sides to max(N0, N1) states the contract
@@ -128,14 +128,15 @@ class PerceptualDistance(nn.Module):
         names = ["dist"] + (["dist_layers"] if self.layers else []) + (["dist_map"] if self.spatial else [])
         return names + (list(layer_map_outputs(len(self.lins))) if self.layer_maps else [])
 
+    def normalized_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Scaling, backbone and unit normalisation: each layer's features ``[N, C_l, H_l, W_l]`` as the head compares
+        them (float32 whatever the backbone runs in)."""
+        features = self.net(self.scaling_layer(images).to(self.backbone_dtype))
+        return [unit_normalize(f.float()) for f in features]
+
     def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n0 = in0.shape[0]
-        scaled = self.scaling_layer(torch.cat([in0, in1], dim=0))
-        features = self.net(scaled.to(self.backbone_dtype))
-        layer_maps = []
-        for feature, lin in zip(features, self.lins, strict=True):
-            feature = unit_normalize(feature.float())
-            layer_maps.append(lin(paired_difference(feature, n0) ** 2))
+        pairs = zip(self.normalized_features(in0), self.normalized_features(in1), self.lins, strict=True)
+        layer_maps = [lin(paired_difference(first, second) ** 2) for first, second, lin in pairs]
 
         layer_means = [m.mean(dim=[2, 3]) for m in layer_maps]  # each [N, 1]
         total = layer_means[0]
