@@ -20,6 +20,7 @@ the original way took four strips of conv1 three rows deep (a third of conv1's w
 
 from __future__ import annotations
 
+import copy
 from itertools import pairwise
 
 import torch
@@ -119,3 +120,11 @@ def fuse_for_export(model: PerceptualDistance) -> PerceptualDistance:
                 layers._modules[first] = FusedConvBlur(conv, blur)
                 layers._modules[second] = nn.Identity()
     return model
+
+
+def export_copy(model: PerceptualDistance, fuse: bool = True) -> PerceptualDistance:
+    """The copy of ``model`` a file's graph is traced from (the reference itself stays untouched, to verify the
+    graph against): channel sums per image (``PerceptualDistance.sum_channels_per_image``) and, with ``fuse``,
+    conv1 fused with its BlurPool."""
+    exported = copy.deepcopy(model).sum_channels_per_image()
+    return fuse_for_export(exported) if fuse else exported

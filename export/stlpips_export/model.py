@@ -63,10 +63,16 @@ def paired_difference(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor
     return first - second
 
 
-def unit_normalize(features: torch.Tensor, eps: float = NORMALIZE_EPS) -> torch.Tensor:
-    """Divide each spatial position's channel vector by its L2 norm (plus ``eps``, as the released weights expect)."""
-    norm = torch.sqrt(torch.sum(features**2, dim=1, keepdim=True))
-    return features / (norm + eps)
+def unit_normalize(features: torch.Tensor, eps: float = NORMALIZE_EPS, ones: torch.Tensor | None = None) \
+        -> torch.Tensor:
+    """Divide each spatial position's channel vector by its L2 norm (plus ``eps``, as the released weights expect).
+
+    The sum of squares over the channels is ``torch.sum`` (as upstream computes it), or, given ``ones``
+    (``[1, C, 1, 1]``), a 1x1 convolution with it: what exported graphs compute (:meth:`PerceptualDistance.
+    sum_channels_per_image`)."""
+    squares = features**2
+    total = torch.sum(squares, dim=1, keepdim=True) if ones is None else F.conv2d(squares, ones)
+    return features / (torch.sqrt(total) + eps)
 
 
 class PerceptualDistance(nn.Module):
@@ -91,7 +97,19 @@ class PerceptualDistance(nn.Module):
         self.lins = [getattr(self, f"lin{i}") for i in range(len(self.net.channels))]
         self.weights_sha256 = ""  # set by build_model; recorded in the exported file's metadata
         self.weights_origin = ""
+        self.per_image_sums = False  # sum_channels_per_image()
         self.eval()
+
+    def sum_channels_per_image(self) -> PerceptualDistance:
+        """Sum each position's squared channels with a 1x1 convolution of ones instead of ``torch.sum`` (for the
+        graph a file holds; the reference keeps ``torch.sum``). onnxruntime's CPU ``ReduceSum`` over the channels
+        adds them in one order for a batch of one image and another for several (the last bit of an image's
+        features moved by up to 1.2e-7, alex-st 64x64), and each input runs its own backbone pass, so a pair
+        alone and the same pair in a batch would differ; a ``Conv`` sums every image the same way in any batch."""
+        for index, lin in enumerate(self.lins):
+            self.register_buffer(f"channel_ones{index}", torch.ones(1, lin.model[0].weight.shape[1], 1, 1))
+        self.per_image_sums = True
+        return self
 
     def load_checkpoint(self, state_dict: Mapping[str, torch.Tensor], origin: str = "checkpoint") -> None:
         """Load upstream-format weights. Every learned parameter must be present with its shape; constant buffers
@@ -132,7 +150,8 @@ class PerceptualDistance(nn.Module):
         """Scaling, backbone and unit normalisation: each layer's features ``[N, C_l, H_l, W_l]`` as the head compares
         them (float32 whatever the backbone runs in)."""
         features = self.net(self.scaling_layer(images).to(self.backbone_dtype))
-        return [unit_normalize(f.float()) for f in features]
+        return [unit_normalize(f.float(), ones=getattr(self, f"channel_ones{index}") if self.per_image_sums else None)
+                for index, f in enumerate(features)]
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pairs = zip(self.normalized_features(in0), self.normalized_features(in1), self.lins, strict=True)
