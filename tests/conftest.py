@@ -79,7 +79,7 @@ def int8_sibling_folder(exported_model, tmp_path_factory: pytest.TempPathFactory
     from stlpips_export.onnx_export import read_metadata, set_metadata
     from stlpips_rt.contract import Key
 
-    fp32 = exported_model("alex", "st")
+    fp32 = exported_model("alex", "st", exporter="torchscript")  # the quantizer finds the backbone by its names
     folder = tmp_path_factory.mktemp("int8")
     shutil.copy(fp32, folder / fp32.name)
     graph = quantize_backbone(onnx.load(str(fp32)), builtin_calibration(count=16))

@@ -98,6 +98,24 @@ def test_fast_loads_the_int8_sibling_and_says_so(int8_sibling_folder):
     assert np.max(np.abs(d_exact - d_fast)) < 0.1
 
 
+def test_an_int8_image_gets_the_same_quantization_on_either_input(int8_sibling_folder):
+    """Each input has its own backbone pass, each pass its own quantizers: calibrated on the same images, they
+    hold the same scales, so swapping the two images of a pair gives the same bits."""
+    import onnx
+    from onnx import numpy_helper
+
+    from stlpips_rt import Scorer
+
+    graph = onnx.load(str(int8_sibling_folder / "stlpips_alex_st_int8.onnx"))
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    scales = [constants[n.input[1]].item() for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(scales) == 8 and scales[:4] == scales[4:], scales
+    fast = Scorer(int8_sibling_folder / "stlpips_alex_st_int8.onnx", providers="cpu")
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 256, (2, 48, 56, 3), dtype=np.uint8)
+    assert fast.score(a, b) == fast.score(b, a)
+
+
 def test_without_an_int8_file_fast_on_the_cpu_provider_stays_float32(exported_model):
     from stlpips_rt import Scorer
 
