@@ -37,10 +37,10 @@ def random_pairs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def float64_distance(model: torch.nn.Module, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The model's forward pass (stlpips_export.model.PerceptualDistance) with every operation in float64."""
     m = copy.deepcopy(model).double()
-    scaled = m.scaling_layer(torch.cat([torch.from_numpy(a).double(), torch.from_numpy(b).double()]))
+    first, second = (m.net(m.scaling_layer(torch.from_numpy(x).double())) for x in (a, b))
     total = torch.zeros(len(a), 1, dtype=torch.float64)
-    for feature, lin in zip(m.net(scaled), m.lins, strict=True):
-        total = total + lin(paired_difference(unit_normalize(feature), len(a)) ** 2).mean(dim=[2, 3])
+    for f0, f1, lin in zip(first, second, m.lins, strict=True):
+        total = total + lin(paired_difference(unit_normalize(f0), unit_normalize(f1)) ** 2).mean(dim=[2, 3])
     return total[:, 0].numpy()
 
 

@@ -67,6 +67,28 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
 
 
 @pytest.fixture(scope="session")
+def int8_sibling_folder(exported_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with alex-st and an int8 file beside it, which ``precision="fast"`` picks on the CPU provider. The
+    int8 graph is written here without its gate (graphs of this small calibration miss it, docs/int8.md): for the
+    runtime's routing and what it records, not for accuracy."""
+    import shutil
+
+    import onnx
+
+    from stlpips_export.int8 import builtin_calibration, quantize_backbone
+    from stlpips_export.onnx_export import read_metadata, set_metadata
+    from stlpips_rt.contract import Key
+
+    fp32 = exported_model("alex", "st", exporter="torchscript")  # the quantizer finds the backbone by its names
+    folder = tmp_path_factory.mktemp("int8")
+    shutil.copy(fp32, folder / fp32.name)
+    graph = quantize_backbone(onnx.load(str(fp32)), builtin_calibration(count=16))
+    set_metadata(graph, {**read_metadata(fp32), Key.PRECISION: "int8"})
+    onnx.save(graph, str(folder / "stlpips_alex_st_int8.onnx"))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for every Ray test: 2 logical CPUs, a small object store, no dashboard, every port on
     127.0.0.1 (stlpips_rt.scale.ray_env.start_local). Workers get this process's import path, so they run the

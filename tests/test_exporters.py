@@ -84,12 +84,33 @@ def test_blurpool_is_a_grouped_conv_with_a_constant_binomial_filter(exported_mod
             assert weight.shape == (group, 1, 3, 3)
             np.testing.assert_allclose(weight[0, 0], np.outer([1, 2, 1], [1, 2, 1]) / 16.0, rtol=1e-7)
             groups.append(group)
-    # Fused alex-st: conv1's BlurPool on the four border strips, then after pool1 (64) and pool2 (192).
-    assert groups == [64] * 5 + [192]
+    # Fused alex-st: conv1's BlurPool is inside the fused 13x13 convolution (its border is copies and one extra
+    # row/column, fusion.py); the BlurPools after pool1 (64) and pool2 (192) remain, once per input's backbone.
+    assert sorted(groups) == [64, 64, 192, 192]
     pads = [n for n in graph.node if n.op_type == "Pad"]
     modes = [next((a.s for a in n.attribute if a.name == "mode"), b"constant") for n in pads]
     assert modes.count(b"reflect") == len(groups)
     assert all(n.domain in ("", "ai.onnx") for n in graph.node), "no custom operators"
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_each_input_has_its_own_backbone_pass(exported_model, exporter: str) -> None:
+    """No Concat of in0 and in1 into one batch, no Slice of each layer's activations back into the two: every
+    Concat joins along height or width (the fused border) and no Slice cuts the batch axis."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(exported_model("alex", "st", exporter=exporter)))).graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.input, *graph.value_info, *graph.output)}
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                      if n.op_type == "Constant" and n.attribute[0].name == "value"})
+    activations = [n for n in graph.node if n.input and ranks.get(n.input[0]) == 4]  # shape arithmetic aside
+    concats = [n for n in activations if n.op_type == "Concat"]
+    assert concats, "the fused border is assembled by Concat along height and width"
+    for node in concats:
+        assert next(a.i for a in node.attribute if a.name == "axis") in (2, 3, -1, -2), node.name
+    slices = [n for n in activations if n.op_type == "Slice"]
+    for node in slices:
+        axes = constants[node.input[3]].tolist() if len(node.input) > 3 else [0, 1, 2, 3]
+        assert 0 not in axes, f"{node.name} slices the batch axis"
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from stlpips_rt import resolve_model
-from stlpips_rt.contract import Key, ModelSpec
+from stlpips_rt.contract import ModelSpec
 from stlpips_rt.precision import FastPath, fast_path, session_mode
 
 #: Small enough for CI; the real gate scores 2000 (docs/int8.md). The graph must still clear 99.5% on these.
@@ -80,26 +80,6 @@ def test_the_gate_passes_matching_rankings_and_fails_flipped_ones():
     assert "FAIL" in report.summary()
 
 
-@pytest.fixture(scope="module")
-def int8_sibling_folder(exported_model, tmp_path_factory):
-    """A folder with alex-st and an int8 file beside it. The test writes the int8 graph itself, without its gate
-    (graphs of this quantizer miss the gate, docs/int8.md): it exercises the runtime's routing, not accuracy."""
-    import shutil
-
-    import onnx
-
-    from stlpips_export.int8 import builtin_calibration, quantize_backbone
-    from stlpips_export.onnx_export import read_metadata, set_metadata
-
-    fp32 = exported_model("alex", "st")
-    folder = tmp_path_factory.mktemp("int8")
-    shutil.copy(fp32, folder / fp32.name)
-    graph = quantize_backbone(onnx.load(str(fp32)), builtin_calibration(count=16))
-    set_metadata(graph, {**read_metadata(fp32), Key.PRECISION: "int8"})
-    onnx.save(graph, str(folder / "stlpips_alex_st_int8.onnx"))
-    return folder
-
-
 def test_fast_loads_the_int8_sibling_and_says_so(int8_sibling_folder):
     from stlpips_rt import Scorer
 
@@ -116,6 +96,24 @@ def test_fast_loads_the_int8_sibling_and_says_so(int8_sibling_folder):
     d_exact, d_fast = exact.score_many(ref, candidates), fast.score_many(ref, candidates)
     assert list(np.argsort(d_exact)) == list(np.argsort(d_fast)) == [0, 1, 2]
     assert np.max(np.abs(d_exact - d_fast)) < 0.1
+
+
+def test_an_int8_image_gets_the_same_quantization_on_either_input(int8_sibling_folder):
+    """Each input has its own backbone pass, each pass its own quantizers: calibrated on the same images, they
+    hold the same scales, so swapping the two images of a pair gives the same bits."""
+    import onnx
+    from onnx import numpy_helper
+
+    from stlpips_rt import Scorer
+
+    graph = onnx.load(str(int8_sibling_folder / "stlpips_alex_st_int8.onnx"))
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    scales = [constants[n.input[1]].item() for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(scales) == 8 and scales[:4] == scales[4:], scales
+    fast = Scorer(int8_sibling_folder / "stlpips_alex_st_int8.onnx", providers="cpu")
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 256, (2, 48, 56, 3), dtype=np.uint8)
+    assert fast.score(a, b) == fast.score(b, a)
 
 
 def test_without_an_int8_file_fast_on_the_cpu_provider_stays_float32(exported_model):

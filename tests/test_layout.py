@@ -1,15 +1,18 @@
-"""The code's shape: no import cycles, a ground floor that imports nothing above it, a docstring that opens every
-module, and a Scorer whose constructor stays small while the 0.1 keywords still work (with a warning)."""
+"""The code's shape: no import cycles, a ground floor that imports nothing above it, a runtime that never imports the
+export stage, a docstring that opens every module (the rules: tests/layout_rules.py, each tried here on a small
+tree that breaks it), and a Scorer whose constructor stays small while the 0.1 keywords still work (with a
+warning)."""
 
 from __future__ import annotations
 
-import ast
 import inspect
 import pydoc
 import re
+import textwrap
 import warnings
 from pathlib import Path
 
+import layout_rules as rules
 import numpy as np
 import pytest
 
@@ -21,124 +24,90 @@ PACKAGES = {"stlpips_rt": ROOT / "runtime" / "stlpips_rt", "stlpips_export": ROO
 GROUND_FLOOR = {"stlpips_rt.errors", "stlpips_rt.contract", "stlpips_rt.variants", "stlpips_rt.precision"}
 
 
-def _modules() -> dict[str, Path]:
-    found = {}
-    for package, folder in PACKAGES.items():
-        for path in folder.rglob("*.py"):
-            parts = [package, *path.relative_to(folder).with_suffix("").parts]
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
-def _source(node: ast.ImportFrom, package: str) -> str:
-    """The absolute module a ``from ... import`` in ``package`` reads from."""
-    if not node.level:
-        return node.module or ""
-    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-    return ".".join(base + ([node.module] if node.module else []))
-
-
-def _is_type_checking(node: ast.If) -> bool:
-    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-
-
-def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Modules of ours that ``name`` imports anywhere (functions too), but not under ``if TYPE_CHECKING:``; the
-    top-level packages' own ``__init__`` (the public facade) is not counted as a target."""
-    tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)
-            for n in ast.walk(node)}
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    targets: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.Import):
-            targets |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            source = _source(node, package)
-            for alias in node.names:
-                child = f"{source}.{alias.name}"
-                targets.add(child if child in modules else source)
-    return {t for t in targets if t in modules and t not in PACKAGES and t != name}
-
-
-def _graph() -> dict[str, set[str]]:
-    modules = _modules()
-    return {name: _imports(name, path, modules) for name, path in modules.items()}
-
-
-def _internal_from_imports(name: str, path: Path) -> list[tuple[str, str, int]]:
-    """(source module, imported name, line) of every ``from ours import x`` in ``name``, functions included."""
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            source = _source(node, package)
-            if source.split(".")[0] in PACKAGES:
-                found += [(source, alias.name, node.lineno) for alias in node.names]
-    return found
-
-
 def test_every_internal_import_names_something_that_exists() -> None:
-    """Imports inside functions run only when called: a module moved under them fails late, so check them all."""
-    modules = _modules()
-    broken = []
-    for name, path in modules.items():
-        for source, imported, line in _internal_from_imports(name, path):
-            if f"{source}.{imported}" in modules:
-                continue
-            if source not in modules:
-                broken.append(f"{path.name}:{line}: no module {source}")
-                continue
-            tree = ast.parse(modules[source].read_text())
-            defined = {n.name for n in ast.walk(tree)
-                       if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
-            defined |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-            defined |= {a.asname or a.name.split(".")[0] for n in ast.walk(tree)
-                        if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names}
-            if imported not in defined:
-                broken.append(f"{name} line {line}: {source} has no {imported}")
+    broken = rules.broken_imports(PACKAGES)
     assert not broken, "\n".join(broken)
 
 
 def test_no_import_cycles_in_runtime_or_export() -> None:
-    graph = _graph()
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    cycles = []
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                cycles.append(" -> ".join(path[path.index(nxt):] + [node, nxt]) if nxt in path else f"{node}->{nxt}")
-            elif nxt not in state:
-                visit(nxt, path + [node])
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node, [])
-    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+    found = rules.cycles(rules.import_graph(PACKAGES), set(PACKAGES))
+    assert not found, "import cycles:\n" + "\n".join(found)
 
 
 def test_ground_floor_imports_nothing_above_it() -> None:
-    graph = _graph()
-    above = {name: sorted(graph[name] - GROUND_FLOOR) for name in GROUND_FLOOR}
-    assert all(not targets for targets in above.values()), above
+    above = rules.floor_violations(rules.import_graph(PACKAGES), GROUND_FLOOR)
+    assert not above, above
 
 
 def test_the_runtime_never_imports_the_export_stage() -> None:
-    graph = _graph()
-    leaks = {name: sorted(t for t in targets if t.startswith("stlpips_export"))
-             for name, targets in graph.items() if name.startswith("stlpips_rt")}
-    assert not any(leaks.values()), leaks
+    found = rules.leaks(rules.import_graph(PACKAGES), "stlpips_rt", "stlpips_export")
+    assert not found, found
 
 
 def test_every_module_opens_with_what_it_is_for() -> None:
-    missing = [name for name, path in _modules().items()
-               if not ast.get_docstring(ast.parse(path.read_text())) and path.stat().st_size > 0]
+    missing = rules.without_docstring(PACKAGES)
     assert not missing, f"modules without a docstring: {missing}"
+
+
+# --- the rules, on a small tree that breaks each of them ---------------------------------------------------------
+SMALL_TREE = {
+    "low/__init__.py": '"""Facade."""\nfrom .floor import A\nfrom .mid import B\n',
+    "low/floor.py": '"""Floor."""\nimport up\nA = 1\n',  # a top-level import of the other package
+    "low/base.py": '"""Floor too."""\nfrom low import B\n',  # the facade: above the floor
+    "low/typed.py": '"""Floor, typing only."""\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n'
+                    '    from .mid import B\n',
+    "low/mid.py": '"""Mid."""\nfrom . import floor\nfrom .sub.deep import C\nB = 2\n',
+    "low/sub/__init__.py": "",
+    "low/sub/deep.py": '"""Deep."""\nC = 3\n\ndef late():\n    from ..mid import B\n    from ..mid import Z\n'
+                       '    from up.tool import T\n    return B\n',
+    "up/__init__.py": '"""Up."""\n',
+    "up/tool.py": "T = 4\n",
+}
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("layout")
+    for name, text in SMALL_TREE.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(textwrap.dedent(text))
+    return {"low": root / "low", "up": root / "up"}
+
+
+def test_rules_see_every_kind_of_import(small_tree: dict[str, Path]) -> None:
+    graph = rules.import_graph(small_tree)
+    assert graph["low.floor"] == {"up"}  # ``import up``: the top-level package counts
+    assert graph["low.base"] == {"low"}  # ``from low import B``: the facade
+    assert graph["low.typed"] == set()  # under TYPE_CHECKING: not an import at run time
+    assert graph["low.mid"] == {"low.floor", "low.sub.deep"}  # relative, a module and a name from one
+    assert graph["low.sub.deep"] == {"low.mid", "up.tool"}  # inside a function, two levels up, the other package
+    assert graph["low"] == {"low.floor", "low.mid"}
+
+
+def test_rules_find_a_cycle_but_not_through_the_facade(small_tree: dict[str, Path]) -> None:
+    graph = rules.import_graph(small_tree)
+    assert rules.cycles(graph, set(small_tree)) == ["low.mid -> low.sub.deep -> low.mid"]
+    assert rules.cycles({"a": {"b"}, "b": set(), "p": {"a"}}, {"p"}) == []
+    assert rules.cycles({"a": {"a"}}, set()) == ["a -> a"]
+
+
+def test_rules_find_a_floor_that_imports_above_it(small_tree: dict[str, Path]) -> None:
+    graph = rules.import_graph(small_tree)
+    assert rules.floor_violations(graph, {"low.floor", "low.base", "low.typed"}) == {
+        "low.floor": ["up"], "low.base": ["low"]}
+    assert rules.floor_violations(graph, {"low.typed"}) == {}
+
+
+def test_rules_find_the_lower_package_importing_the_upper(small_tree: dict[str, Path]) -> None:
+    graph = rules.import_graph(small_tree)
+    assert rules.leaks(graph, "low", "up") == {"low.floor": ["up"], "low.sub.deep": ["up.tool"]}
+    assert rules.leaks(graph, "up", "low") == {}
+    assert rules.leaks({"lowx.a": {"up"}, "low.b": {"upper"}}, "low", "up") == {}  # prefixes are not packages
+
+
+def test_rules_find_broken_imports_and_missing_docstrings(small_tree: dict[str, Path]) -> None:
+    assert rules.broken_imports(small_tree) == ["low.sub.deep line 6: low.mid has no Z"]
+    assert rules.without_docstring(small_tree) == ["up.tool"]  # an empty __init__.py needs none
 
 
 def test_scorer_constructor_stays_small() -> None:

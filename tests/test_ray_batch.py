@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from refusals import refused_fields
 from sample_images import write_image
 
 from stlpips_rt import Scorer, StlpipsError
@@ -118,6 +119,24 @@ def test_one_reference_uses_the_broadcast_graph_exactly(ray_cluster, model, scor
     expected = reference(scorer, [ref] * len(dists), dists, broadcast=True)
     assert [got[str(d)] for d in dists] == expected
     assert expected == [float(v) for v in scorer.score_many(ref, dists)]  # the Scorer's own broadcast call
+
+
+def test_the_actor_runs_the_broadcast_graph_for_one_reference(model, images) -> None:
+    """What score_dataset's actor (PairScorer) runs, counted by its Scorer: with ``ref`` one broadcast run per Ray
+    batch (the reference once against the batch), without it runs of pairs only."""
+    import pyarrow as pa
+
+    from stlpips_rt.scale.batch import PairScorer, ScoringOptions, _ScorerSpec
+
+    spec = _ScorerSpec.from_options(ScoringOptions(model=model, providers="cpu", batch_size=BATCH))
+    dists = [str(images / "dists" / f"p{i:03d}.png") for i in range(12) if i % 5 != 4]
+    table = pa.table({"ref": [str(images / "refs" / "p000.png")] * len(dists), "dist": dists})
+    broadcast = PairScorer(spec, "ref", "dist", ref=str(images / "refs" / "p000.png"))
+    pairwise = PairScorer(spec, "ref", "dist")
+    a, b = broadcast(table), pairwise(table)
+    assert broadcast.scorer.runs == {"broadcast": 1, "pairs": 0}
+    assert pairwise.scorer.runs == {"broadcast": 0, "pairs": 1}
+    assert a.column("distance").to_pylist() == b.column("distance").to_pylist()  # the same bits either way
 
 
 def test_map_pairs_runs_a_function_per_pair_and_keeps_going(ray_cluster, model, scorer, images) -> None:
@@ -260,12 +279,37 @@ def test_resume_after_an_interruption_scores_only_what_is_missing(ray_cluster, m
     for r in first:
         if r["status"] == "ok":
             assert fresh[(r["ref"], r["dist"])] == r["distance"]  # kept, not rescored
-    # The resumed run chunks only the remaining pairs (as the plain command's --resume does), so its numbers are
-    # compared by status here; exactness is the other tests' business.
+    # The resumed run chunks only the remaining pairs; a pair's distance does not depend on its batch
+    # (docs/reproducibility.md), so the kept and the new rows are the reference's bits.
     expected = reference(scorer, [p.ref_path for p in pairs],
                          [p.dist_path if p.dist_path.exists() else None for p in pairs])
-    assert [r["status"] for r in rows] == ["error" if e is None else "ok" for e in expected]
-    assert np.allclose([r["distance"] or 0 for r in rows], [e or 0 for e in expected], rtol=0, atol=1e-7)
+    assert [r["distance"] for r in rows] == expected
+
+
+def test_resume_on_ray_refuses_another_set_up_before_starting(ray_cluster, model, images, tmp_path) -> None:
+    """The output of a plain run, resumed on Ray with another --resize or model file: refused (exit 2, naming
+    what differs) and left byte for byte, before any actor starts."""
+    import onnx
+
+    pairs_csv = _pairs_csv(images, 6, "pairs6.csv")
+    out = tmp_path / "rows.parquet"
+    first = CliRunner().invoke(score_cli, ["--model", str(model), "--providers", "cpu", "--pairs", str(pairs_csv),
+                                           "-o", str(out), "-q"])
+    assert first.exit_code == 1, first.output  # the missing.png row
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    copy = tmp_path / "copy" / model.name
+    copy.parent.mkdir()
+    proto = onnx.load(str(model))
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "note": "a copy"})
+    onnx.save(proto, str(copy))
+    for args, field in ((["--resize", "48"], "resize"), ([], "model.sha256")):
+        chosen = str(copy) if field == "model.sha256" else str(model)
+        res = CliRunner().invoke(score_cli, ["--model", chosen, "--providers", "cpu", "--pairs", str(pairs_csv),
+                                             "-o", str(out), "--engine", "ray", "--resume", "-q",
+                                             *args])
+        assert res.exit_code == 2, res.output
+        assert set(refused_fields(res.stderr)) == {field}, res.stderr
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
 def test_importing_the_runtime_does_not_import_ray() -> None:

@@ -14,6 +14,8 @@ import io
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -60,13 +62,13 @@ def client(ray_cluster, model: Path):
     service.stop()
 
 
-def test_health_and_model_card(client: Client) -> None:
+def test_health_and_model_card(client: Client, model: Path) -> None:
     assert client.request("GET", "/healthz") == (200, {"status": "ok"})
     status, card = client.request("GET", "/v1/models")
     assert status == 200
     assert card["model"] == "alex-st" and card["provider"] == "cpu" and card["min_size"] == 21
     assert card["metadata"]["stlpips.net"] == "alex"
-    assert card["sha256"] == card["provenance"]["model"]["sha256"] and len(card["sha256"]) == 64
+    assert card["sha256"] == card["provenance"]["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert card["provenance"]["engine"]["name"] == "onnxruntime"
     assert card["limits"]["max_body_bytes"] == MAX_BODY
     assert card["batching"] == {"max_batch": 8, "batch_wait_ms": 5, "stacked": False}
@@ -85,8 +87,12 @@ def test_score_equals_the_scorer_bit_for_bit(client: Client, scorer: Scorer) -> 
 
 def test_score_many_uses_the_broadcast_graph_exactly(client: Client, scorer: Scorer) -> None:
     ref, dists = png(3), [png(10 + i) for i in range(5)]
+    before = client.request("GET", "/v1/models")[1]["replica_stats"]["graph_runs"]
     status, body = client.request("POST", "/v1/score_many", [("ref", ref)] + [("dist", d) for d in dists])
     assert status == 200
+    after = client.request("GET", "/v1/models")[1]["replica_stats"]["graph_runs"]
+    # one run of the broadcast form (the reference once, five candidates), and no run of pairs
+    assert (after["broadcast"] - before["broadcast"], after["pairs"] - before["pairs"]) == (1, 0)
     expected = scorer.score_many(Image.open(io.BytesIO(ref)), [Image.open(io.BytesIO(d)) for d in dists])
     assert body["distances"] == [json_distance(v) for v in expected]
     assert body["model_sha256"] == hashlib.sha256(scorer.info.path.read_bytes()).hexdigest()[:16]
@@ -245,12 +251,9 @@ def test_openapi_lists_every_route_with_its_request_and_answer_shapes(client: Cl
     status, content_type, data = client.raw("GET", "/openapi.json")
     assert status == 200 and content_type.startswith("application/json")
     doc = json.loads(data)
-    try:
-        from openapi_spec_validator import validate  # only where it is installed; not a dependency
-    except ImportError:
-        validate = None
-    if validate is not None:
-        validate(doc)
+    from openapi_spec_validator import validate  # the [dev] extra
+
+    validate(doc)  # raises on any departure from the OpenAPI 3.1 specification
     assert doc["openapi"].startswith("3.") and doc["info"]["title"] == "stlpips-serve"
     for ref in refs(doc):  # every reference resolves
         resolve(doc, ref)
@@ -809,3 +812,27 @@ def test_grpc_errors_carry_their_status_codes(triton_grpc) -> None:
         triton_grpc.get_inference_statistics("alex-st")
     assert error.value.status() == "StatusCode.UNIMPLEMENTED"
     assert triton_grpc.is_server_live()  # and the front goes on
+
+
+# --- the API tested from its own schema (schemathesis) -----------------------------------------------------------
+SCHEMATHESIS_CONFIG = Path(__file__).with_name("schemathesis.toml")
+
+
+def test_every_answer_fits_the_schema_and_none_is_a_5xx(client: Client, tmp_path: Path) -> None:
+    """schemathesis generates requests from /openapi.json, /v1 and /v2 (valid and invalid forms and tensors,
+    random bytes as images; a bounded number per operation, the same on every run: tests/schemathesis.toml) and
+    checks every answer: no 5xx, a documented status code, content type and headers, a body valid against its
+    schema, invalid requests refused. Run as its command line tool, on 127.0.0.1."""
+    cli = Path(sys.executable).with_name("schemathesis")
+    assert cli.is_file(), "schemathesis is not installed: pip install 'stlpips-deploy[dev]' (scripts/setup.sh does)"
+    report = tmp_path / "schemathesis.json"
+    done = subprocess.run([str(cli), "--config-file", str(SCHEMATHESIS_CONFIG), "run",
+                           f"http://{HOST}:{client.port}/openapi.json", "--phases", "examples,coverage,fuzzing",
+                           "--report", "json", "--report-json-path", str(report), "--no-color"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=10 * TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
+    result = json.loads(report.read_text())
+    operations = sum(len(ops) for ops in json.loads(client.raw("GET", "/openapi.json")[2])["paths"].values())
+    assert result["operations"]["tested"] == operations and result["complete"], result["operations"]
+    assert result["failures"] == [] and result["errors"] == []
+    assert result["test_cases"]["generated"] >= 25 * operations, result["test_cases"]

@@ -56,10 +56,32 @@ def test_bytes_elements_binary_and_base64() -> None:
                                                         "data": ["not base64!"]}]}).encode(), None)
 
 
+def test_null_optional_fields_count_as_absent() -> None:
+    """The schema (/openapi.json) lets every optional field be null, as clients that write None send them: what
+    schemathesis found refused with 400 ("parameters" must be an object)."""
+    doc = {"id": None, "parameters": None, "outputs": None,
+           "inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [0.5], "parameters": None}]}
+    parsed = oip.parse_infer_request(json.dumps(doc).encode(), None)
+    assert (parsed.id, parsed.parameters, parsed.outputs) == (None, {}, {})
+    np.testing.assert_array_equal(parsed.inputs["a"].data, np.array([0.5], np.float32))
+    body, length = binary_request([("a", "FP32", [1], np.float32(0.5).tobytes())],
+                                  outputs=[{"name": "dist", "parameters": None}])
+    head = json.loads(body[:int(length)])
+    head["inputs"][0]["data"] = None
+    text = json.dumps(head).encode()
+    parsed = oip.parse_infer_request(text + np.float32(0.5).tobytes(), str(len(text)))
+    assert parsed.outputs == {"dist": False} and parsed.inputs["a"].data.tolist() == [0.5]
+    with pytest.raises(RequestError, match="no \"data\" and no parameters.binary_data_size"):
+        oip.parse_infer_request(json.dumps({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1],
+                                                        "data": None}]}).encode(), None)
+
+
 @pytest.mark.parametrize(("doc", "words"), [
     ([], "not an object"),
     ({"inputs": [{"datatype": "FP32", "shape": [1], "data": [0]}]}, "needs a \"name\""),
     ({"inputs": [{"name": "a", "datatype": "FP33", "shape": [1], "data": [0]}]}, "datatype 'FP33' is not one"),
+    ({"inputs": [{"name": "a", "datatype": {}, "shape": [1], "data": [0]}]}, "datatype {} is not one"),  # was a 500
+    ({"inputs": [{"name": "a", "datatype": ["FP32"], "shape": [1], "data": [0]}]}, "datatype ['FP32'] is not one"),
     ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [-1], "data": [0]}]}, "non-negative integers"),
     ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [2], "data": [[0], [1, 2]]}]}, "of one shape"),
     ({"inputs": [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [256]}]}, "whole numbers from 0 to 255"),

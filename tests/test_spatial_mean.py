@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from stlpips_export.errors import ParityError
 from stlpips_export.spatial_mean import levels_for_stride, replace_spatial_means
-from stlpips_export.verify import CaseResult, ParityReport
+from stlpips_export.verify import CaseResult, ParityReport, spatial_mean_error
 from stlpips_rt.precision import SPATIAL_MEAN_MAX_REL
 from stlpips_rt.tiling import Window
 
@@ -84,3 +84,57 @@ def test_the_gate_refuses_an_inaccurate_mean_and_says_so() -> None:
     assert not report.passed
     with pytest.raises(ParityError, match="spatial mean is 6e-07 relative from a float64 mean"):
         report.raise_if_failed("stlpips_alex_st.onnx")
+
+
+def toy_distance_graph(scale: float = 1.0) -> onnx.ModelProto:
+    """A graph with the contract's inputs, two layer maps (the channel sum of squared differences, and its 2x2
+    average pool) and ``dist``: the sum of their float32 ReduceMeans, times ``scale`` (an error put in on purpose)."""
+    def mean(name: str, out: str) -> onnx.NodeProto:
+        return helper.make_node("ReduceMean", [name, "axes"], [out], keepdims=0)
+
+    nodes = [
+        helper.make_node("Sub", ["in0", "in1"], ["diff"]),
+        helper.make_node("Mul", ["diff", "diff"], ["squared"]),
+        helper.make_node("ReduceSum", ["squared", "channel"], ["layer_map0"], keepdims=1),
+        helper.make_node("AveragePool", ["layer_map0"], ["layer_map1"], kernel_shape=[2, 2], strides=[2, 2]),
+        mean("layer_map0", "mean0"), mean("layer_map1", "mean1"),
+        helper.make_node("Add", ["mean0", "mean1"], ["sum"]),
+        helper.make_node("Mul", ["sum", "scale"], ["scaled"]),
+        helper.make_node("Squeeze", ["scaled", "one"], ["dist"]),
+    ]
+    images = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, "H", "W"]) for n in ("in0", "in1")]
+    outputs = [helper.make_tensor_value_info("dist", TensorProto.FLOAT, ["N"])]
+    outputs += [helper.make_tensor_value_info(f"layer_map{i}", TensorProto.FLOAT, ["N", 1, None, None]) for i in (0, 1)]
+    constants = [numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+                 numpy_helper.from_array(np.array([1], np.int64), "channel"),
+                 numpy_helper.from_array(np.array([1], np.int64), "one"),
+                 numpy_helper.from_array(np.array(scale, np.float32), "scale")]
+    graph = helper.make_graph(nodes, "toy", images, outputs, constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+class RecordingSession:
+    """An onnxruntime session that keeps what each run was given and gave back."""
+
+    def __init__(self, graph: onnx.ModelProto) -> None:
+        self.session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        self.runs: list[tuple[dict[str, np.ndarray], list[np.ndarray]]] = []
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self.session.run(names, feeds)
+        self.runs.append((feeds, outputs))
+        return outputs
+
+
+def test_the_gate_measures_the_mean_against_a_float64_mean_of_the_layer_maps() -> None:
+    """spatial_mean_error on a graph whose float32 means are off by a known factor: it returns that factor's error,
+    and exactly what this test computes in float64 from the very maps the graph returned."""
+    for scale, low, high in ((1 + 3e-6, 2.5e-6, 3.5e-6), (1 - 4e-5, 3.9e-5, 4.1e-5), (1.0, 0.0, 2e-7)):
+        session = RecordingSession(toy_distance_graph(scale))
+        measured = spatial_mean_error(session, ["layer_map0", "layer_map1"], 96, 128)
+        assert low <= measured <= high, (scale, measured)
+        (feeds, (dist, map0, map1)), = session.runs
+        assert feeds["in0"].shape == feeds["in1"].shape == (1, 3, 96, 128)
+        assert not np.array_equal(feeds["in0"], feeds["in1"])
+        exact = map0.astype(np.float64).mean() + map1.astype(np.float64).mean()
+        assert measured == pytest.approx(abs(float(dist[0]) - exact) / exact, rel=1e-9, abs=1e-15)

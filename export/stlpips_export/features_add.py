@@ -4,7 +4,6 @@ features graph through :mod:`.features_export` with the pair export's own steps 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import onnx
@@ -14,7 +13,7 @@ from stlpips_rt.precision import tolerance as tolerance_of
 
 from .errors import InvalidOptionError
 from .features_export import FeaturesResult, export_features
-from .fusion import fuse_for_export
+from .fusion import export_copy
 from .model import build_model
 from .onnx_export import _write_features, simplify
 
@@ -34,7 +33,7 @@ def add_features(pair_path: Path, weights: str | None = None, tolerance: float |
     if model.weights_sha256 != meta.get(Key.WEIGHTS_SHA256):
         raise InvalidOptionError(f"{pair_path.name} was exported from other weights (sha256 "
                                  f"{meta.get(Key.WEIGHTS_SHA256, '?')[:12]}...); pass them with --weights")
-    exported = fuse_for_export(copy.deepcopy(model)) if spec.fused else copy.deepcopy(model)
+    exported = export_copy(model, fuse=spec.fused)
     return export_features(model, exported, spec, meta, pair_path.parent, meta[Key.EXPORTER], int(meta[Key.OPSET]),
                            int(meta[Key.MIN_SIZE]), tolerance or tolerance_of("fp32").max_abs, pair_graph, simplify,
                            _write_features)

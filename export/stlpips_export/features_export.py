@@ -7,14 +7,13 @@ over layers) is a weighted squared Euclidean distance the runtime computes for m
 Runtime) and the PyTorch reference within the float32 parity tolerance, on the parity cases, before anything is
 written.
 
-The graph sums each position's squared channels for the unit normalisation with a 1x1 convolution of ones rather
-than a ``ReduceSum``: onnxruntime's CPU ReduceSum over the channels of a batch of one image adds the channel rows
-one after another, and of a batch of several images runs a matrix product with a ones vector, so an image's
-features moved in their last bit (up to 1.2e-7 on alex-st 64x64) between a batch of one and any larger batch (the
-pair graph never runs a batch of one through its backbone: ``in0`` and ``in1`` are one batch). A ``Conv`` sums
-each image the same way in any batch: measured 0 of 660 (image, layer) outputs moved over six sizes from 21x21 to
-256x256, batches of 1-5, every position, 1 and 2 threads. The export checks it on the parity cases and then
-stamps ``stlpips.features_batch = invariant``, which lets the runtime stack images into batches.
+Like the pair graph, this one sums each position's squared channels for the unit normalisation with a 1x1
+convolution of ones (:meth:`~.model.PerceptualDistance.sum_channels_per_image`) rather than a ``ReduceSum``:
+onnxruntime's CPU ReduceSum over the channels adds a batch of one image in another order than a batch of several,
+so an image's features moved in their last bit (up to 1.2e-7 on alex-st 64x64) between a batch of one and a larger
+one. A ``Conv`` sums each image the same way in any batch: measured 0 of 660 (image, layer) outputs moved over six
+sizes from 21x21 to 256x256, batches of 1-5, every position, 1 and 2 threads. The export checks it on the parity
+cases and then stamps ``stlpips.features_batch = invariant``, which lets the runtime stack images into batches.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from stlpips_rt.precision import error_stats
 
 from .errors import ParityError
 from .exporters import _quiet, check_opset
-from .model import NORMALIZE_EPS, PerceptualDistance
+from .model import PerceptualDistance
 from .verify import parity_cases
 
 #: Pair-graph metadata copied into the features graph (what it computes, and from which weights and tools).
@@ -54,30 +53,18 @@ UP_TO_DATE_KEYS = (Key.WEIGHTS_SHA256, Key.TOOLKIT_VERSION, Key.TORCH_VERSION, K
                    Key.STATIC_HW, Key.NET, Key.VARIANT)
 
 
-def unit_normalize_per_image(features: torch.Tensor, ones: torch.Tensor) -> torch.Tensor:
-    """The pair model's unit normalisation (``x / (sqrt(sum_c x^2) + eps)``) with the channel sum as a 1x1
-    convolution with ``ones`` (``[1, C, 1, 1]``), so each image's sum is the same bits in any batch (module doc)."""
-    norm = torch.sqrt(torch.nn.functional.conv2d(features**2, ones))
-    return features / (norm + NORMALIZE_EPS)
-
-
 class FeatureExtractor(nn.Module):
     """Scaling, backbone and unit normalisation of a :class:`PerceptualDistance`: ``image [N, 3, H, W]`` ->
     ``feat_l [N, C_l, H_l, W_l]``, exactly the tensors the pair model subtracts."""
 
     def __init__(self, model: PerceptualDistance) -> None:
         super().__init__()
-        self.scaling_layer = model.scaling_layer
-        self.net = model.net
-        self.backbone_dtype = model.backbone_dtype
+        self.model = model
         self.num_layers = len(model.lins)
-        for index, lin in enumerate(model.lins):
-            self.register_buffer(f"ones{index}", torch.ones(1, lin.model[0].weight.shape[1], 1, 1))
         self.eval()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = self.net(self.scaling_layer(image).to(self.backbone_dtype))
-        return tuple(unit_normalize_per_image(f.float(), getattr(self, f"ones{i}")) for i, f in enumerate(features))
+        return tuple(self.model.normalized_features(image))
 
 
 def head_weights(model: PerceptualDistance) -> list[np.ndarray]:

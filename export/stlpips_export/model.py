@@ -2,8 +2,9 @@
 mean) on top of a backbone from the variant table.
 
 Inputs are RGB ``[N, 3, H, W]`` in ``[-1, 1]``. ``in0`` and ``in1`` may have different batch sizes when one of them
-is 1: both go through the backbone as one batch of ``N0 + N1`` images, so a single reference is computed once and
-broadcast against many candidates.
+is 1. Each goes through the backbone on its own, as upstream runs them: a single reference is computed once and
+broadcast against many candidates, and the exported graph has no Concat of the inputs and no Slice of each layer's
+activations to undo it.
 """
 
 from __future__ import annotations
@@ -50,9 +51,8 @@ class LinearWeights(nn.Module):
         return self.model(x)
 
 
-def paired_difference(features: torch.Tensor, n0: int) -> torch.Tensor:
-    """``features[:n0] - features[n0:]``: in0's rows against in1's, a batch of 1 broadcast against the other."""
-    first, second = features[:n0], features[n0:]
+def paired_difference(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``first - second``: in0's rows against in1's, a batch of 1 broadcast against the other."""
     if torch.compiler.is_exporting():
         # torch.export (the dynamo ONNX exporter) takes implicit broadcasting between two symbolic batch sizes as
         # N0 == N1 and would merge the two batch axes. Expanding both sides to max(N0, N1) states the contract
@@ -63,10 +63,16 @@ def paired_difference(features: torch.Tensor, n0: int) -> torch.Tensor:
     return first - second
 
 
-def unit_normalize(features: torch.Tensor, eps: float = NORMALIZE_EPS) -> torch.Tensor:
-    """Divide each spatial position's channel vector by its L2 norm (plus ``eps``, as the released weights expect)."""
-    norm = torch.sqrt(torch.sum(features**2, dim=1, keepdim=True))
-    return features / (norm + eps)
+def unit_normalize(features: torch.Tensor, eps: float = NORMALIZE_EPS, ones: torch.Tensor | None = None) \
+        -> torch.Tensor:
+    """Divide each spatial position's channel vector by its L2 norm (plus ``eps``, as the released weights expect).
+
+    The sum of squares over the channels is ``torch.sum`` (as upstream computes it), or, given ``ones``
+    (``[1, C, 1, 1]``), a 1x1 convolution with it: what exported graphs compute (:meth:`PerceptualDistance.
+    sum_channels_per_image`)."""
+    squares = features**2
+    total = torch.sum(squares, dim=1, keepdim=True) if ones is None else F.conv2d(squares, ones)
+    return features / (torch.sqrt(total) + eps)
 
 
 class PerceptualDistance(nn.Module):
@@ -91,7 +97,19 @@ class PerceptualDistance(nn.Module):
         self.lins = [getattr(self, f"lin{i}") for i in range(len(self.net.channels))]
         self.weights_sha256 = ""  # set by build_model; recorded in the exported file's metadata
         self.weights_origin = ""
+        self.per_image_sums = False  # sum_channels_per_image()
         self.eval()
+
+    def sum_channels_per_image(self) -> PerceptualDistance:
+        """Sum each position's squared channels with a 1x1 convolution of ones instead of ``torch.sum`` (for the
+        graph a file holds; the reference keeps ``torch.sum``). onnxruntime's CPU ``ReduceSum`` over the channels
+        adds them in one order for a batch of one image and another for several (the last bit of an image's
+        features moved by up to 1.2e-7, alex-st 64x64), and each input runs its own backbone pass, so a pair
+        alone and the same pair in a batch would differ; a ``Conv`` sums every image the same way in any batch."""
+        for index, lin in enumerate(self.lins):
+            self.register_buffer(f"channel_ones{index}", torch.ones(1, lin.model[0].weight.shape[1], 1, 1))
+        self.per_image_sums = True
+        return self
 
     def load_checkpoint(self, state_dict: Mapping[str, torch.Tensor], origin: str = "checkpoint") -> None:
         """Load upstream-format weights. Every learned parameter must be present with its shape; constant buffers
@@ -128,14 +146,16 @@ class PerceptualDistance(nn.Module):
         names = ["dist"] + (["dist_layers"] if self.layers else []) + (["dist_map"] if self.spatial else [])
         return names + (list(layer_map_outputs(len(self.lins))) if self.layer_maps else [])
 
+    def normalized_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Scaling, backbone and unit normalisation: each layer's features ``[N, C_l, H_l, W_l]`` as the head compares
+        them (float32 whatever the backbone runs in)."""
+        features = self.net(self.scaling_layer(images).to(self.backbone_dtype))
+        return [unit_normalize(f.float(), ones=getattr(self, f"channel_ones{index}") if self.per_image_sums else None)
+                for index, f in enumerate(features)]
+
     def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n0 = in0.shape[0]
-        scaled = self.scaling_layer(torch.cat([in0, in1], dim=0))
-        features = self.net(scaled.to(self.backbone_dtype))
-        layer_maps = []
-        for feature, lin in zip(features, self.lins, strict=True):
-            feature = unit_normalize(feature.float())
-            layer_maps.append(lin(paired_difference(feature, n0) ** 2))
+        pairs = zip(self.normalized_features(in0), self.normalized_features(in1), self.lins, strict=True)
+        layer_maps = [lin(paired_difference(first, second) ** 2) for first, second, lin in pairs]
 
         layer_means = [m.mean(dim=[2, 3]) for m in layer_maps]  # each [N, 1]
         total = layer_means[0]

@@ -6,7 +6,6 @@ to a temporary name and renamed only after verification, so a failed export leav
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import time
@@ -26,7 +25,7 @@ from stlpips_rt.tiling import geometry_metadata
 from . import __version__
 from .errors import InvalidOptionError, SimplifyError, UnknownModelError
 from .exporters import DEFAULT_EXPORTER, DEFAULT_OPSETS, check_opset, default_opset, export_graph
-from .fusion import fuse_for_export
+from .fusion import export_copy
 from .geometry import layer_windows
 from .memory import measure_bytes_per_pixel
 from .model import PerceptualDistance, build_model
@@ -142,10 +141,7 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         if options.static_hw and min(options.static_hw) < min_size:
             raise InvalidOptionError(f"--static {options.static_hw[0]}x{options.static_hw[1]} is below this "
                                      f"model's minimum input size {min_size}x{min_size}")
-        # The graph is traced from a separate copy, so the reference it is verified against stays untouched.
-        exported = copy.deepcopy(model)
-        if options.fuse:
-            exported = fuse_for_export(exported)
+        exported = export_copy(model, fuse=options.fuse)
         if options.fp16:
             exported = exported.half_backbone()
     with _step("trace", timings, progress):

@@ -20,6 +20,7 @@ from .engine.device_run import DeviceRunner, check_float_range, device_pair
 from .engine.device_tensors import DeviceArray
 from .engine.model_files import info_from_session, resolve_model
 from .engine.options import ProviderOptions, SessionConfig
+from .engine.profiling import OperatorProfile, profile_session
 from .engine.providers import SHORT_NAMES, engine_of
 from .engine.routing import route
 from .engine.session import build_session
@@ -110,6 +111,7 @@ class Scorer:
         try:
             mode = precision_modes.session_mode(precision, spec.precision if spec else "fp32")
             self._session_args = (chosen, dataclasses.replace(self.config, precision=mode), not _is_auto(providers))
+            self._routed_path = path
             built = build_session(path, *self._session_args)
             self._session, path = built.session, built.path
         except StlpipsError:
@@ -136,6 +138,8 @@ class Scorer:
         self._tiles_lock = threading.Lock()
         self._tiles_graph: tuple[Any, tiling.ModelGeometry] | None = None
         self._features_graph: tuple[Any, Any] | None = None  # (run, matrix.FeatureModel), on first use
+        self._runs_lock = threading.Lock()
+        self._runs = {"pairs": 0, "broadcast": 0}
 
     def __repr__(self) -> str:
         return (f"Scorer(model={self.info.path.name!r}, provider={self.provider!r}, "
@@ -214,9 +218,29 @@ class Scorer:
         in1 = np.ascontiguousarray(in1, dtype=np.float32)
         return self._infer(in0, in1, outputs)
 
+    @property
+    def runs(self) -> dict[str, int]:
+        """Graph runs on the host so far, by form: ``broadcast`` (one reference, in0 of batch 1, against several
+        candidates: its features computed once for the run) and ``pairs`` (every other run)."""
+        with self._runs_lock:
+            return dict(self._runs)
+
+    def operator_profile(self, in0: Any, in1: Any, runs: int = 10, warmup: int = 2) -> OperatorProfile:
+        """Where this Scorer's time goes, by operator type, on one batch (float32 ``[N0, 3, H, W]`` and
+        ``[N1, 3, H, W]`` in [-1, 1], as :meth:`run_arrays` takes them): a second session like this one, with the
+        engine's profiler on (onnxruntime's, or OpenVINO's performance counters), runs it ``warmup`` times, then
+        ``runs`` timed times. ``stlpips-bench --profile`` prints it."""
+        chosen, config, explicit = self._session_args
+        session = build_session(self._routed_path, chosen, dataclasses.replace(config, profile=True), explicit).session
+        in0 = np.ascontiguousarray(in0, dtype=np.float32)
+        in1 = np.ascontiguousarray(in1, dtype=np.float32)
+        return profile_session(session, lambda s: self._infer(in0, in1, ("dist",), session=s), runs, warmup)
+
     def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str], session: Any = None) \
             -> list[np.ndarray]:
         session = session or self._session
+        with self._runs_lock:
+            self._runs["broadcast" if len(in0) == 1 < len(in1) else "pairs"] += 1
         try:
             if self._io_binding:
                 binding = session.io_binding()

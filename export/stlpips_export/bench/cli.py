@@ -32,10 +32,16 @@ from .worker import TORCH_SIDES
 UPSTREAM = "upstream"
 #: The tuned PyTorch peer: upstream's model on channels_last tensors (worker.py).
 TUNED = "tuned"
-#: The fast path's PyTorch peer: ``tuned`` in bfloat16 autocast (worker.py).
+#: ``tuned`` in bfloat16 autocast (worker.py).
 TUNED_BF16 = "tuned-bf16"
+#: The strongest float32 PyTorch peer, exact mode's: ``tuned`` under torch.compile with inductor freezing.
+COMPILED = "compiled"
+#: The strongest reduced-precision PyTorch peer, fast mode's: ``compiled`` in bfloat16 autocast.
+COMPILED_BF16 = "compiled-bf16"
 DEFAULT_SHAPES = "64:1,16,50;256:1,4"
 QUICK_SHAPES = "64:1,16;256:1"
+#: --profile's configurations when --shapes is not given.
+PROFILE_SHAPES = "64:16;256:4"
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Measurement:
     latencies: list[float] = field(default_factory=list)
     round_pairs_per_s: list[float] = field(default_factory=list)
     error: str | None = None
+    first_call: float | None = None  # seconds; a compiled peer compiles this configuration's graph in it
 
     @property
     def pairs_per_s(self) -> float:
@@ -123,18 +130,20 @@ def parse_shapes(text: str) -> list[tuple[int, list[int]]]:
 
 
 def default_sides(providers: str = "all", int8_files: bool = False) -> list[str]:
-    """upstream, the tuned PyTorch peer, reference, and the runtime on each of ``providers`` ("all": every
-    available one), fast too where it differs from exact (with ``int8_files``, fast on a CPU engine runs them)."""
+    """upstream, the tuned and compiled PyTorch peers, reference, and the runtime on each of ``providers`` ("all":
+    every available one), fast too where it differs from exact (with ``int8_files``, fast on a CPU engine runs
+    them)."""
     from stlpips_rt.engine.providers import available_providers, resolve_providers
     from stlpips_rt.precision import INT8_ENGINES, has_fast_mode
 
-    sides = [UPSTREAM, TUNED, "reference"]
+    sides = [UPSTREAM, TUNED, COMPILED, "reference"]
     for provider in available_providers() if providers == "all" else resolve_providers(providers):
         sides.append(f"runtime:{provider}:exact")
         if has_fast_mode(provider) or (int8_files and provider in INT8_ENGINES):
             sides.append(f"runtime:{provider}:fast")  # elsewhere "fast" runs float32: the same run as exact
     if any(s.endswith(":fast") for s in sides):
-        sides.insert(2, TUNED_BF16)  # a reduced-precision runtime side gets PyTorch's reduced precision as its peer
+        # a reduced-precision runtime side gets PyTorch's reduced precision as its peers
+        sides[3:3] = [TUNED_BF16, COMPILED_BF16]
     return sides
 
 
@@ -197,20 +206,13 @@ import json, resource, time
 import numpy as np
 import torch
 from stlpips_rt.io.images import to_model_input
-torch.set_num_threads({threads})
-{load}
+from stlpips_export.bench.worker import TorchSide
+side = TorchSide({side!r}, {threads})
 rng = np.random.default_rng(0)
-a, b = (torch.from_numpy(to_model_input(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))) for _ in range(2))
-with torch.inference_mode():
-    model(a, b)
+a, b = (to_model_input(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(2))
+side.prepare({net!r}, a, b)()
 print(json.dumps({{"t": time.time(), "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
 """
-_LOADERS = {
-    UPSTREAM: 'from stlpips_export.upstream import load_upstream\nmodel = load_upstream("{net}", "shift_tolerant")',
-    TUNED: 'from stlpips_export.upstream import load_upstream\nmodel = load_upstream("{net}", "shift_tolerant")'
-           '.to(memory_format=torch.channels_last)',
-    "reference": 'from stlpips_export.model import build_model\nmodel = build_model("{net}", "st").eval()',
-}
 
 
 def cold_start(side: str, net: str, threads: int, models_dir: Path | None) -> tuple[float, float]:
@@ -220,7 +222,7 @@ def cold_start(side: str, net: str, threads: int, models_dir: Path | None) -> tu
         code = _COLD_RUNTIME.format(net=net, provider=provider, precision=precision, threads=threads,
                                     models_dir=str(models_dir) if models_dir else None)
     else:
-        code = _COLD_TORCH.format(threads=threads, load=_LOADERS[side].format(net=net))
+        code = _COLD_TORCH.format(side=side, net=net, threads=threads)
     start = time.time()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
@@ -260,8 +262,7 @@ def log(message: str) -> None:
                    "exist for the ST variants only).")
 @click.option("--shapes", default=None, help=f"SIZE:BATCH,...;SIZE:... (default {DEFAULT_SHAPES}).")
 @click.option("--sides", default=None,
-              help="comma-separated: upstream, tuned, tuned-compiled, tuned-bf16, reference, "
-                   "runtime:<provider>:<exact|fast> "
+              help=f"comma-separated: {', '.join(TORCH_SIDES)}, runtime:<provider>:<exact|fast> "
                    "(provider auto: as Scorer picks it; default: all available).")
 @click.option("--rounds", default=None, type=int, help="alternating rounds per configuration (default 3; quick 1).")
 @click.option("--seconds", default=None, type=float,
@@ -273,17 +274,24 @@ def log(message: str) -> None:
 @models_dir_option()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/bench"), show_default=True,
               help="folder for bench.md and bench.json.")
+@click.option("--profile", is_flag=True,
+              help=f"measure where the time goes instead: per operator type, for each runtime side of --sides "
+                   f"(default: every available provider, exact and fast) and each configuration of --shapes "
+                   f"(default {PROFILE_SHAPES}); writes profile.md and profile.json into --out.")
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="measure nothing: re-render bench.md from an earlier run's bench.json into --out.")
 def main(quick: bool, nets: str, models: tuple[str, ...], shapes: str | None, sides: str | None, rounds: int | None,
          seconds: float | None,
          cold_runs: int | None, no_broadcast: bool, providers: str, threads: int | None, models_dir: Path | None,
-         out_dir: Path, from_json: Path | None) -> None:
+         out_dir: Path, profile: bool, from_json: Path | None) -> None:
     """Benchmark ST-LPIPS: upstream eager PyTorch, the project's PyTorch reference, the runtime per provider.
 
     `stlpips-bench serve --help`: the scoring service under load (concurrency sweep, overhead, soak)."""
     from .report import markdown
 
+    if profile:
+        run_profile(quick, nets, shapes, sides, providers, threads, models_dir, out_dir)
+        return
     if from_json is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         report = json.loads(from_json.read_text())
@@ -346,10 +354,10 @@ def main(quick: bool, nets: str, models: tuple[str, ...], shapes: str | None, si
             report["peaks_gops"] = workers[torch_side].ask(op="peaks", n=n, repeats=3 if quick else 5)["peaks"]
             log("peaks (torch matmul, GOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["peaks_gops"].items()))
         flops: dict[str, int] = {}
-        if "reference" in workers:
+        if torch_side is not None:
             for net in net_list:
                 for size, _ in shape_list:
-                    reply = workers["reference"].ask(op="flops", net=net, size=size)
+                    reply = workers[torch_side].ask(op="flops", net=net, size=size)
                     if "flops" in reply:
                         flops[f"{net}-st@{size}"] = reply["flops"]
         report["flops_per_pair"] = flops
@@ -360,6 +368,7 @@ def main(quick: bool, nets: str, models: tuple[str, ...], shapes: str | None, si
                         for batch in batches if batch > 1]
         configs.sort(key=lambda c: (c[0], c[1], c[2], c[3] != "plain"))
         details: dict[str, str] = {}
+        arithmetic: dict[str, str] = {}
         report["machine"]["load_samples"] = []
         for net, size, batch, mode in configs:
             report["machine"]["load_samples"].append(os.getloadavg()[0])
@@ -378,18 +387,22 @@ def main(quick: bool, nets: str, models: tuple[str, ...], shapes: str | None, si
                         log(f"  {side}: {m.error}")
                         continue
                     details[side] = reply["detail"]
+                    arithmetic[side] = reply["arithmetic"]
+                    if "first_call" in reply:
+                        m.first_call = reply["first_call"]
                     m.latencies += reply["latencies"]
                     m.round_pairs_per_s.append(batch * len(reply["latencies"]) / sum(reply["latencies"]))
             measurements += row.values()
             log(f"{net}-st {size}x{size} batch {batch} {mode}: " + ", ".join(
                 f"{s} {row[s].pairs_per_s:.1f}" for s in side_list) + " pairs/s")
         report["side_details"] = details
+        report["side_arithmetic"] = arithmetic
     finally:
         for worker in workers.values():
             worker.close()
 
     colds: list[ColdStart] = []
-    cold_sides = [s for s in side_list if s in (UPSTREAM, TUNED) or s.startswith("runtime:")]
+    cold_sides = [s for s in side_list if s in (UPSTREAM, TUNED, COMPILED) or s.startswith("runtime:")]
     for net in net_list if cold_runs else []:
         entries = {side: ColdStart(side, net) for side in cold_sides}
         for rep in range(cold_runs):
@@ -428,3 +441,32 @@ def main(quick: bool, nets: str, models: tuple[str, ...], shapes: str | None, si
     (out_dir / "bench.md").write_text(md)
     click.echo(md)
     log(f"wrote {out_dir}/bench.md and bench.json in {report['wall_seconds']:.0f} s")
+
+
+def run_profile(quick: bool, nets: str, shapes: str | None, sides: str | None, providers: str, threads: int | None,
+                models_dir: Path | None, out_dir: Path) -> None:
+    """``--profile``: per-operator kernel time of each runtime side (bench/profile.py)."""
+    from . import profile
+
+    threads = threads or os.cpu_count() or 1
+    side_list = [s.strip() for s in sides.split(",")] if sides else default_sides(providers)
+    runtime_sides = [s for s in side_list if s.startswith("runtime:")]
+    if not runtime_sides:
+        raise click.BadParameter("--profile measures runtime sides (runtime:<provider>:<exact|fast>)",
+                                 param_hint="--sides")
+    runs = 3 if quick else 10
+    report: dict[str, Any] = {
+        "command": "stlpips-bench " + " ".join(sys.argv[1:]),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_average_start": os.getloadavg()},
+        "versions": _versions(), "threads": threads, "runs": runs,
+    }
+    report["profiles"] = profile.profile_sides(
+        runtime_sides, [n.strip() for n in nets.split(",") if n.strip()], parse_shapes(shapes or PROFILE_SHAPES),
+        threads, models_dir.resolve() if models_dir else None, runs, log)
+    report["machine"]["load_average_end"] = os.getloadavg()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "profile.json").write_text(json.dumps(report, indent=1) + "\n")
+    md = profile.markdown(report)
+    (out_dir / "profile.md").write_text(md)
+    click.echo(md)
+    log(f"wrote {out_dir}/profile.md and profile.json")

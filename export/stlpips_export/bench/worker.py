@@ -1,17 +1,17 @@
 """A benchmark worker: one side in its own process, driven by JSON lines on stdin, answering on stdout.
 
-Run as ``python -m stlpips_export.bench.worker SIDE THREADS [MODELS_DIR]``. SIDE is ``upstream`` (eager, contiguous
-NCHW tensors: as its users run it), ``tuned`` (the same upstream model on ``channels_last`` tensors: the one-line
-PyTorch tuning), ``tuned-compiled`` (``tuned`` under ``torch.compile``), ``tuned-bf16`` (``tuned`` under
-``torch.autocast("cpu", dtype=torch.bfloat16)``: PyTorch's own reduced precision, the peer of ``fast``),
-``reference`` or
-``runtime:<provider>:<precision>`` (provider ``auto`` lets the runtime choose, as ``Scorer`` does). Requests (one
-JSON object per line):
+Run as ``python -m stlpips_export.bench.worker SIDE THREADS [MODELS_DIR]``. SIDE is a PyTorch peer of
+:data:`TORCH_PEERS` (upstream's model as its users run it, with the few lines of tuning a user would add, or the
+project's reference) or ``runtime:<provider>:<precision>`` (provider ``auto`` lets the runtime choose, as ``Scorer``
+does). Requests (one JSON object per line):
 
 - ``{"op": "time", "net": "alex", "size": 64, "batch": 16, "mode": "plain"|"broadcast", "seconds": 1.0,
-  "warmup": 2, "min_calls": 3}`` -> ``{"latencies": [s, ...], "detail": "..."}``: warm-up calls, then calls
-  until ``seconds`` have passed (at least ``min_calls``), each timed on its own.
-- ``{"op": "flops", "net": "alex", "size": 64}`` (reference only) -> FLOPs of one plain pair.
+  "warmup": 2, "min_calls": 3}`` -> ``{"latencies": [s, ...], "detail": "...", "first_call": s}``: warm-up calls,
+  then calls until ``seconds`` have passed (at least ``min_calls``), each timed on its own. ``first_call`` is the
+  first warm-up call's time, the first time a configuration is asked for: a compiled peer's compile time.
+- ``{"op": "flops", "net": "alex", "size": 64}`` (a PyTorch side) -> FLOPs of one plain pair, counted on the
+  project's reference.
+- ``{"op": "peaks", "n": 2048, "repeats": 5}`` (a PyTorch side) -> the machine's matrix-product peaks.
 - ``{"op": "exit"}``.
 
 Inputs are seeded uniform noise in [-1, 1], identical on every side. "broadcast" scores one reference against
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,32 +37,58 @@ def make_inputs(size: int, batch: int, mode: str) -> tuple[np.ndarray, np.ndarra
     return in0, in1
 
 
-#: PyTorch sides: upstream as its users run it, the tuned peer (channels_last, optionally compiled, or in bfloat16
-#: autocast: the fast path's peer), the reference.
-TORCH_SIDES = ("upstream", "tuned", "tuned-compiled", "tuned-bf16", "reference")
+@dataclass(frozen=True)
+class TorchPeer:
+    """A PyTorch side: which model, and the tuning a user adds in a few lines."""
+
+    description: str
+    channels_last: bool = False  # model and inputs in channels_last (the inputs arrive that way, untimed)
+    compiled: bool = False  # torch.compile (inductor) with freezing, one graph per input shape
+    bf16: bool = False  # torch.autocast("cpu", dtype=torch.bfloat16): PyTorch's own reduced precision
+    reference: bool = False  # the project's PyTorch reference instead of upstream stlpips_pytorch
+
+
+#: Every PyTorch side, as rows of configuration. ``compiled`` is the strongest float32 PyTorch a user gets in three
+#: lines and ``compiled-bf16`` the strongest reduced precision: the peers the runtime's exact and fast modes are
+#: held to (report.py).
+TORCH_PEERS: dict[str, TorchPeer] = {
+    "upstream": TorchPeer("upstream stlpips_pytorch, eager, contiguous NCHW (as its users run it)"),
+    "tuned": TorchPeer("upstream, eager, channels_last", channels_last=True),
+    "tuned-bf16": TorchPeer("upstream, eager, channels_last, bfloat16 autocast", channels_last=True, bf16=True),
+    "compiled": TorchPeer("upstream, torch.compile (inductor, freezing), channels_last", channels_last=True,
+                          compiled=True),
+    "compiled-bf16": TorchPeer("upstream, torch.compile (inductor, freezing), channels_last, bfloat16 autocast",
+                               channels_last=True, compiled=True, bf16=True),
+    "reference": TorchPeer("the project's PyTorch reference, eager", reference=True),
+}
+TORCH_SIDES = tuple(TORCH_PEERS)
 
 
 class TorchSide:
-    """Upstream ``stlpips_pytorch`` (eager, as its users run it, or tuned), or the project's PyTorch reference."""
+    """A :class:`TorchPeer` in this process."""
 
     def __init__(self, kind: str, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.torch, self.kind, self.models = torch, kind, {}
-        layout = "channels_last model and inputs" if kind.startswith("tuned") else "contiguous NCHW"
-        mode = "torch.compile (default mode)" if kind == "tuned-compiled" else "eager"
-        arithmetic = ('bfloat16 autocast (torch.autocast("cpu", dtype=torch.bfloat16))' if kind == "tuned-bf16"
-                      else "float32")
-        self.detail = f"PyTorch {torch.__version__} {mode}, {arithmetic}, {layout}, {threads} threads, inference_mode"
+        self.torch, self.kind, self.peer, self.models = torch, kind, TORCH_PEERS[kind], {}
+        if self.peer.compiled:
+            import torch._dynamo.config
+            import torch._inductor.config
 
-    @property
-    def channels_last(self) -> bool:
-        return self.kind.startswith("tuned")
+            # Weights folded into the compiled graph as constants: what inductor's docs advise for CPU inference.
+            torch._inductor.config.freezing = True
+            # One specialised graph per input shape, as a user serving a few fixed shapes gets; the default limit of
+            # 8 graphs per function would fall back to eager in a long run.
+            torch._dynamo.config.recompile_limit = 256
+            torch._dynamo.config.automatic_dynamic_shapes = False
+        self.detail = (f"PyTorch {torch.__version__}, {self.peer.description}, {threads} threads, "
+                       f"{'no_grad' if self.peer.compiled else 'inference_mode'}")
+        self.seen: set[tuple[str, tuple[int, ...], tuple[int, ...]]] = set()
 
     def model(self, net: str) -> Any:
         if net not in self.models:
-            if self.kind == "reference":
+            if self.peer.reference:
                 from ..model import build_model
 
                 model = build_model(net, "st").eval()
@@ -69,29 +96,33 @@ class TorchSide:
                 from ..upstream import load_upstream
 
                 model = load_upstream(net, "shift_tolerant")
-            if self.channels_last:
+            if self.peer.channels_last:
                 model = model.to(memory_format=self.torch.channels_last)
-            if self.kind == "tuned-compiled":
-                model = self.torch.compile(model)
+            if self.peer.compiled:
+                model = self.torch.compile(model, dynamic=False)
             self.models[net] = model
         return self.models[net]
 
     def prepare(self, net: str, in0: np.ndarray, in1: np.ndarray) -> Any:
         model, t0, t1 = self.model(net), self.torch.from_numpy(in0), self.torch.from_numpy(in1)
-        if self.channels_last:  # the user's tensors arrive in that layout; converting them is not timed
+        if self.peer.channels_last:  # the user's tensors arrive in that layout; converting them is not timed
             t0 = t0.contiguous(memory_format=self.torch.channels_last)
             t1 = t1.contiguous(memory_format=self.torch.channels_last)
-
-        autocast = self.kind == "tuned-bf16"
+        torch, bf16 = self.torch, self.peer.bf16
+        # Inductor's freezing runs under no_grad; inference_mode is the eager sides' fastest setting.
+        grad_off = torch.no_grad if self.peer.compiled else torch.inference_mode
 
         def call() -> np.ndarray:
-            with self.torch.inference_mode(), self.torch.autocast("cpu", dtype=self.torch.bfloat16,
-                                                                  enabled=autocast):
+            with grad_off(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = model(t0, t1)
             out = out[0] if isinstance(out, tuple) else out
             return out.reshape(-1).float().numpy()
 
         return call
+
+    def arithmetic(self, net: str) -> str:
+        """What the convolutions compute in: "bf16" under autocast, else "fp32"."""
+        return "bf16" if self.peer.bf16 else "fp32"
 
     def peaks(self, n: int, repeats: int) -> dict[str, float]:
         """Best GOP/s of an ``n x n`` matrix product in float32, bfloat16 and int8 (``torch._int_mm``: u8/s8 dot
@@ -112,10 +143,17 @@ class TorchSide:
         from torch.utils.flop_counter import FlopCounterMode
 
         in0, in1 = make_inputs(size, 1, "plain")
-        call = self.prepare(net, in0, in1)
-        with FlopCounterMode(display=False) as counter:
-            call()
+        model = build_reference(net)
+        with FlopCounterMode(display=False) as counter, self.torch.no_grad():
+            model(self.torch.from_numpy(in0), self.torch.from_numpy(in1))
         return int(counter.get_total_flops())
+
+
+def build_reference(net: str) -> Any:
+    """The project's PyTorch reference (ST variant): what FLOPs per pair are counted on."""
+    from ..model import build_model
+
+    return build_model(net, "st").eval()
 
 
 class RuntimeSide:
@@ -125,6 +163,7 @@ class RuntimeSide:
         self.provider, self.precision, self.threads, self.models_dir = provider, precision, threads, models_dir
         self.scorers: dict[str, Any] = {}
         self.detail = ""
+        self.seen: set[tuple[str, tuple[int, ...], tuple[int, ...]]] = set()
 
     def scorer(self, net: str) -> Any:
         import onnxruntime
@@ -142,6 +181,10 @@ class RuntimeSide:
             self.detail = (f"{engine}, provider {s.provider}, {s.precision} ({s.info.path.name}), {self.threads} "
                            "threads, public score_batch / score_many on float32 arrays")
         return self.scorers[net]
+
+    def arithmetic(self, net: str) -> str:
+        """What the scorer computes in (Scorer.precision: fp32, bf16, fp16, tf32 or int8)."""
+        return self.scorer(net).precision
 
     def prepare(self, net: str, in0: np.ndarray, in1: np.ndarray) -> Any:
         scorer = self.scorer(net)
@@ -185,15 +228,20 @@ def handle(side: TorchSide | RuntimeSide, request: dict[str, Any]) -> dict[str, 
     if op == "time":
         in0, in1 = make_inputs(request["size"], request["batch"], request["mode"])
         call = side.prepare(request["net"], in0, in1)
-        latencies = time_calls(call, request["seconds"], request["warmup"], request.get("min_calls", 3))
-        return {"latencies": latencies, "detail": side.detail}
+        reply: dict[str, Any] = {"detail": side.detail, "arithmetic": side.arithmetic(request["net"])}
+        key = (request["net"], in0.shape, in1.shape)
+        if key not in side.seen:  # the first call of a new shape: a compiled side compiles it here
+            side.seen.add(key)
+            reply["first_call"] = _seconds(call)
+        reply["latencies"] = time_calls(call, request["seconds"], request["warmup"], request.get("min_calls", 3))
+        return reply
     if op == "peaks":
         if not isinstance(side, TorchSide):
             raise ValueError("peaks are measured on a PyTorch side")
         return {"peaks": side.peaks(request["n"], request["repeats"])}
     if op == "flops":
         if not isinstance(side, TorchSide):
-            raise ValueError("FLOPs are counted on the PyTorch reference")
+            raise ValueError("FLOPs are counted on a PyTorch side (on the project's reference)")
         return {"flops": side.flops(request["net"], request["size"])}
     raise ValueError(f"unknown op {op!r}")
 

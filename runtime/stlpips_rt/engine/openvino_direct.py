@@ -47,7 +47,8 @@ class OpenVinoSession:
     ``get_providers`` as onnxruntime's session has them. Thread-safe: each thread gets its own infer request
     (one request must not run twice at once)."""
 
-    def __init__(self, path: Path, device: str, precision_hint: str, threads: int | None) -> None:
+    def __init__(self, path: Path, device: str, precision_hint: str, threads: int | None,
+                 profile: bool = False) -> None:
         import openvino
 
         core = openvino.Core()
@@ -67,6 +68,8 @@ class OpenVinoSession:
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if profile:  # per-node times for profiling_info() (engine/profiling.py)
+            config["PERF_COUNT"] = True
         try:
             self._compiled = core.compile_model(model, device, config)
         except Exception as exc:
@@ -88,6 +91,11 @@ class OpenVinoSession:
         by_name = {port.get_any_name(): value for port, value in results.items()}
         # The request reuses its output buffers on the next call: hand out copies.
         return [np.array(by_name[name], copy=True) for name in output_names]
+
+    def profiling_info(self) -> list[Any]:
+        """The calling thread's last run, node by node (``openvino.ProfilingInfo``; a session built with
+        ``profile=True`` has times in it)."""
+        return list(self._request().profiling_info)
 
     def get_inputs(self) -> list[_Port]:
         return self._inputs

@@ -89,6 +89,9 @@ class SessionConfig:
     cuda: CudaOptions = field(default_factory=CudaOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     openvino: OpenVinoOptions = field(default_factory=OpenVinoOptions)
+    #: Per-operator timing (onnxruntime's profiler, OpenVINO's performance counters): Scorer.operator_profile's
+    #: sessions only, never a scoring session (it costs time and, for onnxruntime, a trace file).
+    profile: bool = False
 
     @classmethod
     def build(cls, threads: int | None, precision: str, provider_options: Iterable[Any] = ()) -> SessionConfig:

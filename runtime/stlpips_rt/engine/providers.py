@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -211,6 +212,9 @@ def session_options(cfg: SessionConfig) -> ort.SessionOptions:
     if cfg.threads:
         opts.intra_op_num_threads = int(cfg.threads)
     opts.log_severity_level = int(os.environ.get("STLPIPS_ORT_LOG_LEVEL", "3"))
+    if cfg.profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"stlpips_profile_{os.getpid()}")
     return opts
 
 
@@ -223,7 +227,8 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
         raise ProviderError("OpenVINO can only be the first provider (it is attached per device); "
                             "use providers='openvino' (unsupported nodes fall back to the CPU provider)")
     if providers[0] == "openvino" and not openvino_through_plugin():
-        return OpenVinoSession(path, cfg.openvino.device, "bf16" if cfg.precision == "fast" else "f32", cfg.threads)
+        return OpenVinoSession(path, cfg.openvino.device, "bf16" if cfg.precision == "fast" else "f32", cfg.threads,
+                               profile=cfg.profile)
     if providers[0] == "openvino":
         devices, reason = _openvino_devices()
         wanted = [d for d in devices if d.ep_metadata.get("ov_device", "").upper().startswith(cfg.openvino.device)]

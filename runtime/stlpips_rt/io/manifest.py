@@ -25,6 +25,16 @@ PARQUET_KEY = "stlpips.provenance"
 RESUME_FIELDS = ("model.sha256", "precision", "provider", "resize")
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
+_READ_BYTES = 1 << 20  # how much of a file is hashed per read: speed only, the digest does not depend on it
+
+
+def content_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, read afresh every time (what the feature cache knows an image by)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_READ_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -32,11 +42,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = content_sha256(path)
     return _SHA_CACHE[key]
 
 

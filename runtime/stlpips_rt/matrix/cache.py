@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import time
@@ -26,6 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from ..io.manifest import content_sha256
 
 #: Default size limit of the cache: 2 GiB (about 690 alex-st feature rows of a 120x160 image, 3.1 MB each;
 #: 3,400 of 64x64; 199 of 256x256).
@@ -46,15 +49,6 @@ def default_cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("stlpips-deploy", appauthor=False)) / "features"
-
-
-def content_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes (what the cache knows an image by)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def entry_key(model_sha256: str, content: str, options: Mapping[str, object], engine: str) -> str:
@@ -186,15 +180,20 @@ class FeatureCache:
 
     def put(self, name: str, row: np.ndarray, hw: tuple[int, int]) -> None:
         entry = self._entry(name)
-        if entry is None or 4 * row.size > self.limit:
+        if entry is None:
             return
+        buffer = io.BytesIO()
+        np.savez(buffer, row=row, hw=np.asarray(hw, dtype=np.int64))
+        data = buffer.getvalue()
+        if len(data) > self.limit:
+            return  # an entry that alone would take the cache over its limit is not written
         self.folder.mkdir(parents=True, exist_ok=True)
         tag = self.folder / _TAG
         if not tag.exists():
             with contextlib.suppress(OSError):
                 tag.write_text(_TAG_TEXT)
         tmp = entry.with_name(f".{entry.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, row=row, hw=np.asarray(hw, dtype=np.int64))
+        tmp.write_bytes(data)
         os.replace(tmp, entry)
         sizes = self._entries()
         sizes[entry] = entry.stat().st_size

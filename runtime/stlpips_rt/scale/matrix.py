@@ -7,10 +7,11 @@
    owns (on the driver's node), so losing a worker node never loses features; a chunk whose actor died is retried
    (actors restart, calls are retried), and an image that fails to load is left out and named.
 2. Head: the matrix is cut into the same blocks as the local path (stlpips_rt.matrix.head.tasks, ``block``
-   images a side); each block is a task reading its rows from the object store. Ray retries a task whose worker
-   or node dies; the driver keeps the first result of each block (``blocks_done`` counts each block once), so
-   every block comes out exactly once and, with the same features and the same block cut, equal to the local
-   ``Scorer.matrix`` bit for bit on CPU.
+   images a side); each block is a task reading its rows from the object store. A block whose worker or node
+   dies is submitted again by the driver (Ray's own task retries are off, so that every lost block is counted
+   in ``block_retries``), at most :data:`MAX_BLOCK_ATTEMPTS` times; the driver keeps the first result of each
+   block (``blocks_done`` counts each block once), so every block comes out exactly once and, with the same
+   features and the same block cut, equal to the local ``Scorer.matrix`` bit for bit on CPU.
 
 Limits: features go through the driver's object store (the head node holds all of them: 632,576 bytes per 64x64
 alex-st image); the matrix is assembled in the driver's memory (or an ``out`` memmap).
@@ -36,6 +37,9 @@ from ..matrix.features import FeatureLayout
 from ..matrix.model import FeatureModel, features_path
 from .ray_env import ModelPayload, require_ray
 
+#: Attempts of one block (its first run included) before the job gives up on it: each lost attempt is a worker or
+#: node that died under it, which a few more nodes survive; a block that fails by itself fails at once.
+MAX_BLOCK_ATTEMPTS = 4
 
 @dataclass(frozen=True)
 class _WorkerSpec:
@@ -115,7 +119,7 @@ class MatrixResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     blocks: int = 0
     blocks_done: int = 0  # results kept: one per block
-    block_retries: int = 0  # block results that failed and were submitted again by the driver
+    block_retries: int = 0  # block attempts lost with their worker or node, and submitted again
     chunk_retries: int = 0
     block_nodes: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, col) start -> node that made it
     feature_seconds: float = 0.0
@@ -212,7 +216,7 @@ def score_matrix(images_: Sequence[str | os.PathLike[str]], model: str | os.Path
     n = m if col_loc is None else len(col_loc)
     matrix = np.zeros((m, n), dtype=np.float32) if out is None else out
     todo = head.tasks(m, None if col_loc is None else n, block)
-    block_fn = ray.remote(num_cpus=cpus_per_task, max_retries=5, retry_exceptions=False)(_block_task)
+    block_fn = ray.remote(num_cpus=cpus_per_task, max_retries=0)(_block_task)
 
     def submit(t: head.Task) -> Any:
         refs: list[Any] = []
@@ -236,17 +240,25 @@ def score_matrix(images_: Sequence[str | os.PathLike[str]], model: str | os.Path
         return block_fn.remote(weights_ref, t.same, rp, cp, *refs)
 
     running = {submit(t): t for t in todo}
+    attempts = {(t.rows.start, t.cols.start): 1 for t in todo}
     kept: set[tuple[int, int]] = set()
     while running:
         done, _ = ray.wait(list(running), num_returns=1)
         t = running.pop(done[0])
+        key = (t.rows.start, t.cols.start)
         try:
             values, node = ray.get(done[0])
-        except Exception:  # noqa: BLE001 - out of Ray's own retries: submit the block once more
+        except ray.exceptions.RayTaskError:  # the block itself failed: running it again fails again
+            raise
+        except ray.exceptions.RayError as exc:  # its worker or node died (or an object it read was lost)
+            if attempts[key] >= MAX_BLOCK_ATTEMPTS:
+                raise StlpipsError(f"block at rows {t.rows.start}, columns {t.cols.start} was lost "
+                                   f"{attempts[key]} times ({type(exc).__name__}); the cluster is losing workers "
+                                   "faster than it can score") from exc
+            attempts[key] += 1
             result.block_retries += 1
             running[submit(t)] = t
             continue
-        key = (t.rows.start, t.cols.start)
         if key in kept:
             continue
         kept.add(key)

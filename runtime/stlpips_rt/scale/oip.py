@@ -120,7 +120,9 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     binary_by_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_by_default, bool):
         raise RequestError("parameters.binary_data_output must be true or false")
-    raw_outputs = doc.get("outputs", [])
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is None:  # absent or null (the schema's optional fields may be null): dist
+        raw_outputs = []
     if not isinstance(raw_outputs, list):
         raise RequestError("\"outputs\" must be a list of {\"name\": ...}")
     for raw in raw_outputs:
@@ -153,7 +155,9 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _parameters(doc: dict, what: str) -> dict[str, Any]:
-    parameters = doc.get("parameters", {})
+    parameters = doc.get("parameters")
+    if parameters is None:  # absent or null: none
+        return {}
     if not isinstance(parameters, dict):
         raise RequestError(f"{what}: \"parameters\" must be an object")
     return parameters
@@ -170,13 +174,13 @@ def _input(raw: Any, index: int, binary: bytes, offset: int) -> tuple[Tensor, in
     shape = _checked_shape(name, datatype, shape)
     size = _parameters(raw, f"input {name!r}").get("binary_data_size")
     if size is not None:
-        if "data" in raw:
+        if raw.get("data") is not None:
             raise RequestError(f"input {name!r} has both \"data\" and parameters.binary_data_size; send one")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
             raise RequestError(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - offset} "
                                "bytes of binary data left after the JSON")
         return tensor_from_raw(name, datatype, shape, binary[offset:offset + size]), size
-    if "data" not in raw:
+    if raw.get("data") is None:
         raise RequestError(f"input {name!r} has no \"data\" and no parameters.binary_data_size")
     if datatype == BYTES:
         return _shaped(Tensor(name, datatype, shape, _bytes_from_json(raw["data"], name))), 0
@@ -202,7 +206,7 @@ def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: S
 
 
 def _checked_shape(name: str, datatype: str, shape: Sequence[int]) -> tuple[int, ...]:
-    if datatype != BYTES and datatype not in FIXED_DATATYPES:
+    if not isinstance(datatype, str) or (datatype != BYTES and datatype not in FIXED_DATATYPES):  # {} is no key
         raise RequestError(f"input {name!r}: datatype {datatype!r} is not one of the protocol's "
                            f"({', '.join([*FIXED_DATATYPES, BYTES])})")
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):

@@ -167,6 +167,9 @@ class ReplicaStats(BaseModel):
     batches: int = Field(description="Batches of single pairs (/v1/score, /v2 pairs) this replica ran.")
     pairs: int = Field(description="Pairs in them.")
     largest_batch: int = Field(description="Pairs in the largest one.")
+    graph_runs: dict[str, int] = Field(description="This replica's graph runs by form (Scorer.runs): `broadcast` "
+                                                   "(one reference against several images, /v1/score_many) and "
+                                                   "`pairs`.", examples=[{"pairs": 12, "broadcast": 3}])
 
 
 class ModelCard(BaseModel):
@@ -481,7 +484,7 @@ class ScoringService:
 
     @app.get("/v1/models", response_model=ModelCard, summary="The model, the limits and the batching")
     async def models(self) -> ModelCard:
-        return ModelCard(**self.card, replica_stats=ReplicaStats(**self.stats))
+        return ModelCard(**self.card, replica_stats=ReplicaStats(**self.stats, graph_runs=self.scorer.runs))
 
     @app.post("/v1/score", response_model=ScoreAnswer, responses=SCORE_ERRORS, summary="Score one pair",
               description="The distance of `dist` from `ref` (the same size). Concurrent requests are gathered "
@@ -499,7 +502,8 @@ class ScoringService:
                           "size, scored through the broadcast graph; equals `Scorer.score_many` bit for bit.",
               dependencies=[Depends(_form_check(many=True))])
     async def score_many(self, ref: Annotated[bytes, File(description="The reference. " + IMAGE)],
-                         dist: Annotated[list[bytes], File(description="The images to score against ref, each "
+                         dist: Annotated[list[bytes], File(min_length=1,  # the schema says so too
+                                                           description="The images to score against ref, each "
                                                                        "the size of ref, in one field each. "
                                                                        + IMAGE)],
                          ) -> ScoreManyAnswer:

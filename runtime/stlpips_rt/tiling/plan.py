@@ -11,6 +11,7 @@ the sum over the tiles' cores divided by the full frame's count. User-facing des
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -317,6 +318,18 @@ def whole_frame(height: int, width: int, windows: tuple[Window, ...]) -> Tile:
     return Tile(*(AxisSpan(0, n, (0, n), tuple((0, w.positions(n)) for w in windows)) for n in (height, width)))
 
 
+#: The plan's rate is the file's measured ``stlpips.bytes_per_pixel`` times this. ONNX Runtime's CPU arena grows in
+#: steps, so a run's resident memory lies above or below a straight line in its pixels depending on the size: the
+#: export probes sizes of 128-256 MB of working memory and keeps the largest rate, and a 1 GiB tile still came out
+#: 12% above that (alex-st, a 917x1584 pair: 817 bytes per pixel against 728 probed; 574 with no arena at all).
+ARENA_MARGIN = 1.25
+
+
+def planned_bytes_per_pixel(measured: int) -> int:
+    """The rate a plan budgets with: the file's measured rate and :data:`ARENA_MARGIN`."""
+    return math.ceil(measured * ARENA_MARGIN)
+
+
 def plan_tiles(height: int, width: int, geometry: ModelGeometry | None, budget: int, min_size: int,
                batch_size: int = 1, static: bool = False) -> TilePlan:
     """The cheapest way to run pairs of ``height x width`` within ``budget`` bytes of working memory.
@@ -327,7 +340,7 @@ def plan_tiles(height: int, width: int, geometry: ModelGeometry | None, budget: 
     (``geometry`` None, or no bytes per pixel: files exported before tiling existed) everything runs full frame.
     """
     windows = geometry.windows if geometry else ()
-    bpp = geometry.bytes_per_pixel if geometry else None
+    bpp = planned_bytes_per_pixel(geometry.bytes_per_pixel) if geometry and geometry.bytes_per_pixel else None
 
     def full_frame(reason: str = "") -> TilePlan:
         fits = batch_size if bpp is None else max(1, min(batch_size, budget // (bpp * height * width)))
