@@ -470,7 +470,7 @@ class Scorer:
             engine = " ".join([self.provider, *(f"{k}={v}" for k, v in engine_of(self._session).items())])
             store.bind(model.sha256, {"resize": opts.resize, "float_range": opts.float_range}, engine)
             store.paths = {name: Path(item) for item, name in items if images.is_path(item)}
-            hooks = (store.get, store.put)
+            hooks = (store.get, store.put, store.key)
         features, report = extract.compute(runner, model, ((name, loader(item, name)) for item, name in items),
                                            len(items), self.max_memory, spill_dir, skip_errors, hooks, progress)
         features.failed = report.failed

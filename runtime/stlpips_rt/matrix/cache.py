@@ -163,6 +163,12 @@ class FeatureCache:
         self._keys[name] = entry
         return entry
 
+    def key(self, name: str) -> str | None:
+        """The entry ``name`` would be stored under (its content, model, options and engine), or None for an image
+        that is not a file: two names with one key are the same features."""
+        entry = self._entry(name)
+        return None if entry is None else entry.stem
+
     def get(self, name: str) -> tuple[np.ndarray, tuple[int, int]] | None:
         entry = self._entry(name)
         if entry is None or not entry.is_file():

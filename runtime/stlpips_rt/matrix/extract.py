@@ -39,9 +39,11 @@ from .model import FeatureModel
 
 #: each item: (name, loader) where loader() returns float32 ``[3, H, W]`` or raises a StlpipsError
 Item = tuple[str, Callable[[], np.ndarray]]
-#: a cached row and its image size for a name, or None; and storing one
+#: a cached row and its image size for a name, or None; storing one; and the entry a name is stored under (None:
+#: not cacheable), so that an image given twice in one call is computed once
 CacheGet = Callable[[str], tuple[np.ndarray, tuple[int, int]] | None]
 CachePut = Callable[[str, np.ndarray, tuple[int, int]], None]
+CacheKey = Callable[[str], str | None]
 
 #: pixels of one batched run: 16 images of 64x64, 64 of 32x32 (capped by MAX_BATCH), one of 256x256
 BATCH_PIXELS = 1 << 16
@@ -161,12 +163,13 @@ class ExtractReport:
 
 def compute(runner: Runner, model: FeatureModel, items: Iterable[Item], count: int, max_memory: int,
             spill_dir: str | os.PathLike[str] | None = None, skip_errors: bool = False,
-            cache: tuple[CacheGet, CachePut] | None = None, progress: Callable[[int], None] | None = None,
+            cache: tuple[CacheGet, CachePut, CacheKey] | None = None, progress: Callable[[int], None] | None = None,
             ) -> tuple[FeatureSet, ExtractReport]:
     """Features of ``count`` items, in their order. An item that fails to load raises (``skip_errors=False``) or
     is left out and listed in the report. Images must share one size: the first image's; the others are named in
     one :class:`ImageSizeError` (after every item was read, so it names all of them). Items are read here, in
-    order; the graph runs on ``runner.workers`` threads."""
+    order; the graph runs on ``runner.workers`` threads. With a cache, an image whose entry is already being computed
+    in this call (the same content under another name) is copied from it once it is done, and counted as cached."""
     report = ExtractReport()
     data: np.ndarray | None = None
     spill: Path | None = None
@@ -177,6 +180,8 @@ def compute(runner: Runner, model: FeatureModel, items: Iterable[Item], count: i
     batch: list[tuple[int, str, np.ndarray]] = []  # (row, name, image) waiting for a run
     per_run = 1
     running: set[Future] = set()
+    first_row: dict[str, int] = {}  # cache entry -> the row computing it in this call
+    copies: list[tuple[int, int]] = []  # (row, row it copies) for images given twice
 
     def tick(done: int = 1) -> None:
         if progress is not None:
@@ -208,6 +213,13 @@ def compute(runner: Runner, model: FeatureModel, items: Iterable[Item], count: i
 
     try:
         for name, load in items:
+            key = cache[2](name) if cache is not None else None
+            if key is not None and key in first_row:
+                copies.append((len(names), first_row[key]))
+                names.append(name)
+                report.cached += 1
+                tick()
+                continue
             hit = cache[0](name) if cache is not None else None
             x = None
             if hit is not None:
@@ -239,6 +251,8 @@ def compute(runner: Runner, model: FeatureModel, items: Iterable[Item], count: i
             index = len(names)
             names.append(name)
             if x is not None:
+                if key is not None:
+                    first_row[key] = index
                 batch.append((index, name, x))
                 if len(batch) >= per_run:
                     submit()
@@ -255,6 +269,9 @@ def compute(runner: Runner, model: FeatureModel, items: Iterable[Item], count: i
         batch = []
         done, running = wait(running), set()
     collect(done.done)
+    if data is not None:
+        for index, source in copies:
+            data[index] = data[source]
     if other_sizes:
         assert size is not None
         described = "; ".join(f"{h}x{w}: {', '.join(n[:3])}{' and more' if len(n) > 3 else ''} ({len(n)})"
