@@ -64,6 +64,7 @@ GUARDS = {
                   ("tests/test_serve_http.py",
                    "tests/test_serve_hardening.py::test_the_token_comes_from_the_file_or_the_environment",
                    "tests/test_serve_hardening.py::test_token_auth_checks_before_the_app_reads_anything",
+                   "tests/test_serve_hardening.py::test_the_token_check_refuses_every_malformed_authorization",
                    "tests/test_serve_hardening.py::test_grpc_calls_need_the_token_too"),
                   "the service's request limits, request guard, token check and error mapping"),
     "layout": Guard("tests/layout_rules.py", (), ("tests/test_layout.py", "-k", "rules or import or floor or runtime "

@@ -42,6 +42,7 @@ def test_entries_are_known_by_content_not_by_name(tmp_path: Path) -> None:
     a.write_bytes(b"first image")
     b.write_bytes(b"first image")  # a copy under another name
     cache = _cache(tmp_path / "cache", {"a": a, "b": b})
+    assert cache.key("a") == cache.key("b") is not None and cache.key("not a file") is None  # one entry, two names
     assert cache.get("a") is None and cache.hits == 0
     cache.put("a", _row(0), (8, 9))
     row, hw = cache.get("b")

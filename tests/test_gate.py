@@ -153,3 +153,16 @@ def test_the_mean_check_measures_a_smooth_photo_like_pair() -> None:
     assert len(np.unique(in0)) > 10_000  # continuous tones, no steps
     noise = (in1 - in0)[np.abs(in0) < 0.8]  # where clipping does not cut it
     assert abs(float(noise.mean())) < 2e-3 and 0.045 < float(noise.std()) < 0.055  # normal(0, 0.05)
+
+
+def test_every_precision_s_bounds_are_a_tolerance_and_shares_of_judgments() -> None:
+    """Each bound is usable as what it says: a positive max abs no looser than int8's 0.1, rank agreements that are
+    shares in (0.9, 1], and the pooled real-photo bound, where there is one, at least the worst set's."""
+    from stlpips_rt.precision import TOLERANCES
+
+    assert TOLERANCES["fp32"].max_abs == 1e-5 and TOLERANCES["fp32"].min_rank_agreement == 1.0
+    for name, bound in TOLERANCES.items():
+        assert 0 < bound.max_abs <= 0.1, name
+        assert 0.9 < bound.min_rank_agreement <= 1.0, name
+        real = bound.min_real_rank_agreement
+        assert real is None or bound.min_rank_agreement <= real <= 1.0, name

@@ -171,6 +171,43 @@ def test_token_auth_checks_before_the_app_reads_anything() -> None:
                                                      "message": "the token sent is not this service's token"}}
 
 
+def test_the_token_check_refuses_every_malformed_authorization() -> None:
+    """One ``Bearer <token>`` header or nothing: each other shape is refused, and only a wrong token is called an
+    invalid token (RFC 6750's ``error="invalid_token"``)."""
+    from stlpips_rt.scale.http import MIN_TOKEN_CHARS, TokenAuth, bearer_problem, load_token, token_sha256
+
+    expected = token_sha256(TOKEN)
+    assert bearer_problem([f"Bearer {TOKEN}"], expected) is None
+    for values in ([f"Bearer {TOKEN}", f"Bearer {TOKEN}"],  # two headers, even with the right token
+                   [f"Basic {TOKEN}"], [f"Token {TOKEN}"], [TOKEN], ["Bearer "], ["Bearer"]):
+        problem = bearer_problem(values, expected)
+        assert problem == ("send the token as one header 'Authorization: Bearer <token>'", False), values
+    assert bearer_problem([], expected) == (
+        "this service requires a token: send the header 'Authorization: Bearer <token>'", False)
+    assert bearer_problem([f"Bearer {TOKEN}x"], expected) == ("the token sent is not this service's token", True)
+    assert load_token(None, environ={"STLPIPS_SERVE_TOKEN": "k" * MIN_TOKEN_CHARS}) == "k" * MIN_TOKEN_CHARS
+
+    def call(scope: dict) -> list:
+        reached, sent = [], []
+
+        async def app(scope, receive, send) -> None:
+            reached.append(scope["type"])
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(TokenAuth(app, lambda: expected, lambda p: False)(scope, None, send))
+        return reached or sent
+
+    http = "".join(["ht", "tp"])  # built at run time, as a server builds it: compared by value, not identity
+    headers = [(b"accept", b"*/*"), (b"x-request-id", b"1"), (b"authorization", f"Bearer {TOKEN}".encode())]
+    assert call({"type": http, "path": "/v1/score", "headers": headers}) == [http]  # other headers are not tokens
+    refused = call({"type": http, "path": "/v1/score", "headers": []})
+    assert refused[0]["status"] == 401
+    assert dict(refused[0]["headers"])[b"www-authenticate"] == b'Bearer realm="stlpips-serve"'  # no token: no error
+    assert call({"type": "lifespan"}) == ["lifespan"]  # not a request: no token asked for
+
+
 def test_serve_refuses_a_short_token_before_starting_anything(tmp_path: Path, model: Path) -> None:
     pytest.importorskip("ray", reason="ray is not installed: pip install 'stlpips-deploy[ray]'")
     from click.testing import CliRunner

@@ -42,6 +42,7 @@ def test_default_limits_and_they_stay_as_started() -> None:
     (errors.RequestTooLargeError("body"), 413),
     (errors.NotAnImageError("a", "text"), 415),
     (errors.NoSuchModelError("no model 'vgg-st' here"), 404),
+    (errors.AuthenticationError("no token"), 401),
     (errors.ImageReadError("a", "cut"), 400),
     (errors.ImageSizeError("a", "small"), 400),
     (errors.MemoryBudgetError("a", "budget"), 400),
@@ -262,3 +263,9 @@ def test_a_bad_form_is_refused_with_what_to_send(content_type: str, names: list[
                                              (["ref", "dist"], True), (["ref", "dist", "dist", "dist"], True)])
 def test_a_good_form_passes(names: list[str], many: bool) -> None:
     check_form("multipart/form-data; boundary=x", names, Limits(max_fields=4), many=many)
+
+
+@pytest.mark.parametrize("field", ["ref", "dist"])
+def test_a_field_sent_as_text_is_refused_by_name(field: str) -> None:
+    with pytest.raises(errors.RequestError, match=f"field '{field}' is a text value, not a file"):
+        check_form("multipart/form-data; boundary=x", ["ref", "dist"], Limits(), many=False, text_fields=(field,))
