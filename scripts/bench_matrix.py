@@ -74,8 +74,15 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+#: Idle time before each timed phase: onnxruntime's intra-op threads spin for a while after a run, and a phase
+#: started at once shares the cores with the previous phase's spinning threads (features right after score_batch:
+#: 268-283 images/s; after 0.5 s idle: 377-409, alex-st 64x64, quiet Zen 4).
+SETTLE_S = 0.5
+
+
 def timed(fn: Callable[[], object]) -> tuple[object, float, float]:
-    """``fn()``, its wall seconds and this process's CPU seconds."""
+    """``fn()`` after :data:`SETTLE_S` of idle, its wall seconds and this process's CPU seconds."""
+    time.sleep(SETTLE_S)
     wall, cpu = time.perf_counter(), cpu_seconds()
     out = fn()
     return out, time.perf_counter() - wall, cpu_seconds() - cpu
