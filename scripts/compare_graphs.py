@@ -3,6 +3,10 @@ cost both the same), alternating rounds in one process, onnxruntime CPU (float32
 change's speed-up, before and after:
 
     python scripts/compare_graphs.py OLD_DIR NEW_DIR --nets alex,vgg
+
+scripts/bench_default_graph.py asks the same question of two files through the Scorer, per wall second, on the CPU
+provider only; this one runs bare sessions on one thread and adds OpenVINO bf16, so that a loaded machine does
+not decide the answer.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ asserted.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -52,17 +54,21 @@ def test_v1_answers_read_back_exactly(scorer: Scorer) -> None:
     assert serve_bench.PROTOCOLS["v1"].distance(body, {}).tobytes() == pair.expected.tobytes()
 
 
-def test_a_level_stops_at_its_request_bound_and_counts_statuses(scorer: Scorer) -> None:
+@contextlib.contextmanager
+def refusing_server(body: bytes, headers: dict[str, str] | None = None) -> Iterator[tuple[int, list[str]]]:
+    """A server on 127.0.0.1 that answers every POST 503 with ``body`` and ``headers``; yields its port and the
+    paths it was sent, in order."""
     seen: list[str] = []
 
-    class Busy(BaseHTTPRequestHandler):
+    class Refusing(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             self.rfile.read(int(self.headers["Content-Length"]))
             seen.append(self.path)
-            body = b'{"error": "busy"}'
             self.send_response(503)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -70,17 +76,21 @@ def test_a_level_stops_at_its_request_bound_and_counts_statuses(scorer: Scorer) 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        pairs = serve_bench.make_pairs(scorer, 2, 32, 32)
-        level = serve_bench.Level("v2-binary", 3)
-        serve_bench.run_level("127.0.0.1", server.server_address[1], serve_bench.PROTOCOLS["v2-binary"], "alex-st",
-                              pairs, clients=3, requests=7, deadline_s=60, level=level)
+        yield server.server_address[1], seen
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_level_stops_at_its_request_bound_and_counts_statuses(scorer: Scorer) -> None:
+    with refusing_server(b'{"error": "busy"}') as (port, seen):
+        pairs = serve_bench.make_pairs(scorer, 2, 32, 32)
+        level = serve_bench.Level("v2-binary", 3)
+        serve_bench.run_level("127.0.0.1", port, serve_bench.PROTOCOLS["v2-binary"], "alex-st",
+                              pairs, clients=3, requests=7, deadline_s=60, level=level)
     assert len(seen) == 7 and set(seen) == {"/v2/models/alex-st/infer"}
     assert level.statuses == {503: 7} and level.ok == 0 and np.isnan(level.p50_ms)
     assert level.row()["statuses"] == {"503": 7}
@@ -108,31 +118,11 @@ def test_a_client_told_retry_after_waits_and_a_level_is_stable_when_three_rounds
     """A 503 with Retry-After makes the client wait (here: longer than the level's deadline, so each client sends
     one request and stops); requests/s of rounds decide stability as perf_analyzer's rule does."""
 
-    class Full(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = b"Request dropped due to backpressure"
-            self.send_response(503)
-            self.send_header("Retry-After", "3600")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Full)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with refusing_server(b"Request dropped due to backpressure", {"Retry-After": "3600"}) as (port, _):
         level = serve_bench.Level("v1", 2)
-        serve_bench.run_level("127.0.0.1", server.server_address[1], serve_bench.PROTOCOLS["v1"], "alex-st",
+        serve_bench.run_level("127.0.0.1", port, serve_bench.PROTOCOLS["v1"], "alex-st",
                               serve_bench.make_pairs(scorer, 1, 32, 32), clients=2, requests=50, deadline_s=1,
                               level=level)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert level.statuses == {503: 2} and len(level.round_rates) == 1  # one request each, then the wait
     assert not serve_bench.agree([100.0, 100.0], 0.1)
     assert serve_bench.agree([50.0, 98.0, 100.0, 104.0], 0.1) and not serve_bench.agree([80.0, 100.0, 120.0], 0.1)

@@ -49,7 +49,9 @@ def test_profile_names_each_operator_type_and_shares_sum_to_one(exported_model, 
         assert op.kernels and sum(op.kernels.values()) == pytest.approx(op.seconds)
     # the scoring session is not profiled, and onnxruntime's trace file does not stay behind
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "stlpips_profile_*"))) == traces_before
+    assert sum(scorer.runs.values()) == 0  # the profiling session's runs are not this Scorer's
     assert scorer.score_batch(*_pair(), float_range="-1,1").shape == (2,)
+    assert sum(scorer.runs.values()) == 1
 
 
 def test_profile_counts_only_the_timed_runs(exported_model) -> None:

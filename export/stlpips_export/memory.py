@@ -41,11 +41,12 @@ def status(field):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: peak since start (coarser)
 
 
-path, height, width, warm_h, warm_w = sys.argv[1], *map(int, sys.argv[2:6])
+path, height, width, warm_h, warm_w, arena = sys.argv[1], *map(int, sys.argv[2:7])
 opts = ort.SessionOptions()
 opts.log_severity_level = 3
 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 opts.enable_mem_pattern = False  # as stlpips_rt.engine.providers.session_options
+opts.enable_cpu_mem_arena = bool(arena)
 session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 small = np.zeros((1, 3, warm_h, warm_w), np.float32)
 session.run(None, {"in0": small, "in1": small})
@@ -68,10 +69,11 @@ print(json.dumps({"bytes": after - before}))
 """
 
 
-def probe(path: Path, height: int, width: int, warm: tuple[int, int]) -> int:
+def probe(path: Path, height: int, width: int, warm: tuple[int, int], arena: bool = True) -> int:
     """Peak working memory (bytes) of one ``height x width`` pair through the graph at ``path``, in a fresh
-    process warmed up with a ``warm`` pair."""
-    command = [sys.executable, "-c", _PROBE, str(path), str(height), str(width), *map(str, warm)]
+    process warmed up with a ``warm`` pair; ``arena=False`` without onnxruntime's CPU arena (what the graph's own
+    tensors need, for comparing graphs)."""
+    command = [sys.executable, "-c", _PROBE, str(path), str(height), str(width), *map(str, warm), str(int(arena))]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"memory probe of {path.name} at {height}x{width} failed: {done.stderr.strip()[-400:]}")

@@ -234,13 +234,15 @@ class Scorer:
         session = build_session(self._routed_path, chosen, dataclasses.replace(config, profile=True), explicit).session
         in0 = np.ascontiguousarray(in0, dtype=np.float32)
         in1 = np.ascontiguousarray(in1, dtype=np.float32)
-        return profile_session(session, lambda s: self._infer(in0, in1, ("dist",), session=s), runs, warmup)
+        return profile_session(session, lambda s: self._infer(in0, in1, ("dist",), s, counted=False), runs,
+                               warmup)
 
-    def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str], session: Any = None) \
-            -> list[np.ndarray]:
+    def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str], session: Any = None,
+               counted: bool = True) -> list[np.ndarray]:
         session = session or self._session
-        with self._runs_lock:
-            self._runs["broadcast" if len(in0) == 1 < len(in1) else "pairs"] += 1
+        if counted:  # operator_profile's runs are not this Scorer's
+            with self._runs_lock:
+                self._runs["broadcast" if len(in0) == 1 < len(in1) else "pairs"] += 1
         try:
             if self._io_binding:
                 binding = session.io_binding()
