@@ -63,6 +63,13 @@ def paired_difference(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor
     return first - second
 
 
+def square(x: torch.Tensor) -> torch.Tensor:
+    """``x * x``: the same bits as ``x ** 2`` (one rounding of the exact product either way), but it exports as a
+    ``Mul``, which onnxruntime's CPU provider runs in its blocked layout, where a ``Pow`` first needs the tensor
+    reordered out of it and back (measured 1.6-1.7% of an alex-st or vgg-st pair at 64x64, no change on OpenVINO)."""
+    return x * x
+
+
 def unit_normalize(features: torch.Tensor, eps: float = NORMALIZE_EPS, ones: torch.Tensor | None = None) \
         -> torch.Tensor:
     """Divide each spatial position's channel vector by its L2 norm (plus ``eps``, as the released weights expect).
@@ -70,7 +77,7 @@ def unit_normalize(features: torch.Tensor, eps: float = NORMALIZE_EPS, ones: tor
     The sum of squares over the channels is ``torch.sum`` (as upstream computes it), or, given ``ones``
     (``[1, C, 1, 1]``), a 1x1 convolution with it: what exported graphs compute (:meth:`PerceptualDistance.
     sum_channels_per_image`)."""
-    squares = features**2
+    squares = square(features)
     total = torch.sum(squares, dim=1, keepdim=True) if ones is None else F.conv2d(squares, ones)
     return features / (torch.sqrt(total) + eps)
 
@@ -155,7 +162,7 @@ class PerceptualDistance(nn.Module):
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pairs = zip(self.normalized_features(in0), self.normalized_features(in1), self.lins, strict=True)
-        layer_maps = [lin(paired_difference(first, second) ** 2) for first, second, lin in pairs]
+        layer_maps = [lin(square(paired_difference(first, second))) for first, second, lin in pairs]
 
         layer_means = [m.mean(dim=[2, 3]) for m in layer_maps]  # each [N, 1]
         total = layer_means[0]
