@@ -77,9 +77,17 @@ def markdown(report: dict[str, Any]) -> str:
     add(f"Float32 matrix-multiply peak (numpy, {report['matmul_n']}x{report['matmul_n']}, best run): "
         f"**{peak:.1f} GFLOP/s**.\n")
     if report.get("peaks_gops"):
-        add(f"Arithmetic peaks with the sides' thread count (PyTorch {report['matmul_n']}x{report['matmul_n']} matrix "
-            "products, best run; int8 = torch._int_mm, the VNNI dot products): " + ", ".join(
-                f"**{k} {v:.0f} GOP/s**" for k, v in report["peaks_gops"].items()) + ".\n")
+        probes = report.get("peak_probes_gops")
+        if probes:  # each arithmetic's best probe: matrix products, and oneDNN convolutions for fp32 / bf16
+            add("Arithmetic peaks with the sides' thread count, the best of PyTorch's probes, best run each (int8 = "
+                "torch._int_mm, the VNNI dot products): " + ", ".join(
+                    f"**{k} {report['peaks_gops'][k]:.0f} GOP/s** ("
+                    + ", ".join(f"{probe} {rate:.0f}" for probe, rate in rates.items()) + ")"
+                    for k, rates in probes.items()) + ".\n")
+        else:  # reports written before the convolution probes
+            add(f"Arithmetic peaks with the sides' thread count (PyTorch {report['matmul_n']}x{report['matmul_n']} "
+                "matrix products, best run; int8 = torch._int_mm, the VNNI dot products): " + ", ".join(
+                    f"**{k} {v:.0f} GOP/s**" for k, v in report["peaks_gops"].items()) + ".\n")
     flops = report.get("flops_per_pair", {})
     if flops:
         add("FLOPs per pair (the project's PyTorch reference, one plain pair, counted once with "

@@ -11,7 +11,7 @@ does). Requests (one JSON object per line):
   first warm-up call's time, the first time a configuration is asked for: a compiled peer's compile time.
 - ``{"op": "flops", "net": "alex", "size": 64}`` (a PyTorch side) -> FLOPs of one plain pair, counted on the
   project's reference.
-- ``{"op": "peaks", "n": 2048, "repeats": 5}`` (a PyTorch side) -> the machine's matrix-product peaks.
+- ``{"op": "peaks", "n": 2048, "repeats": 5}`` (a PyTorch side) -> the machine's arithmetic peaks, by probe.
 - ``{"op": "exit"}``.
 
 Inputs are seeded uniform noise in [-1, 1], identical on every side. "broadcast" scores one reference against
@@ -124,19 +124,41 @@ class TorchSide:
         """What the convolutions compute in: "bf16" under autocast, else "fp32"."""
         return "bf16" if self.peer.bf16 else "fp32"
 
-    def peaks(self, n: int, repeats: int) -> dict[str, float]:
-        """Best GOP/s of an ``n x n`` matrix product in float32, bfloat16 and int8 (``torch._int_mm``: u8/s8 dot
-        products, VNNI where the CPU has it), with this side's threads: the machine's arithmetic peaks."""
+    #: Convolution probes (batch, channels, side): 3x3, stride 1, zero padding, channels_last. The shapes of
+    #: vgg-st's middle layers, where oneDNN's direct convolutions run fastest here.
+    CONV_PROBES = ((16, 256, 17), (16, 512, 9))
+
+    def peaks(self, n: int, repeats: int) -> dict[str, dict[str, float]]:
+        """Best GOP/s per arithmetic with this side's threads, by probe: an ``n x n`` matrix product in float32,
+        bfloat16 and int8 (``torch._int_mm``: u8/s8 dot products, VNNI where the CPU has it), and for float32 and
+        bfloat16 oneDNN's 3x3 convolutions (:attr:`CONV_PROBES`). A matrix product alone can sit below what the
+        convolutions reach (MKL's float32 product ran at 70% of oneDNN's convolutions on an AMD Zen 4), and a
+        peak the peers already beat is no bound."""
         torch = self.torch
         gen = torch.Generator().manual_seed(0)
         a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-        pairs = {"fp32": (a, b, torch.mm), "bf16": (a.bfloat16(), b.bfloat16(), torch.mm),
-                 "int8": (torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen),
-                          torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen), torch._int_mm)}
-        out = {}
-        for name, (x, y, mm) in pairs.items():
-            mm(x, y)  # warm-up
-            out[name] = 2 * n**3 / min(_seconds(lambda: mm(x, y)) for _ in range(repeats)) / 1e9  # noqa: B023
+        products = {"fp32": (a, b, torch.mm), "bf16": (a.bfloat16(), b.bfloat16(), torch.mm),
+                    "int8": (torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen),
+                             torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen), torch._int_mm)}
+        out: dict[str, dict[str, float]] = {name: {} for name in products}
+
+        def best(call: Any, ops: float) -> float:
+            call()  # warm-up
+            return ops / min(_seconds(call) for _ in range(repeats)) / 1e9
+
+        for name, (x, y, mm) in products.items():
+            out[name][f"matmul {n}"] = best(lambda: mm(x, y), 2 * n**3)  # noqa: B023
+        with torch.no_grad():
+            for batch, channels, side in self.CONV_PROBES:
+                x = torch.randn(batch, channels, side, side, generator=gen).contiguous(
+                    memory_format=torch.channels_last)
+                w = torch.randn(channels, channels, 3, 3, generator=gen).contiguous(
+                    memory_format=torch.channels_last)
+                ops = 2 * batch * channels * channels * 9 * side * side
+                for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                    xd, wd = x.to(dtype), w.to(dtype)
+                    out[name][f"conv {channels}x{side}x{side}"] = best(
+                        lambda: torch.nn.functional.conv2d(xd, wd, padding=1), ops)  # noqa: B023
         return out
 
     def flops(self, net: str, size: int) -> int:
