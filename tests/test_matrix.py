@@ -219,6 +219,27 @@ def test_features_past_the_budget_spill_to_disk(model: Path, scorer: Scorer, cor
     assert np.array_equal(small.matrix(features, block=4), scorer.matrix(corpus, block=4))
 
 
+def test_rows_written_while_their_pages_are_mapped_keep_their_values() -> None:
+    """memory_rows returns before its pages are mapped (a background MADV_POPULATE_WRITE); what is written
+    meanwhile must survive it, and the rest reads as zeros."""
+    import threading
+
+    from stlpips_rt.matrix.features import memory_rows
+
+    rows = memory_rows(64, 1 << 16)  # 16 MiB
+    rng = np.random.default_rng(0)
+    written = rng.standard_normal((8, 1 << 16)).astype(np.float32)
+    rows[::8] = written  # while the populating thread may still run
+    for thread in threading.enumerate():
+        if thread.name == "stlpips-rows":
+            thread.join(timeout=30)
+    assert np.array_equal(rows[::8], written)
+    untouched = np.ones(64, bool)
+    untouched[::8] = False
+    assert not rows[untouched].any()
+    assert memory_rows(0, 5).shape == (0, 5)
+
+
 def test_head_blocks_match_the_direct_form() -> None:
     rng = np.random.default_rng(0)
     data = rng.normal(0, 0.1, (7, 300)).astype(np.float32)

@@ -12,10 +12,12 @@ Features of another model (another sha256) are refused with :class:`FeaturesMism
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import mmap
 import os
 import tempfile
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -202,22 +204,37 @@ _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
 def memory_rows(rows: int, dim: int) -> np.ndarray:
-    """A float32 ``[rows, dim]`` array in memory with its pages mapped up front (huge pages where the kernel
-    allows). Rows written into fresh pages fault them in one by one, and with transparent huge pages the kernel
-    may compact memory on each fault: for 256 64x64 alex-st images (162 MB) that cost 220-390 ms of kernel time
-    against 20-60 ms mapped up front, about 15% of the features' time (2-core AMD EPYC, load average 19)."""
+    """A float32 ``[rows, dim]`` array in memory, returned at once while a background thread maps its pages
+    (``MADV_POPULATE_WRITE``, which never changes what a page holds, so rows written meanwhile keep their values).
+
+    Measured for 256 64x64 alex-st images (162 MB): rows written into fresh pages fault them in one by one (220-390
+    ms of kernel time against 20-60 ms mapped in one call, 2-core AMD EPYC, load average 19). Mapping them in one
+    call before the first run left the cores idle meanwhile, and asking for huge pages made that call compact
+    memory: 13 ms in a fresh process, 250-330 ms right after a ``score_batch`` (2-core Zen 4, quiet). Small pages
+    take 51 ms either way, and in the background the runs start at once: features after ``score_batch`` went from
+    230-314 to 347-395 images/s."""
     nbytes = rows * dim * 4
     if nbytes == 0:
         return np.empty((rows, dim), dtype=np.float32)
     block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     data = np.frombuffer(block, dtype=np.float32).reshape(rows, dim)
-    with contextlib.suppress(OSError, AttributeError):
-        block.madvise(mmap.MADV_HUGEPAGE)
     try:
-        block.madvise(_MADV_POPULATE_WRITE)
-    except (OSError, AttributeError):  # an older kernel: touch the pages in order instead
+        block.madvise(_MADV_POPULATE_WRITE, 0, mmap.PAGESIZE)  # the kernel has it: map the rest in the background
+    except (OSError, AttributeError):  # an older kernel: touch the pages in order instead, before any row is written
         data.fill(0)
+        return data
+    threading.Thread(target=_populate, args=(block, data.ctypes.data, nbytes), name="stlpips-rows",
+                     daemon=True).start()
     return data
+
+
+def _populate(block: mmap.mmap, address: int, nbytes: int) -> None:
+    """MADV_POPULATE_WRITE through libc: ctypes lets go of the GIL during the call, ``mmap.madvise`` does not (and
+    would stop every Python thread while the kernel compacts). ``block`` is held so the mapping outlives the call."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    libc.madvise(address, nbytes, _MADV_POPULATE_WRITE)  # a failure leaves the pages to fault in on first write
+    del block
 
 
 def _remove(path: Path) -> None:
