@@ -24,6 +24,7 @@ from .engine.profiling import OperatorProfile, profile_session
 from .engine.providers import SHORT_NAMES, engine_of
 from .engine.routing import route
 from .engine.session import build_session
+from .engine.side_by_side import SideBySide, pieces
 from .errors import (
     DeviceTensorError,
     ImageSizeError,
@@ -54,7 +55,9 @@ class Scorer:
         precision: ``"exact"`` (float32, parity with PyTorch) or ``"fast"``: the fastest reduced-precision path
             for the model and machine (:func:`stlpips_rt.precision.fast_path`: fp16 on TensorRT, TF32 on CUDA,
             else the model's gated int8 file beside it, else bf16 on OpenVINO, else fp32).
-        threads: intra-op CPU threads (None: onnxruntime's default, one per core).
+        threads: CPU threads (None: one per core). On the CPU provider a batch of pairs runs as that many pieces
+            side by side, one thread each (the same bits, faster for small images: engine/side_by_side.py);
+            a single pair, a tile and other providers run on that many intra-op threads.
         batch_size: largest number of pairs per graph run.
         max_memory: working-memory budget of one graph run, in bytes or as ``"2G"``, ``"512M"`` (None: a quarter
             of the machine's memory). Pairs whose full frame would exceed it are scored tile by tile, exactly
@@ -140,6 +143,10 @@ class Scorer:
         self._features_graph: tuple[Any, Any] | None = None  # (run, matrix.FeatureModel), on first use
         self._runs_lock = threading.Lock()
         self._runs = {"pairs": 0, "broadcast": 0}
+        # On the CPU provider a batch runs as pieces side by side, one thread each (engine/side_by_side.py).
+        threads = self.config.threads or os.cpu_count() or 1
+        self._side_by_side = SideBySide(threads, self._one_thread_session) \
+            if self.provider == "cpu" and not self._io_binding and threads > 1 else None
 
     def __repr__(self) -> str:
         return (f"Scorer(model={self.info.path.name!r}, provider={self.provider!r}, "
@@ -237,12 +244,27 @@ class Scorer:
         return profile_session(session, lambda s: self._infer(in0, in1, ("dist",), s, counted=False), runs,
                                warmup)
 
+    def _one_thread_session(self) -> Any:
+        chosen, config, explicit = self._session_args
+        config = dataclasses.replace(config, threads=1, memory_pattern=True)
+        return build_session(self._routed_path, chosen, config, explicit).session
+
     def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str], session: Any = None,
                counted: bool = True) -> list[np.ndarray]:
-        session = session or self._session
+        """One run of a batch (counted once in :attr:`runs` however it runs). Without an explicit ``session``, on
+        the CPU provider, the batch may run as pieces side by side; tiles and profiles pass their session and run
+        whole (a tile plan's memory is one run's)."""
         if counted:  # operator_profile's runs are not this Scorer's
             with self._runs_lock:
                 self._runs["broadcast" if len(in0) == 1 < len(in1) else "pairs"] += 1
+        if session is None and self._side_by_side is not None:
+            count = pieces(len(in0), len(in1), self._side_by_side.threads, in1.shape[2] * in1.shape[3])
+            if count > 1:
+                return self._side_by_side.run(in0, in1, outputs, self._run_session, count)
+        return self._run_session(in0, in1, outputs, session or self._session)
+
+    def _run_session(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str], session: Any) \
+            -> list[np.ndarray]:
         try:
             if self._io_binding:
                 binding = session.io_binding()

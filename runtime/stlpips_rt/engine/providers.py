@@ -202,13 +202,14 @@ def provider_options(short: str, cfg: SessionConfig) -> tuple[str, dict[str, str
 
 
 def session_options(cfg: SessionConfig) -> ort.SessionOptions:
-    """Full graph optimisation, no memory patterns, the requested intra-op thread count, quiet logging."""
+    """Full graph optimisation, no memory patterns (unless ``cfg.memory_pattern``), the requested intra-op thread
+    count, quiet logging."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Memory patterns suit fixed shapes; with changing image sizes ONNX Runtime's first runs keep pattern blocks
     # beside the arena's chunks (alex-st, 2048x2048: 3.5 GB for one pair, 6.2 GB after a second), so the memory
     # a pair needs would depend on history and no budget (docs/tiling.md) could hold. No speed change measured.
-    opts.enable_mem_pattern = False
+    opts.enable_mem_pattern = cfg.memory_pattern
     if cfg.threads:
         opts.intra_op_num_threads = int(cfg.threads)
     opts.log_severity_level = int(os.environ.get("STLPIPS_ORT_LOG_LEVEL", "3"))
