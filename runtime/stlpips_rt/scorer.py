@@ -448,7 +448,9 @@ class Scorer:
     def _features(self) -> tuple[Any, Any]:
         """The features graph beside this model (``{name}_features.onnx``): its :class:`~.matrix.extract.Runner`
         and description, loaded on first use, always float32 on this scorer's provider; on the CPU provider one
-        intra-op thread per run and this scorer's threads as runs side by side (matrix/extract.py)."""
+        intra-op thread per run and this scorer's threads as runs side by side (matrix/extract.py), with memory
+        patterns as the side-by-side pair session (engine/side_by_side.py: 392-401 images/s of alex-st 64x64
+        features against 365 without)."""
         from .matrix import extract
         from .matrix.model import FeatureModel, features_path
 
@@ -456,7 +458,7 @@ class Scorer:
             if self._features_graph is None:
                 path = features_path(self.info.path, ModelSpec.from_file_name(self.info.path.name))
                 chosen, config, explicit = self._session_args
-                config = dataclasses.replace(config, precision="exact", threads=1)
+                config = dataclasses.replace(config, precision="exact", threads=1, memory_pattern=True)
                 session = build_session(path, chosen, config, explicit).session
                 model = FeatureModel.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
                 model.check_graph([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])

@@ -92,9 +92,9 @@ class SessionConfig:
     #: Per-operator timing (onnxruntime's profiler, OpenVINO's performance counters): Scorer.operator_profile's
     #: sessions only, never a scoring session (it costs time and, for onnxruntime, a trace file).
     profile: bool = False
-    #: onnxruntime's memory patterns (one planned block per run and input shape): only the side-by-side session
-    #: of small-image batches (engine/side_by_side.py), where two runs at once would otherwise take turns at the
-    #: arena's lock; a scoring session keeps them off (providers.session_options says why).
+    #: onnxruntime's memory patterns (one planned block per run and input shape): only for sessions that run
+    #: one-thread runs side by side (engine/side_by_side.py, the features graph), where two runs at once would
+    #: otherwise take turns at the arena's lock; a scoring session keeps them off (providers.session_options).
     memory_pattern: bool = False
 
     @classmethod
