@@ -20,6 +20,7 @@ at least :data:`MIN_BROADCAST_PER_RUN` candidates, because every piece computes 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,6 +61,7 @@ class SideBySide:
             if self._session is None:
                 self._session = self._make_session()
                 self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="stlpips-side")
+                weakref.finalize(self, self._pool.shutdown, wait=False)
             assert self._pool is not None
             return self._session, self._pool
 
@@ -75,8 +77,3 @@ class SideBySide:
         first = infer(*parts[0], outputs, session)
         results = [first] + [f.result() for f in futures]
         return [np.concatenate([r[i] for r in results]) for i in range(len(outputs))]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
