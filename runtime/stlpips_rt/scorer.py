@@ -144,7 +144,7 @@ class Scorer:
         self._runs_lock = threading.Lock()
         self._runs = {"pairs": 0, "broadcast": 0}
         # On the CPU provider a batch runs as pieces side by side, one thread each (engine/side_by_side.py).
-        threads = self.config.threads or os.cpu_count() or 1
+        threads = self._cpu_threads()
         self._side_by_side = SideBySide(threads, self._one_thread_session) \
             if self.provider == "cpu" and not self._io_binding and threads > 1 else None
 
@@ -462,7 +462,7 @@ class Scorer:
                 session = build_session(path, chosen, config, explicit).session
                 model = FeatureModel.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
                 model.check_graph([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-                self._features_graph = (extract.session_runner(session, model, self._head_threads()), model)
+                self._features_graph = (extract.session_runner(session, model, self._cpu_threads()), model)
             return self._features_graph
 
     def features(self, images_: Any, *, float_range: str | None = None, spill_dir: str | os.PathLike[str] | None = None,
@@ -524,9 +524,10 @@ class Scorer:
         runner, model = self._features()
         outputs = runner.run(np.zeros((1, 3, height, width), dtype=np.float32))
         per_image = 4 * sum(int(np.prod(o.shape[1:])) for o in outputs)
-        return MatrixPlan(rows, cols, per_image, self.max_memory, self._head_threads(), block or BLOCK)
+        return MatrixPlan(rows, cols, per_image, self.max_memory, self._cpu_threads(), block or BLOCK)
 
-    def _head_threads(self) -> int:
+    def _cpu_threads(self) -> int:
+        """The CPU threads this scorer uses: side-by-side pieces, features runs and the matrix head."""
         return self.config.threads or os.cpu_count() or 1
 
     def matrix(self, a: Any, b: Any = None, *, out: np.ndarray | None = None, progress: Any = None,
@@ -545,7 +546,7 @@ class Scorer:
             fa.check_comparable(fb, "b")
         plan = self.matrix_plan(len(fa), *fa.image_hw, None if fb is None else len(fb), block) \
             if fa.spill_path is not None else None
-        kwargs = dict(threads=self._head_threads(), progress=progress, block_size=block or head.BLOCK)
+        kwargs = dict(threads=self._cpu_threads(), progress=progress, block_size=block or head.BLOCK)
         if plan is not None:
             kwargs.update(panel_rows=plan.panel_rows, group=plan.group)
         if fb is None:
