@@ -64,6 +64,19 @@ def test_profile_counts_only_the_timed_runs(exported_model) -> None:
     assert 1 / 3 < five.total_seconds / one.total_seconds < 3
 
 
+def test_profile_of_a_batch_that_runs_side_by_side_is_one_of_its_one_thread_runs(exported_model) -> None:
+    """On two threads the CPU provider runs 4 pairs as two one-thread runs of 2 (engine/side_by_side.py): the
+    profile is of such a run, and says so; on one thread the batch runs whole."""
+    pair = _pair(batch=4)
+    two = Scorer(exported_model("alex", "st"), "cpu", threads=2).operator_profile(*pair, runs=1)
+    one = Scorer(exported_model("alex", "st"), "cpu", threads=1).operator_profile(*pair, runs=1)
+    assert (two.pieces, two.pairs) == (2, 2) and (one.pieces, one.pairs) == (1, 4)
+    assert two.as_dict()["pieces"] == 2
+    # a broadcast run of 4 candidates stays whole (each piece would compute the reference's features again)
+    broadcast = Scorer(exported_model("alex", "st"), "cpu", threads=2).operator_profile(pair[0][:1], pair[1], runs=1)
+    assert (broadcast.pieces, broadcast.pairs) == (1, 4)
+
+
 def test_bench_profile_writes_a_table_per_side_and_configuration(tmp_path, exported_model) -> None:
     from stlpips_export.bench.cli import main
 

@@ -24,7 +24,7 @@ from .engine.profiling import OperatorProfile, profile_session
 from .engine.providers import SHORT_NAMES, engine_of
 from .engine.routing import route
 from .engine.session import build_session
-from .engine.side_by_side import SideBySide, pieces
+from .engine.side_by_side import SideBySide, pieces, split
 from .errors import (
     DeviceTensorError,
     ImageSizeError,
@@ -234,15 +234,29 @@ class Scorer:
 
     def operator_profile(self, in0: Any, in1: Any, runs: int = 10, warmup: int = 2) -> OperatorProfile:
         """Where this Scorer's time goes, by operator type, on one batch (float32 ``[N0, 3, H, W]`` and
-        ``[N1, 3, H, W]`` in [-1, 1], as :meth:`run_arrays` takes them): a second session like this one, with the
-        engine's profiler on (onnxruntime's, or OpenVINO's performance counters), runs it ``warmup`` times, then
-        ``runs`` timed times. ``stlpips-bench --profile`` prints it."""
+        ``[N1, 3, H, W]`` in [-1, 1], as :meth:`run_arrays` takes them), profiled as the Scorer runs it: a second
+        session like the one the batch runs on, with the engine's profiler on (onnxruntime's, or OpenVINO's
+        performance counters), runs it ``warmup`` times, then ``runs`` timed times. A batch that runs as pieces
+        side by side (the CPU provider, ``engine/side_by_side.py``) is profiled as its first piece on a one-thread
+        session, which is what each thread runs (:attr:`OperatorProfile.pieces` says so). ``stlpips-bench
+        --profile`` prints it."""
         chosen, config, explicit = self._session_args
-        session = build_session(self._routed_path, chosen, dataclasses.replace(config, profile=True), explicit).session
         in0 = np.ascontiguousarray(in0, dtype=np.float32)
         in1 = np.ascontiguousarray(in1, dtype=np.float32)
-        return profile_session(session, lambda s: self._infer(in0, in1, ("dist",), s, counted=False), runs,
-                               warmup)
+        count = self._pieces(in0, in1)
+        if count > 1:
+            config = dataclasses.replace(config, threads=1, memory_pattern=True)
+            in0, in1 = split(in0, in1, count)[0]
+        session = build_session(self._routed_path, chosen, dataclasses.replace(config, profile=True), explicit).session
+        profile = profile_session(session, lambda s: self._infer(in0, in1, ("dist",), s, counted=False), runs,
+                                  warmup)
+        return dataclasses.replace(profile, pieces=count, pairs=max(len(in0), len(in1)))
+
+    def _pieces(self, in0: np.ndarray, in1: np.ndarray) -> int:
+        """Into how many side-by-side runs a batch goes (1: one run on the scorer's own session)."""
+        if self._side_by_side is None:
+            return 1
+        return pieces(len(in0), len(in1), self._side_by_side.threads, in1.shape[2] * in1.shape[3])
 
     def _one_thread_session(self) -> Any:
         chosen, config, explicit = self._session_args
@@ -257,10 +271,8 @@ class Scorer:
         if counted:  # operator_profile's runs are not this Scorer's
             with self._runs_lock:
                 self._runs["broadcast" if len(in0) == 1 < len(in1) else "pairs"] += 1
-        if session is None and self._side_by_side is not None:
-            count = pieces(len(in0), len(in1), self._side_by_side.threads, in1.shape[2] * in1.shape[3])
-            if count > 1:
-                return self._side_by_side.run(in0, in1, outputs, self._run_session, count)
+        if session is None and (count := self._pieces(in0, in1)) > 1:
+            return self._side_by_side.run(in0, in1, outputs, self._run_session, count)
         return self._run_session(in0, in1, outputs, session or self._session)
 
     def _run_session(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str], session: Any) \

@@ -1,7 +1,9 @@
 """``stlpips-bench --profile``: where each runtime side's time goes, by operator type, per configuration.
 
 Runs in this process (no PyTorch): for each ``runtime:<provider>:<precision>`` side and each plain configuration it
-builds the side's Scorer and asks it for :meth:`stlpips_rt.Scorer.operator_profile` on the bench's inputs.
+builds the side's Scorer and asks it for :meth:`stlpips_rt.Scorer.operator_profile` on the bench's inputs: the runs
+as the Scorer makes them (on the CPU provider a batch of small images goes as one-thread runs side by side, and the
+profile is of one of them).
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"## {entry['side']}, {entry['net']}-st\n\nnot profiled: {entry['error']}\n")
             continue
         lines.append(f"## {entry['side']}, {entry['net']}-st {entry['size']}x{entry['size']}, batch {entry['batch']}\n")
-        lines.append(f"{entry['engine']}, {entry['provider']} provider, {entry['precision']}: "
+        how = "" if entry.get("pieces", 1) == 1 else (
+            f" (the batch runs as {entry['pieces']} one-thread runs side by side; profiled: the first, "
+            f"{entry['pairs']} pairs)")
+        lines.append(f"{entry['engine']}, {entry['provider']} provider, {entry['precision']}{how}: "
                      f"{1000 * entry['total_seconds']:.2f} ms of kernel time per run, convolutions "
                      f"**{100 * entry['convolution_share']:.1f}%**.\n")
         lines.append("| operator | share | ms per run | nodes | how it ran (share of the operator's time) |")

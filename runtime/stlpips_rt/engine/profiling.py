@@ -40,6 +40,8 @@ class OperatorProfile:
     engine: str
     runs: int
     operators: list[OperatorTime]
+    pieces: int = 1  # the batch ran as this many one-thread runs side by side; the profile is of the first
+    pairs: int = 0  # pairs in the profiled run (0: not said)
 
     @property
     def total_seconds(self) -> float:
@@ -51,8 +53,8 @@ class OperatorProfile:
         return sum(op.share for op in self.operators if op.op_type in CONVOLUTIONS)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"engine": self.engine, "runs": self.runs, "total_seconds": self.total_seconds,
-                "convolution_share": self.convolution_share,
+        return {"engine": self.engine, "runs": self.runs, "pieces": self.pieces, "pairs": self.pairs,
+                "total_seconds": self.total_seconds, "convolution_share": self.convolution_share,
                 "operators": [op.__dict__ for op in self.operators]}
 
 

@@ -45,6 +45,13 @@ def pieces(n0: int, n1: int, threads: int, pixels: int) -> int:
     return max(1, min(threads, n1))
 
 
+def split(in0: np.ndarray, in1: np.ndarray, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``count`` contiguous pieces of a batch (a broadcast run's reference goes with every piece)."""
+    bounds = np.linspace(0, len(in1), count + 1).round().astype(int)
+    broadcast = len(in0) == 1 < len(in1)
+    return [(in0 if broadcast else in0[a:b], in1[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 class SideBySide:
     """Runs pieces of a batch at once on a one-thread session (``make_session``, built on first use) from a pool of
     ``threads - 1`` workers and the calling thread."""
@@ -70,9 +77,7 @@ class SideBySide:
         """``infer(in0_piece, in1_piece, outputs, session)`` for ``count`` contiguous pieces of the batch, each
         output concatenated along the batch in order."""
         session, pool = self._ready()
-        bounds = np.linspace(0, len(in1), count + 1).round().astype(int)
-        broadcast = len(in0) == 1 < len(in1)
-        parts = [(in0 if broadcast else in0[a:b], in1[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        parts = split(in0, in1, count)
         futures = [pool.submit(infer, a, b, outputs, session) for a, b in parts[1:]]
         first = infer(*parts[0], outputs, session)
         results = [first] + [f.result() for f in futures]
