@@ -240,6 +240,31 @@ def test_rows_written_while_their_pages_are_mapped_keep_their_values() -> None:
     assert memory_rows(0, 5).shape == (0, 5)
 
 
+def test_rows_of_a_dropped_feature_set_serve_the_next_call_and_never_show(model: Path,
+                                                                         corpus: list[np.ndarray]) -> None:
+    """The rows' memory comes back when the FeatureSet and every view of it are gone (RowsPool): the next call
+    reuses it without the kernel zeroing it, and what it held before never shows in the new features."""
+    import gc
+
+    fresh = Scorer(model, providers="cpu", threads=1).features(corpus[:4]).data.copy()
+    scorer = Scorer(model, providers="cpu", threads=1)
+    pool = scorer._features()[0].rows
+    first = scorer.features(corpus[4:])  # 7 images: a larger block than the next call needs
+    address, kept = first.data.ctypes.data, first.data[1]
+    kept_values = kept.copy()
+    del first
+    gc.collect()
+    held = scorer.features(corpus[:4])  # a view of the first call's rows is still alive: fresh memory
+    assert held.data.ctypes.data != address and pool.reused == 0
+    assert np.array_equal(kept, kept_values) and np.array_equal(held.data, fresh)
+    del kept, held
+    gc.collect()
+    again = scorer.features(corpus[:4])
+    # the larger of the two blocks given back is kept: the first call's, whose first 4 rows held other images
+    assert pool.reused == 1 and again.data.ctypes.data == address
+    assert np.array_equal(again.data, fresh)
+
+
 def test_head_blocks_match_the_direct_form() -> None:
     rng = np.random.default_rng(0)
     data = rng.normal(0, 0.1, (7, 300)).astype(np.float32)

@@ -17,7 +17,9 @@ cache, another call or a Ray actor are the same bits. How that holds:
   through its backbone, medians of 5 rounds, load average 7-12), and a one-thread run is the same bits
   whatever the machine's core count.
 
-Past ``max_memory / 2`` of features, rows go to a memory-mapped file (``spill_dir``) instead of memory.
+Past ``max_memory / 2`` of features, rows go to a memory-mapped file (``spill_dir``) instead of memory. Rows in
+memory come from the runner's :class:`~.features.RowsPool`: the memory of a call's FeatureSet, once it is dropped,
+serves the next call without the kernel zeroing it again.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 
 from ..contract import FEATURES_INPUT
 from ..errors import ImageSizeError, StlpipsError
-from .features import FeatureLayout, FeatureSet, memory_rows, spill_file
+from .features import FeatureLayout, FeatureSet, RowsPool, spill_file
 from .model import FeatureModel
 
 #: each item: (name, loader) where loader() returns float32 ``[3, H, W]`` or raises a StlpipsError
@@ -74,6 +76,7 @@ class Runner:
         self._shapes: dict[tuple[int, int], list[tuple[int, ...]]] = {}  # (H, W) -> each output's [C_l, H_l, W_l]
         self._free: dict[tuple[int, ...], list[tuple[object, list[np.ndarray]]]] = {}  # idle bindings by input
         self._pool: ThreadPoolExecutor | None = None
+        self.rows = RowsPool()  # the in-memory rows of each call, given back when its FeatureSet is gone
 
     def submit(self, fn: Callable[..., object], *args: object) -> Future:
         """``fn(*args)`` on one of ``workers`` threads kept from call to call, so that the per-thread working
@@ -245,7 +248,7 @@ def compute(runner: Runner, model: FeatureModel, items: Iterable[Item], count: i
                 if count * layout.bytes_per_image > max_memory // 2:
                     data, spill = spill_file(spill_dir, count, layout.dim)
                 else:
-                    data = memory_rows(count, layout.dim)
+                    data = runner.rows.take(count, layout.dim)
                 per_run = images_per_run(*size) if runner.batching else 1
             assert data is not None
             index = len(names)

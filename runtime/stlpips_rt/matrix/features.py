@@ -213,19 +213,71 @@ def memory_rows(rows: int, dim: int) -> np.ndarray:
     memory: 13 ms in a fresh process, 250-330 ms right after a ``score_batch`` (2-core Zen 4, quiet). Small pages
     take 51 ms either way, and in the background the runs start at once: features after ``score_batch`` went from
     230-314 to 347-395 images/s."""
-    nbytes = rows * dim * 4
-    if nbytes == 0:
+    if rows * dim == 0:
         return np.empty((rows, dim), dtype=np.float32)
+    return _rows_of(_mapped_block(rows * dim * 4), rows, dim)
+
+
+def _mapped_block(nbytes: int) -> mmap.mmap:
+    """Fresh anonymous memory of ``nbytes``, its pages mapped by a background thread (or, on an older kernel,
+    touched in order here)."""
     block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    data = np.frombuffer(block, dtype=np.float32).reshape(rows, dim)
     try:
         block.madvise(_MADV_POPULATE_WRITE, 0, mmap.PAGESIZE)  # the kernel has it: map the rest in the background
     except (OSError, AttributeError):  # an older kernel: touch the pages in order instead, before any row is written
-        data.fill(0)
-        return data
-    threading.Thread(target=_populate, args=(block, data.ctypes.data, nbytes), name="stlpips-rows",
-                     daemon=True).start()
-    return data
+        np.frombuffer(block, dtype=np.uint8).fill(0)
+        return block
+    address = ctypes.addressof(ctypes.c_char.from_buffer(block))
+    threading.Thread(target=_populate, args=(block, address, nbytes), name="stlpips-rows", daemon=True).start()
+    return block
+
+
+def _rows_of(block: mmap.mmap, rows: int, dim: int,
+             finalize: tuple[object, ...] | None = None) -> np.ndarray:
+    """A float32 ``[rows, dim]`` array over the start of ``block``. Its memory is a ctypes view of the block, the
+    one object every numpy view of the rows keeps alive: ``finalize`` ``(fn, *args)`` runs when the last is gone."""
+    holder = (ctypes.c_char * (rows * dim * 4)).from_buffer(block)
+    if finalize is not None:
+        weakref.finalize(holder, *finalize)
+    return np.frombuffer(holder, dtype=np.float32).reshape(rows, dim)
+
+
+class RowsPool:
+    """Rows for :func:`memory_rows`'s callers that come back when dropped: the memory of a FeatureSet (and of every
+    view of its rows) that is gone serves the next call.
+
+    Fresh memory is zeroed by the kernel, page by page, on the cores the runs use: 51 ms for 256 64x64 alex-st
+    images' 162 MB, about 4% of computing them on 2 cores (docs/matrix.md). A Scorer that computes features again
+    (a service, a Ray actor per block, a benchmark's rounds) reuses the rows of one it no longer holds instead.
+    Every row a call returns is written by that call, so what the memory held before never shows. One block is kept
+    (the largest given back) for as long as the pool: the Scorer's features graph."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: mmap.mmap | None = None
+        self.reused = 0  # calls served from memory given back
+
+    def take(self, rows: int, dim: int) -> np.ndarray:
+        """A float32 ``[rows, dim]`` array: the kept block if it is large enough, else fresh memory."""
+        nbytes = rows * dim * 4
+        if nbytes == 0:
+            return np.empty((rows, dim), dtype=np.float32)
+        with self._lock:
+            block = self._idle if self._idle is not None and len(self._idle) >= nbytes else None
+            if block is not None:
+                self._idle = None
+                self.reused += 1
+        if block is None:
+            block = _mapped_block(nbytes)
+        return _rows_of(block, rows, dim, (_give_back, weakref.ref(self), block))
+
+
+def _give_back(pool_ref: weakref.ref, block: mmap.mmap) -> None:
+    pool = pool_ref()
+    if pool is not None:
+        with pool._lock:
+            if pool._idle is None or len(block) > len(pool._idle):
+                pool._idle = block
 
 
 def _populate(block: mmap.mmap, address: int, nbytes: int) -> None:
