@@ -48,6 +48,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from stlpips_rt import Scorer
+from stlpips_rt.engine.cpus import available_cpus
 
 
 def smooth_image(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -347,7 +348,7 @@ def main() -> None:
                 shutil.rmtree(workdir, ignore_errors=True)
     else:
         scorer = Scorer(args.model, "cpu", threads=args.threads)
-        threads = scorer.config.threads or os.cpu_count() or 1
+        threads = scorer.config.threads or available_cpus()
         report["provider"] = scorer.provider
         report["cases"] = [run_case(scorer, threads, 256, 64, 320, args.rounds, 0),
                            run_case(scorer, threads, 64, 256, 48, args.rounds, 10)]

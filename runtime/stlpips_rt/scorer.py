@@ -16,6 +16,7 @@ from . import precision as precision_modes
 from .batching import plan_runs
 from .contract import Key, ModelInfo, ModelSpec
 from .deprecated import MOVED, translate
+from .engine.cpus import available_cpus
 from .engine.device_run import DeviceRunner, check_float_range, device_pair
 from .engine.device_tensors import DeviceArray
 from .engine.model_files import info_from_session, resolve_model
@@ -55,7 +56,8 @@ class Scorer:
         precision: ``"exact"`` (float32, parity with PyTorch) or ``"fast"``: the fastest reduced-precision path
             for the model and machine (:func:`stlpips_rt.precision.fast_path`: fp16 on TensorRT, TF32 on CUDA,
             else the model's gated int8 file beside it, else bf16 on OpenVINO, else fp32).
-        threads: CPU threads (None: one per core). On the CPU provider a batch of pairs runs as that many pieces
+        threads: CPU threads (None: one per CPU this process may use: its affinity, capped by a container's CPU
+            quota; engine/cpus.py). On the CPU provider a batch of pairs runs as that many pieces
             side by side, one thread each (the same bits, faster for small images: engine/side_by_side.py);
             a single pair, a tile and other providers run on that many intra-op threads.
         batch_size: largest number of pairs per graph run.
@@ -487,7 +489,9 @@ class Scorer:
         features are spilled to a memory-mapped file in ``spill_dir``. ``cache``: a folder, or a
         :class:`~stlpips_rt.matrix.cache.FeatureCache` (its size limit), caching image files' features by model,
         file content, image options and engine (docs/matrix.md, "The feature cache"); None: no cache.
-        ``skip_errors``: leave unreadable images out (``result.failed``) instead of raising."""
+        ``skip_errors``: leave unreadable images out (``result.failed``) instead of raising. The memory of a
+        FeatureSet that is gone (it and every view of its rows) serves the next call, unzeroed: the Scorer keeps one
+        such block (``matrix.features.RowsPool``)."""
         from .matrix import extract
         from .matrix.cache import FeatureCache
 
@@ -540,7 +544,7 @@ class Scorer:
 
     def _cpu_threads(self) -> int:
         """The CPU threads this scorer uses: side-by-side pieces, features runs and the matrix head."""
-        return self.config.threads or os.cpu_count() or 1
+        return self.config.threads or available_cpus()
 
     def matrix(self, a: Any, b: Any = None, *, out: np.ndarray | None = None, progress: Any = None,
                block: int | None = None) -> np.ndarray:

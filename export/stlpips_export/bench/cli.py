@@ -24,6 +24,7 @@ import click
 import numpy as np
 
 from stlpips_rt.cli.options import CONTEXT, fail, models_dir_option, runtime_options
+from stlpips_rt.engine.cpus import available_cpus
 from stlpips_rt.engine.model_files import check_models_exist, missing_models
 from stlpips_rt.errors import ModelNotFoundError
 
@@ -302,7 +303,7 @@ def main(quick: bool, nets: str, models: tuple[str, ...], shapes: str | None, si
         log(f"wrote {out_dir}/bench.md from {from_json}")
         return
     started = time.time()
-    threads = threads or os.cpu_count() or 1
+    threads = threads or available_cpus()
     rounds = rounds if rounds is not None else (1 if quick else 3)
     seconds = seconds if seconds is not None else (0.3 if quick else 1.5)
     cold_runs = cold_runs if cold_runs is not None else (1 if quick else 3)
@@ -450,7 +451,7 @@ def run_profile(quick: bool, nets: str, shapes: str | None, sides: str | None, p
     """``--profile``: per-operator kernel time of each runtime side (bench/profile.py)."""
     from . import profile
 
-    threads = threads or os.cpu_count() or 1
+    threads = threads or available_cpus()
     side_list = [s.strip() for s in sides.split(",")] if sides else default_sides(providers)
     runtime_sides = [s for s in side_list if s.startswith("runtime:")]
     if not runtime_sides:

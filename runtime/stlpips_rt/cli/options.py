@@ -70,7 +70,7 @@ def runtime_options(providers: str = "auto", precision: bool = True) -> Callable
                           f"{', '.join(PROVIDERS)} (auto: a GPU where there is one, else "
                           "the CPU provider; OpenVINO only when named or for --precision fast)."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads (default: one per core)."),
+                     help="CPU threads (default: one per CPU this process may use, a container's CPU quota included)."),
     ]
     if precision:
         group.insert(1, click.option("--precision", type=click.Choice(MODES), default="exact", show_default=True,

@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from .. import precision
 from ..errors import ProviderError
+from .cpus import engine_threads
 from .openvino_direct import OpenVinoSession, openvino_runtime_reason
 from .options import SessionConfig
 
@@ -210,8 +211,9 @@ def session_options(cfg: SessionConfig) -> ort.SessionOptions:
     # beside the arena's chunks (alex-st, 2048x2048: 3.5 GB for one pair, 6.2 GB after a second), so the memory
     # a pair needs would depend on history and no budget (docs/tiling.md) could hold. No speed change measured.
     opts.enable_mem_pattern = cfg.memory_pattern
-    if cfg.threads:
-        opts.intra_op_num_threads = int(cfg.threads)
+    threads = engine_threads(cfg.threads)
+    if threads:
+        opts.intra_op_num_threads = threads
     opts.log_severity_level = int(os.environ.get("STLPIPS_ORT_LOG_LEVEL", "3"))
     if cfg.profile:
         opts.enable_profiling = True
@@ -224,11 +226,12 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
     if cfg.precision not in precision.MODES:
         raise ProviderError(f"precision must be one of {', '.join(precision.MODES)}, got {cfg.precision!r}")
     opts = session_options(cfg)
+    threads = engine_threads(cfg.threads)
     if "openvino" in providers[1:]:
         raise ProviderError("OpenVINO can only be the first provider (it is attached per device); "
                             "use providers='openvino' (unsupported nodes fall back to the CPU provider)")
     if providers[0] == "openvino" and not openvino_through_plugin():
-        return OpenVinoSession(path, cfg.openvino.device, "bf16" if cfg.precision == "fast" else "f32", cfg.threads,
+        return OpenVinoSession(path, cfg.openvino.device, "bf16" if cfg.precision == "fast" else "f32", threads,
                                profile=cfg.profile)
     if providers[0] == "openvino":
         devices, reason = _openvino_devices()
@@ -240,8 +243,8 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
         if cfg.openvino.device != "CPU":
             hint = "f16" if cfg.precision == "fast" else "f32"
         ov_opts = {"load_config": json.dumps({cfg.openvino.device: {"INFERENCE_PRECISION_HINT": hint}})}
-        if cfg.threads:
-            ov_opts["num_of_threads"] = str(cfg.threads)
+        if threads:
+            ov_opts["num_of_threads"] = str(threads)
         opts.add_provider_for_devices([wanted[0]], ov_opts)
         # Nodes OpenVINO cannot take fall back to the CPU provider, which ORT always appends.
         return ort.InferenceSession(str(path), opts)

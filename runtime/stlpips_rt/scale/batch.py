@@ -40,7 +40,7 @@ PairTask = Callable[[Scorer, dict[str, Any]], Mapping[str, Any]]
 class ScoringOptions:
     """How many actors run, what each reserves on the cluster, and how each builds its :class:`Scorer`.
 
-    threads: onnxruntime intra-op threads per actor (None: one per core of the actor's machine).
+    threads: onnxruntime intra-op threads per actor (None: one per CPU the actor's process may use).
     max_memory, provider_options: as the Scorer's (each actor's Scorer gets them).
     cpus_per_worker: CPUs each actor reserves from Ray (default: ``threads``, or 1).
     gpus_per_worker: GPUs each actor reserves (with ``providers="auto"`` or ``"cuda"`` the actor runs on its GPU).

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..engine.cpus import available_cpus
 from ..engine.model_files import resolve_model
 
 INSTALL_HINT = "pip install 'stlpips-deploy[ray]'"
@@ -47,7 +48,7 @@ def cluster(address: str | None = None, cpus_needed: int = 1, quiet: bool = Fals
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING if quiet else logging.INFO,
                               "log_to_driver": not quiet}
     if address is None:
-        start_local(num_cpus=max(os.cpu_count() or 1, cpus_needed + 1), include_dashboard=dashboard, **kwargs)
+        start_local(num_cpus=max(available_cpus(), cpus_needed + 1), include_dashboard=dashboard, **kwargs)
     else:
         ray.init(address=address, **kwargs)
     try:
