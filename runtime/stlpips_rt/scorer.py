@@ -25,7 +25,7 @@ from .engine.profiling import OperatorProfile, profile_session
 from .engine.providers import SHORT_NAMES, engine_of
 from .engine.routing import route
 from .engine.session import build_session
-from .engine.side_by_side import SideBySide, pieces, split
+from .engine.side_by_side import SideBySide, one_thread, pieces, split
 from .errors import (
     DeviceTensorError,
     ImageSizeError,
@@ -247,7 +247,7 @@ class Scorer:
         in1 = np.ascontiguousarray(in1, dtype=np.float32)
         count = self._pieces(in0, in1)
         if count > 1:
-            config = dataclasses.replace(config, threads=1, memory_pattern=True)
+            config = one_thread(config)
             in0, in1 = split(in0, in1, count)[0]
         session = build_session(self._routed_path, chosen, dataclasses.replace(config, profile=True), explicit).session
         profile = profile_session(session, lambda s: self._infer(in0, in1, ("dist",), s, counted=False), runs,
@@ -262,8 +262,7 @@ class Scorer:
 
     def _one_thread_session(self) -> Any:
         chosen, config, explicit = self._session_args
-        config = dataclasses.replace(config, threads=1, memory_pattern=True)
-        return build_session(self._routed_path, chosen, config, explicit).session
+        return build_session(self._routed_path, chosen, one_thread(config), explicit).session
 
     def _infer(self, in0: np.ndarray, in1: np.ndarray, outputs: Sequence[str], session: Any = None,
                counted: bool = True) -> list[np.ndarray]:
@@ -472,7 +471,7 @@ class Scorer:
             if self._features_graph is None:
                 path = features_path(self.info.path, ModelSpec.from_file_name(self.info.path.name))
                 chosen, config, explicit = self._session_args
-                config = dataclasses.replace(config, precision="exact", threads=1, memory_pattern=True)
+                config = one_thread(dataclasses.replace(config, precision="exact"))
                 session = build_session(path, chosen, config, explicit).session
                 model = FeatureModel.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
                 model.check_graph([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])

@@ -19,12 +19,15 @@ at least :data:`MIN_BROADCAST_PER_RUN` candidates, because every piece computes 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from .options import SessionConfig
 
 #: candidates per piece below which a broadcast run stays whole (the reference's pass is repeated per piece)
 MIN_BROADCAST_PER_RUN = 8
@@ -43,6 +46,11 @@ def pieces(n0: int, n1: int, threads: int, pixels: int) -> int:
     if n0 == 1 < n1:  # broadcast
         return max(1, min(threads, n1 // MIN_BROADCAST_PER_RUN))
     return max(1, min(threads, n1))
+
+
+def one_thread(config: SessionConfig) -> SessionConfig:
+    """The session config of runs side by side: one intra-op thread, onnxruntime's memory patterns (see above)."""
+    return dataclasses.replace(config, threads=1, memory_pattern=True)
 
 
 def split(in0: np.ndarray, in1: np.ndarray, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
