@@ -220,13 +220,14 @@ def test_features_past_the_budget_spill_to_disk(model: Path, scorer: Scorer, cor
 
 
 def test_rows_written_while_their_pages_are_mapped_keep_their_values() -> None:
-    """memory_rows returns before its pages are mapped (a background MADV_POPULATE_WRITE); what is written
+    """Fresh rows come back before their pages are mapped (a background MADV_POPULATE_WRITE); what is written
     meanwhile must survive it, and the rest reads as zeros."""
     import threading
 
-    from stlpips_rt.matrix.features import memory_rows
+    from stlpips_rt.matrix.features import RowsPool
 
-    rows = memory_rows(64, 1 << 16)  # 16 MiB
+    pool = RowsPool()
+    rows = pool.take(64, 1 << 16)  # 16 MiB
     rng = np.random.default_rng(0)
     written = rng.standard_normal((8, 1 << 16)).astype(np.float32)
     rows[::8] = written  # while the populating thread may still run
@@ -237,7 +238,7 @@ def test_rows_written_while_their_pages_are_mapped_keep_their_values() -> None:
     untouched = np.ones(64, bool)
     untouched[::8] = False
     assert not rows[untouched].any()
-    assert memory_rows(0, 5).shape == (0, 5)
+    assert pool.take(0, 5).shape == (0, 5)
 
 
 def test_rows_of_a_dropped_feature_set_serve_the_next_call_and_never_show(model: Path,

@@ -226,7 +226,7 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
     if cfg.precision not in precision.MODES:
         raise ProviderError(f"precision must be one of {', '.join(precision.MODES)}, got {cfg.precision!r}")
     opts = session_options(cfg)
-    threads = engine_threads(cfg.threads)
+    threads = opts.intra_op_num_threads or None  # engine_threads(cfg.threads), as session_options resolved it
     if "openvino" in providers[1:]:
         raise ProviderError("OpenVINO can only be the first provider (it is attached per device); "
                             "use providers='openvino' (unsupported nodes fall back to the CPU provider)")

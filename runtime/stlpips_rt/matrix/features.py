@@ -203,9 +203,10 @@ def spill_file(directory: str | os.PathLike[str] | None, rows: int, dim: int) ->
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
-def memory_rows(rows: int, dim: int) -> np.ndarray:
-    """A float32 ``[rows, dim]`` array in memory, returned at once while a background thread maps its pages
-    (``MADV_POPULATE_WRITE``, which never changes what a page holds, so rows written meanwhile keep their values).
+def _mapped_block(nbytes: int) -> mmap.mmap:
+    """Fresh anonymous memory of ``nbytes``, returned at once while a background thread maps its pages
+    (``MADV_POPULATE_WRITE``, which never changes what a page holds, so rows written meanwhile keep their values;
+    on an older kernel the pages are touched in order here, before any row is written).
 
     Measured for 256 64x64 alex-st images (162 MB): rows written into fresh pages fault them in one by one (220-390
     ms of kernel time against 20-60 ms mapped in one call, 2-core AMD EPYC, load average 19). Mapping them in one
@@ -213,14 +214,6 @@ def memory_rows(rows: int, dim: int) -> np.ndarray:
     memory: 13 ms in a fresh process, 250-330 ms right after a ``score_batch`` (2-core Zen 4, quiet). Small pages
     take 51 ms either way, and in the background the runs start at once: features after ``score_batch`` went from
     230-314 to 347-395 images/s."""
-    if rows * dim == 0:
-        return np.empty((rows, dim), dtype=np.float32)
-    return _rows_of(_mapped_block(rows * dim * 4), rows, dim)
-
-
-def _mapped_block(nbytes: int) -> mmap.mmap:
-    """Fresh anonymous memory of ``nbytes``, its pages mapped by a background thread (or, on an older kernel,
-    touched in order here)."""
     block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         block.madvise(_MADV_POPULATE_WRITE, 0, mmap.PAGESIZE)  # the kernel has it: map the rest in the background
@@ -232,19 +225,17 @@ def _mapped_block(nbytes: int) -> mmap.mmap:
     return block
 
 
-def _rows_of(block: mmap.mmap, rows: int, dim: int,
-             finalize: tuple[object, ...] | None = None) -> np.ndarray:
+def _rows_of(block: mmap.mmap, rows: int, dim: int, finalize: tuple[object, ...]) -> np.ndarray:
     """A float32 ``[rows, dim]`` array over the start of ``block``. Its memory is a ctypes view of the block, the
     one object every numpy view of the rows keeps alive: ``finalize`` ``(fn, *args)`` runs when the last is gone."""
     holder = (ctypes.c_char * (rows * dim * 4)).from_buffer(block)
-    if finalize is not None:
-        weakref.finalize(holder, *finalize)
+    weakref.finalize(holder, *finalize)
     return np.frombuffer(holder, dtype=np.float32).reshape(rows, dim)
 
 
 class RowsPool:
-    """Rows for :func:`memory_rows`'s callers that come back when dropped: the memory of a FeatureSet (and of every
-    view of its rows) that is gone serves the next call.
+    """Rows of features in memory that come back when dropped: the memory of a FeatureSet (and of every view of its
+    rows) that is gone serves the next call; fresh memory is mapped in the background (:func:`_mapped_block`).
 
     Fresh memory is zeroed by the kernel, page by page, on the cores the runs use: 51 ms for 256 64x64 alex-st
     images' 162 MB, about 4% of computing them on 2 cores (docs/matrix.md). A Scorer that computes features again
