@@ -237,6 +237,7 @@ def cli_run(command: list[str], env: dict[str, str], watch: dict[str, tuple[Path
     second."""
     peaks = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0, **{f"disk_{k}": 0 for k in watch}}
     head_started: list[float] = []
+    loads: list[float] = []  # the one-minute load average, twice a second: how quiet the machine was
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
@@ -249,6 +250,7 @@ def cli_run(command: list[str], env: dict[str, str], watch: dict[str, tuple[Path
                 peaks[f"disk_{key}"] = max(peaks[f"disk_{key}"], allocated_bytes(path, pattern))
             if not head_started and output.exists():
                 head_started.append(time.perf_counter() - start)
+            loads.append(os.getloadavg()[0])
             stop.wait(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -269,6 +271,7 @@ def cli_run(command: list[str], env: dict[str, str], watch: dict[str, tuple[Path
         "peak_rss_bytes": usage.ru_maxrss * 1024,
         "peak_rss_anon_bytes": peaks["RssAnon"], "peak_rss_file_bytes": peaks["RssFile"],
         **{k: v for k, v in peaks.items() if k.startswith("disk_")},
+        "load_average_1min_range": [round(min(loads), 2), round(max(loads), 2)] if loads else None,
         "summary": stderr.strip().splitlines()[-1] if stderr.strip() else "",
     }
 
@@ -288,19 +291,31 @@ def run_large(model: str, n: int, size: int, threads: int | None, workdir: Path,
     cache = workdir / "cache"  # the feature cache (default size limit), here rather than in the user's cache folder
     env = {**os.environ, "TMPDIR": str(tmp), "STLPIPS_CACHE_DIR": str(cache)}
     watch = {"spill": (tmp, "*"), "cache": (cache, "*"), "output": (workdir, "matrix*")}
-    runs = {}
+    runs: dict = {}
+    scorer = Scorer(model, "cpu", threads=threads)
+    head_threads = scorer.config.threads or available_cpus()
+    flops_per_pair = 2 * scorer.features([smooth_image(size, rng)]).layout.dim
+    dgemm = [dgemm_rate(rng)[0]]
     for name in ("computed", "from_cache")[:2 if again else 1]:
         for f in workdir.glob("matrix*"):
             f.unlink()
         print(f"[large] {name}: {' '.join(command)}", flush=True)
-        runs[name] = cli_run(command, env, watch, out)
-        print(f"[large] {name}: {runs[name]}", flush=True)
+        run = runs[name] = cli_run(command, env, watch, out)
+        dgemm.append(dgemm_rate(rng)[0])
+        if run["head_and_output_s"]:
+            # the head's phase also reads the spilled rows and writes the output; its rate against the one-thread
+            # DGEMM rate measured before and after, per thread
+            gflops = n * (n - 1) // 2 * flops_per_pair / run["head_and_output_s"] / head_threads / 1e9
+            run["head_gflops_per_thread"] = round(gflops, 2)
+            run["head_fraction_of_dgemm_per_thread"] = round(gflops / statistics.median(dgemm), 3)
+        print(f"[large] {name}: {run}", flush=True)
+    runs["dgemm_1thread_gflops"] = [round(v, 2) for v in dgemm]
+    runs["head_threads"], runs["head_flops_per_pair"] = head_threads, flops_per_pair
     runs["output_bytes"] = sum(f.stat().st_size for f in workdir.glob("matrix*"))
     runs["cache_bytes"] = allocated_bytes(cache)
     runs["images_bytes"] = allocated_bytes(images_dir)
     matrix = np.load(out, mmap_mode="r")
     names = out.with_suffix(".rows.txt").read_text().splitlines()
-    scorer = Scorer(model, "cpu", threads=threads)
     pick = np.random.default_rng(5).choice(n, size=(check, 2), replace=check * 2 > n)
     pick = pick[pick[:, 0] != pick[:, 1]]
     expected = scorer.score_batch([names[i] for i in pick[:, 0]], [names[j] for j in pick[:, 1]])
