@@ -156,7 +156,7 @@ def test_provider_options_take_one_object_per_provider(exported_model) -> None:
     model = exported_model("alex", "st")
     with pytest.raises(TypeError, match="two CudaOptions"):
         Scorer(model, "cpu", provider_options=[CudaOptions(), CudaOptions(device_id=1)])
-    with pytest.raises(TypeError, match="takes CudaOptions, TensorRTOptions and OpenVinoOptions"):
+    with pytest.raises(TypeError, match="takes CudaOptions, TensorRTOptions, OpenVinoOptions and CpuOptions"):
         Scorer(model, "cpu", provider_options=[ImageOptions()])
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from stlpips_rt import contract
 from stlpips_rt.contract import Key, ModelSpec
+from stlpips_rt.engine import winograd
 from stlpips_rt.matrix.head import pair_distances
 from stlpips_rt.matrix.model import encode_weights
 from stlpips_rt.precision import error_stats
@@ -188,8 +189,9 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
             existing = {p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props}
         except Exception:  # noqa: BLE001 - unreadable: export it again
             existing = {}
+        same_forms = bool(existing.get(Key.CPU_WINOGRAD)) == bool(pair_metadata.get(Key.CPU_WINOGRAD))
         if existing.get(Key.KIND) == contract.KIND_FEATURES and existing.get(Key.FEATURES_BATCH) and all(
-                existing.get(k) == pair_metadata.get(k) for k in UP_TO_DATE_KEYS):  # (older graphs: export again)
+                existing.get(k) == pair_metadata.get(k) for k in UP_TO_DATE_KEYS) and same_forms:  # (older: export)
             return FeaturesResult(target, float(existing.get(Key.PARITY_MAX_ABS, "nan")),
                                   float(existing.get(Key.PARITY_MAX_REL, "nan")), reused=True,
                                   batch_invariant=existing.get(Key.FEATURES_BATCH) == contract.BATCH_INVARIANT)
@@ -201,6 +203,13 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
     onnx.checker.check_model(graph, full_check=True)
     result = verify_head(graph, pair_graph, model, weights, min_size, tolerance, spec.static_hw)
     result.batch_invariant = batch_invariant(_session(graph.SerializeToString()), spec.static_hw, min_size)
+    cpu_form = winograd.rewritten_copy(graph) if pair_metadata.get(Key.CPU_WINOGRAD) else None
+    if cpu_form is not None:  # the form the CPU provider runs (stlpips_rt.engine.winograd), against the pair's
+        pair_form = winograd.rewritten_copy(pair_graph) if pair_graph is not None else None
+        cpu_result = verify_head(cpu_form, pair_form or pair_graph, model, weights, min_size, tolerance,
+                                 spec.static_hw)
+        result.batch_invariant = result.batch_invariant and batch_invariant(
+            _session(cpu_form.SerializeToString()), spec.static_hw, min_size)
     metadata = {key: pair_metadata[key] for key in COPIED_KEYS if key in pair_metadata}
     metadata.update({
         Key.KIND: contract.KIND_FEATURES,
@@ -213,6 +222,8 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
         Key.PARITY_MAX_ABS: f"{result.max_abs:.3g}",
         Key.PARITY_MAX_REL: f"{result.max_rel:.3g}",
     })
+    if cpu_form is not None:
+        metadata[Key.CPU_WINOGRAD] = f"{cpu_result.max_abs:.3g}"
     metadata[Key.FEATURES_BATCH] = contract.BATCH_INVARIANT if result.batch_invariant else contract.BATCH_PER_IMAGE
     result.path = write(graph, metadata, target)
     result.seconds = time.perf_counter() - start

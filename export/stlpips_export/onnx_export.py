@@ -19,6 +19,7 @@ import torch
 
 from stlpips_rt import contract
 from stlpips_rt.contract import Key, ModelSpec
+from stlpips_rt.engine import winograd
 from stlpips_rt.precision import tolerance
 from stlpips_rt.tiling import geometry_metadata
 
@@ -184,13 +185,24 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         report.raise_if_failed(options.file_name)
     metadata[Key.PARITY_MAX_ABS] = f"{report.max_abs:.3g}"
     metadata[Key.PARITY_MAX_REL] = f"{report.max_rel:.3g}"
+    cpu_form = winograd.rewritten_copy(graph) if options.spec.precision == "fp32" and not options.int8 else None
+    if cpu_form is not None:
+        with _step("verify winograd", timings, progress):
+            cpu_report = verify_parity(cpu_form, model, min_size, options.parity_tolerance, options.static_hw)
+            progress(f"the CPU provider's Winograd form: {cpu_report.summary()}")
+            cpu_report.raise_if_failed(f"{options.file_name} (the CPU provider's Winograd form)")
+        metadata[Key.CPU_WINOGRAD] = f"{cpu_report.max_abs:.3g}"
     if options.int8:
         graph, int8_metadata = quantize_int8(graph, model, min_size, options, progress, timings)
         metadata.update(int8_metadata)
     with _step("memory", timings, progress), tempfile.TemporaryDirectory() as tmp:
-        probe_path = Path(tmp) / "probe.onnx"
-        probe_path.write_bytes(graph.SerializeToString())
-        bytes_per_pixel, rates = measure_bytes_per_pixel(probe_path, min_size, options.static_hw)
+        bytes_per_pixel, rates = 0, {}
+        for n, form in enumerate(g for g in (graph, cpu_form) if g is not None):  # the tiler plans for the larger
+            probe_path = Path(tmp) / f"probe{n}.onnx"
+            probe_path.write_bytes(form.SerializeToString())
+            form_bytes, form_rates = measure_bytes_per_pixel(probe_path, min_size, options.static_hw)
+            bytes_per_pixel = max(bytes_per_pixel, form_bytes)
+            rates = {size: max(rate, rates.get(size, 0)) for size, rate in form_rates.items()}
         progress(f"memory: {bytes_per_pixel} bytes per pixel of a pair (ONNX Runtime CPU; sampled "
                  f"{', '.join(f'{size} {rate}' for size, rate in rates.items())})")
     metadata[Key.BYTES_PER_PIXEL] = str(bytes_per_pixel)

@@ -8,7 +8,7 @@
 from .contract import ModelInfo, ModelSpec
 from .engine.device_tensors import DeviceArray
 from .engine.model_files import read_model_info, resolve_model
-from .engine.options import CudaOptions, OpenVinoOptions, TensorRTOptions
+from .engine.options import CpuOptions, CudaOptions, OpenVinoOptions, TensorRTOptions
 from .engine.providers import available_providers, unavailable_reasons
 from .errors import (
     ChannelError,
@@ -39,6 +39,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ChannelError",
+    "CpuOptions",
     "CudaOptions",
     "DeviceArray",
     "DeviceTensorError",

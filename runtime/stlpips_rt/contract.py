@@ -121,6 +121,10 @@ class Key:
     # any position (onnxruntime CPU provider): the runtime may then stack images of one size into a batch;
     # "per-image" when that check failed (one image per run). Absent in features graphs before this key.
     FEATURES_BATCH = "stlpips.features_batch"
+    # Set by the export where onnxruntime's CPU provider may run the wide 3x3 convolutions as Winograd F(2x2, 3x3)
+    # (stlpips_rt.engine.winograd), after that form passed the same parity gate: its measured max abs error. The
+    # runtime rewrites only files that carry it (exact mode, CPU provider); other hosts run the file as it is.
+    CPU_WINOGRAD = "stlpips.cpu_winograd"
 
     @classmethod
     def all(cls) -> tuple[str, ...]:

@@ -69,7 +69,8 @@ class Scorer:
         provider_options: per-provider settings, at most one object per provider:
             :class:`~stlpips_rt.CudaOptions` (device, cuDNN search, CUDA's fast mode, I/O binding, extra options),
             :class:`~stlpips_rt.TensorRTOptions` (fp16, engine cache, workspace, profile shapes),
-            :class:`~stlpips_rt.OpenVinoOptions` (device). Providers not named keep their defaults.
+            :class:`~stlpips_rt.OpenVinoOptions` (device), :class:`~stlpips_rt.CpuOptions` (Winograd for VGG's wide
+            layers, on by default). Providers not named keep their defaults.
 
         **deprecated: the 0.1 keywords (``device_id``, ``tensorrt``, ``float_range``, ``resize``, ``models_dir``,
             ...) still work, with a DeprecationWarning naming their replacement (:mod:`stlpips_rt.deprecated`);

@@ -76,8 +76,17 @@ class OpenVinoOptions:
         object.__setattr__(self, "device", device)
 
 
-ProviderOptions = CudaOptions | TensorRTOptions | OpenVinoOptions
-_KINDS: tuple[type, ...] = (CudaOptions, TensorRTOptions, OpenVinoOptions)
+@dataclass(frozen=True)
+class CpuOptions:
+    """onnxruntime CPU provider settings. ``winograd``: in exact mode, run VGG's wide 3x3 convolutions as Winograd
+    F(2x2, 3x3) (:mod:`stlpips_rt.engine.winograd`: 1.25-1.40x on those layers, within the same parity bound);
+    False runs the file's graph as it is, as other hosts of the file do."""
+
+    winograd: bool = True
+
+
+ProviderOptions = CudaOptions | TensorRTOptions | OpenVinoOptions | CpuOptions
+_KINDS: tuple[type, ...] = (CudaOptions, TensorRTOptions, OpenVinoOptions, CpuOptions)
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class SessionConfig:
     cuda: CudaOptions = field(default_factory=CudaOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     openvino: OpenVinoOptions = field(default_factory=OpenVinoOptions)
+    cpu: CpuOptions = field(default_factory=CpuOptions)
     #: Per-operator timing (onnxruntime's profiler, OpenVINO's performance counters): Scorer.operator_profile's
     #: sessions only, never a scoring session (it costs time and, for onnxruntime, a trace file).
     profile: bool = False
@@ -103,16 +113,16 @@ class SessionConfig:
         chosen: dict[type, Any] = {}
         for opts in provider_options:
             if not isinstance(opts, _KINDS):
-                raise TypeError(f"provider_options takes CudaOptions, TensorRTOptions and OpenVinoOptions, got "
-                                f"{type(opts).__name__}")
+                raise TypeError(f"provider_options takes CudaOptions, TensorRTOptions, OpenVinoOptions and CpuOptions, "
+                                f"got {type(opts).__name__}")
             if type(opts) in chosen:
                 raise TypeError(f"provider_options has two {type(opts).__name__}; give one per provider")
             chosen[type(opts)] = opts
         return cls(threads=threads, precision=precision, cuda=chosen.get(CudaOptions, CudaOptions()),
                    tensorrt=chosen.get(TensorRTOptions, TensorRTOptions()),
-                   openvino=chosen.get(OpenVinoOptions, OpenVinoOptions()))
+                   openvino=chosen.get(OpenVinoOptions, OpenVinoOptions()), cpu=chosen.get(CpuOptions, CpuOptions()))
 
     @property
     def provider_options(self) -> tuple[ProviderOptions, ...]:
         """The option objects, as ``Scorer(provider_options=...)`` takes them (to build another Scorer alike)."""
-        return (self.cuda, self.tensorrt, self.openvino)
+        return (self.cuda, self.tensorrt, self.openvino, self.cpu)

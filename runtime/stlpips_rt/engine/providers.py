@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from .. import precision
 from ..errors import ProviderError
+from . import winograd
 from .cpus import engine_threads
 from .openvino_direct import OpenVinoSession, openvino_runtime_reason
 from .options import SessionConfig
@@ -249,9 +250,12 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
         # Nodes OpenVINO cannot take fall back to the CPU provider, which ORT always appends.
         return ort.InferenceSession(str(path), opts)
     entries = [provider_options(p, cfg) for p in providers]
+    model: str | bytes = str(path)
+    if providers[0] == "cpu" and cfg.precision == "exact" and cfg.cpu.winograd:
+        model = winograd.cpu_model(path)
     if "cpu" not in providers:
         entries.append(provider_options("cpu", cfg))
     # enable_fallback=0: onnxruntime's own fallback would rebuild a failed TensorRT session on CUDA without these
     # options (TF32 on); session.py falls back itself, with them.
-    return ort.InferenceSession(str(path), opts, providers=[e[0] for e in entries],
+    return ort.InferenceSession(model, opts, providers=[e[0] for e in entries],
                                 provider_options=[e[1] for e in entries], enable_fallback=0)

@@ -1,0 +1,131 @@
+"""Winograd F(2x2, 3x3) for the CPU provider (stlpips_rt.engine.winograd): the rewritten graph computes the file's
+convolutions within float32 error, keeps every image's bits alone and in any batch, on any thread count, touches
+only the layers its rule names, and runs only where the file's export gated it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from stlpips_rt import CpuOptions, Scorer
+from stlpips_rt.contract import Key
+from stlpips_rt.engine import winograd
+from stlpips_rt.precision import tolerance
+
+
+def conv_stack(pools: int = 0, channels: tuple[int, ...] = (256, 512, 512), opset: int = 17,
+               stride: int = 1) -> onnx.ModelProto:
+    """``pools`` stride-2 max pools, then 3x3 convolutions (padding 1, ReLU between) through ``channels``."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(pools):
+        nodes.append(helper.make_node("MaxPool", [x], [f"pool{i}"], kernel_shape=[2, 2], strides=[2, 2]))
+        x = f"pool{i}"
+    for i, (c, k) in enumerate(zip(channels, channels[1:], strict=False)):
+        w = (rng.standard_normal((k, c, 3, 3)) * np.sqrt(2 / (9 * c))).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(rng.normal(0, 0.1, k).astype(np.float32),
+                                                                                f"b{i}")]
+        nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"conv{i}"], kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1], strides=[stride, stride]))
+        nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"]))
+        x = f"relu{i}"
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             ["N", channels[0], "H", "W"])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def images(n: int, h: int, w: int, seed: int = 1) -> np.ndarray:
+    return np.maximum(np.random.default_rng(seed).standard_normal((n, 256, h, w)), 0).astype(np.float32)
+
+
+def test_transformed_weights_are_g_w_gt_rounded_once() -> None:
+    w = np.random.default_rng(3).standard_normal((8, 5, 3, 3)).astype(np.float32)
+    expected = np.einsum("ia,kcab,jb->ijkc", winograd._G, w.astype(np.float64), winograd._G)
+    assert np.array_equal(winograd.transformed_weights(w), expected.reshape(16, 8, 5).astype(np.float32))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 5), (9, 9), (8, 10), (17, 13)])
+def test_the_rewrite_computes_the_convolutions(hw: tuple[int, int]) -> None:
+    plain = conv_stack()
+    rewritten = winograd.rewritten_copy(plain)
+    assert rewritten is not None
+    assert sum(n.op_type == "Conv" and n.name.endswith("v00") for n in rewritten.graph.node) == 2
+    x = images(2, *hw)
+    expected = session(plain).run(None, {"x": x})[0]
+    got = session(rewritten).run(None, {"x": x})[0]
+    assert got.shape == expected.shape
+    scale = float(np.abs(expected).max())
+    assert np.abs(got - expected).max() <= 2e-6 * scale, (np.abs(got - expected).max(), scale)
+
+
+@pytest.mark.parametrize("hw", [(9, 9), (4, 6), (1, 2)])
+def test_an_image_keeps_its_bits_alone_in_any_batch_and_on_any_thread_count(hw: tuple[int, int]) -> None:
+    rewritten = winograd.rewritten_copy(conv_stack())
+    x = images(5, *hw)
+    batch = session(rewritten, threads=2).run(None, {"x": x})[0]
+    for threads in (1, 2):
+        run = session(rewritten, threads)
+        alone = np.concatenate([run.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+        assert np.array_equal(alone, batch)
+        reversed_batch = run.run(None, {"x": np.ascontiguousarray(x[::-1])})[0]
+        assert np.array_equal(reversed_batch[::-1], batch)
+
+
+@pytest.mark.parametrize("model, why", [
+    (conv_stack(channels=(256, 384, 256)), "AlexNet's widths gain nothing"),
+    (conv_stack(pools=4), "a map 16 times coarser than the image (VGG's conv5) is too small at 64x64"),
+    (conv_stack(stride=2), "strided convolutions are not 2x2-block Winograd"),
+    (conv_stack(opset=13), "opsets before 15 have no Shape with a start"),
+])
+def test_what_is_left_alone(model: onnx.ModelProto, why: str) -> None:
+    before = model.SerializeToString()
+    assert winograd.rewritten_copy(model) is None, why
+    assert not winograd.rewrite(model) and model.SerializeToString() == before
+
+
+def test_a_map_eight_times_coarser_is_rewritten() -> None:
+    assert winograd.rewritten_copy(conv_stack(pools=3)) is not None
+
+
+def test_the_cpu_provider_rewrites_only_files_whose_export_gated_it(tmp_path: Path) -> None:
+    model = conv_stack()
+    plain = tmp_path / "plain.onnx"
+    onnx.save(model, plain)
+    assert winograd.cpu_model(plain) == str(plain)
+    helper.set_model_props(model, {Key.CPU_WINOGRAD: "3.1e-07"})
+    declared = tmp_path / "declared.onnx"
+    onnx.save(model, declared)
+    rewritten = winograd.cpu_model(declared)
+    assert isinstance(rewritten, bytes)
+    assert any("winograd" in n.name for n in onnx.load_from_string(rewritten).graph.node)
+
+
+def test_vgg_st_runs_winograd_within_the_exact_tolerance_and_keeps_its_bits(exported_model) -> None:
+    path = exported_model("vgg", "st")
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert float(meta[Key.CPU_WINOGRAD]) <= float(meta[Key.PARITY_TOLERANCE])
+    rng = np.random.default_rng(5)
+    a = rng.uniform(-1, 1, (6, 3, 64, 72)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.2, a.shape), -1, 1).astype(np.float32)
+    fast = Scorer(path, providers="cpu", threads=2)
+    plain = Scorer(path, providers="cpu", threads=2, provider_options=[CpuOptions(winograd=False)])
+    got = fast.score_batch(a, b, float_range="-1,1")
+    expected = plain.score_batch(a, b, float_range="-1,1")
+    assert not np.array_equal(got, expected)  # the rewrite ran
+    assert np.abs(got - expected).max() <= tolerance("exact").max_abs
+    alone = np.concatenate([fast.score_batch(a[i:i + 1], b[i:i + 1], float_range="-1,1") for i in range(len(a))])
+    assert np.array_equal(alone, got)
