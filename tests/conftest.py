@@ -15,11 +15,13 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _feature_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """stlpips-score --matrix caches features in the user's cache folder by default: the suite uses its own."""
+def _caches_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """stlpips-score --matrix caches features, and the CPU provider its rewritten graphs, in the user's cache folder
+    by default: the suite uses its own."""
     import os
 
     os.environ["STLPIPS_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+    os.environ["STLPIPS_GRAPH_CACHE_DIR"] = str(tmp_path_factory.mktemp("graph-cache"))  # engine/winograd.py
 
 
 @pytest.fixture(scope="session")

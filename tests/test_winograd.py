@@ -4,6 +4,7 @@ only the layers its rule names, and runs only where the file's export gated it."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,9 @@ def test_a_map_eight_times_coarser_is_rewritten() -> None:
     assert winograd.rewritten_copy(conv_stack(pools=3)) is not None
 
 
-def test_the_cpu_provider_rewrites_only_files_whose_export_gated_it(tmp_path: Path) -> None:
+def test_the_cpu_provider_rewrites_only_files_whose_export_gated_it_once(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(winograd.GRAPH_CACHE_ENV, str(tmp_path / "cache"))
     model = conv_stack()
     plain = tmp_path / "plain.onnx"
     onnx.save(model, plain)
@@ -109,9 +112,42 @@ def test_the_cpu_provider_rewrites_only_files_whose_export_gated_it(tmp_path: Pa
     helper.set_model_props(model, {Key.CPU_WINOGRAD: "3.1e-07"})
     declared = tmp_path / "declared.onnx"
     onnx.save(model, declared)
-    rewritten = winograd.cpu_model(declared)
-    assert isinstance(rewritten, bytes)
-    assert any("winograd" in n.name for n in onnx.load_from_string(rewritten).graph.node)
+    entry = Path(winograd.cpu_model(declared))
+    assert entry.parent == tmp_path / "cache"
+    assert any("winograd" in n.name for n in onnx.load(str(entry)).graph.node)
+    assert winograd.cpu_model(declared) == str(entry)  # kept: read, not rewritten again
+    entry.write_bytes(b"a later process finds it")
+    assert Path(winograd.cpu_model(declared)).read_bytes() == b"a later process finds it"
+
+
+def test_a_changed_file_gets_a_new_entry_and_old_entries_are_evicted(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(winograd.GRAPH_CACHE_ENV, str(tmp_path / "cache"))
+    model = conv_stack()
+    helper.set_model_props(model, {Key.CPU_WINOGRAD: "3.1e-07"})
+    path = tmp_path / "declared.onnx"
+    entries = set()
+    for version in range(winograd.CACHE_ENTRIES + 2):
+        helper.set_model_props(model, {Key.CPU_WINOGRAD: "3.1e-07", "version": str(version)})
+        onnx.save(model, path)
+        os.utime(path, ns=(version * 10**9, version * 10**9))
+        entries.add(winograd.cpu_model(path))
+    assert len(entries) == winograd.CACHE_ENTRIES + 2
+    assert len(list((tmp_path / "cache").glob("*.onnx"))) == winograd.CACHE_ENTRIES
+
+
+def test_an_unwritable_cache_gives_the_rewritten_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a file, not a folder"
+    blocker.write_text("")
+    monkeypatch.setenv(winograd.GRAPH_CACHE_ENV, str(blocker / "cache"))
+    model = conv_stack()
+    helper.set_model_props(model, {Key.CPU_WINOGRAD: "3.1e-07"})
+    path = tmp_path / "declared.onnx"
+    onnx.save(model, path)
+    data = winograd.cpu_model(path)
+    assert isinstance(data, bytes)
+    x = images(2, 9, 9)
+    assert np.abs(session(data).run(None, {"x": x})[0] - session(model).run(None, {"x": x})[0]).max() < 1e-4
 
 
 def test_vgg_st_runs_winograd_within_the_exact_tolerance_and_keeps_its_bits(exported_model) -> None:
