@@ -12,11 +12,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_tiling import budget_for, image_pair
 
 from stlpips_rt import CpuOptions, Scorer
 from stlpips_rt.contract import Key
 from stlpips_rt.engine import winograd
 from stlpips_rt.precision import tolerance
+from stlpips_rt.tiling.run import assemble_layers
 
 
 def conv_stack(pools: int = 0, channels: tuple[int, ...] = (256, 512, 512), opset: int = 17,
@@ -86,20 +88,30 @@ def test_an_image_keeps_its_bits_alone_in_any_batch_and_on_any_thread_count(hw: 
         assert np.array_equal(reversed_batch[::-1], batch)
 
 
-@pytest.mark.parametrize("model, why", [
-    (conv_stack(channels=(256, 384, 256)), "AlexNet's widths gain nothing"),
-    (conv_stack(pools=4), "a map 16 times coarser than the image (VGG's conv5) is too small at 64x64"),
-    (conv_stack(stride=2), "strided convolutions are not 2x2-block Winograd"),
-    (conv_stack(opset=13), "opsets before 15 have no Shape with a start"),
+@pytest.mark.parametrize("model, align, why", [
+    (conv_stack(channels=(64, 64, 64)), None, "64 channels: the transforms cost more than the products save"),
+    (conv_stack(pools=4), 16, "tiles start on odd map positions where the map's step is the alignment (VGG's conv5)"),
+    (conv_stack(pools=3), 8, "... or where the step is the alignment of AlexNet's tiles (its conv3 to conv5)"),
+    (conv_stack(stride=2), None, "strided convolutions are not 2x2-block Winograd"),
+    (conv_stack(opset=13), None, "opsets before 15 have no Shape with a start"),
 ])
-def test_what_is_left_alone(model: onnx.ModelProto, why: str) -> None:
+def test_what_is_left_alone(model: onnx.ModelProto, align: int | None, why: str) -> None:
     before = model.SerializeToString()
-    assert winograd.rewritten_copy(model) is None, why
-    assert not winograd.rewrite(model) and model.SerializeToString() == before
+    assert winograd.rewritten_copy(model, align) is None, why
+    assert not winograd.rewrite(model, align) and model.SerializeToString() == before
 
 
-def test_a_map_eight_times_coarser_is_rewritten() -> None:
-    assert winograd.rewritten_copy(conv_stack(pools=3)) is not None
+@pytest.mark.parametrize("pools, align", [(3, 16), (1, 16), (0, 16), (2, 8), (0, None)])
+def test_maps_whose_blocks_line_up_with_the_tiles_are_rewritten(pools: int, align: int | None) -> None:
+    assert winograd.rewritten_copy(conv_stack(pools=pools), align) is not None
+
+
+def test_the_alignment_is_the_files_deepest_layer_stride() -> None:
+    model = conv_stack(pools=3)
+    helper.set_model_props(model, {Key.LAYER_STRIDE: "1,2,4,8,8"})
+    assert winograd.tile_alignment(model) == 8 and winograd.rewritten_copy(model) is None
+    helper.set_model_props(model, {Key.LAYER_STRIDE: "1,2,4,8,16"})
+    assert winograd.tile_alignment(model) == 16 and winograd.rewritten_copy(model) is not None
 
 
 def test_the_cpu_provider_rewrites_only_files_whose_export_gated_it_once(tmp_path: Path,
@@ -165,3 +177,27 @@ def test_vgg_st_runs_winograd_within_the_exact_tolerance_and_keeps_its_bits(expo
     assert np.abs(got - expected).max() <= tolerance("exact").max_abs
     alone = np.concatenate([fast.score_batch(a[i:i + 1], b[i:i + 1], float_range="-1,1") for i in range(len(a))])
     assert np.array_equal(alone, got)
+
+
+def test_vgg_st_tiles_keep_the_full_frames_features_under_winograd(exported_model) -> None:
+    """Tiles start on multiples of VGG's deepest stride (16 px), so the rewritten layers' 2x2 blocks in a tile are
+    the full frame's: every feature of every layer keeps its bits, as with the plain graph."""
+    path = exported_model("vgg", "st")
+    h, w = 420, 460  # VGG's halo spans 210 px: tiles of 290x300 px, a grid with interior tiles
+    a, b = image_pair(h, w, 4)
+    probe = Scorer(path, providers="cpu")
+    scorer = Scorer(path, providers="cpu", max_memory=budget_for(probe, 290 * 300))
+    plan = scorer.plan(h, w)
+    assert plan.tiled and len(plan.tiles) > 2, str(plan)
+    session, geometry = scorer._tiles()
+    x0, x1 = scorer.load(a), scorer.load(b)
+    names = list(geometry.layer_maps)
+    full = [m[0, 0] for m in scorer.run_arrays(x0[None], x1[None], names)]
+    _, maps = assemble_layers(lambda i0, i1, out: scorer._infer(i0, i1, out, session), plan, geometry.windows,
+                              names, [x0], [x1], keep_maps=True)
+    for got, want in zip(maps[0], full, strict=True):
+        assert np.array_equal(got, want)
+    plain = Scorer(path, providers="cpu", max_memory="64G", provider_options=[CpuOptions(winograd=False)])
+    plain_full = [m[0, 0] for m in plain.run_arrays(x0[None], x1[None], names)]
+    assert not all(np.array_equal(m, p) for m, p in zip(full, plain_full, strict=True))  # the rewrite ran
+    assert abs(scorer.score(a, b) - plain.score(a, b)) <= tolerance("exact").max_abs

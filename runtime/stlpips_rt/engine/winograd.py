@@ -3,32 +3,35 @@
 A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of its input with 36 multiplications per
 channel pair; Winograd's minimal filtering algorithm does it with 16, at the price of linear transforms of the
 window (``B^T d B``) and of the 16 products (``A^T m A``), additions only. Where a layer has many channels the
-products dominate and the transforms are cheap. In the graph:
+products dominate and the transforms are cheap. In the graph, convolutions and additions only, all of which
+onnxruntime runs in its blocked (NCHWc) layout:
 
-    input  -> 16 depthwise 4x4 stride-2 convolutions (one per transformed position, weights 0 and +-1), Concat
-           -> (N, 16, C, tiles): per image and position, a product with the transformed weights ``G w G^T``
-           -> (N, 4, K x tiles): the output transform, one (4, 16) product -> DepthToSpace -> crop -> + bias
+    input -> 16 depthwise 4x4 stride-2 convolutions, one per transformed position (weights 0 and +-1)
+          -> 16 1x1 convolutions with the transformed weights ``G w G^T`` (the bias in one of them)
+          -> the output transform, additions and subtractions -> 4 maps, one per position in the 2x2 block
+          -> Concat, DepthToSpace, crop to the input's size
 
-No transposes: each image's tiles are the columns of its own products. That is also what keeps a pair's bits alone
-and in any batch: onnxruntime's matrix product (MLAS) sums a product of 64 columns or fewer in other blocks than a
-wider one, so columns from several images would give an image other bits in a batch than alone.
+**Exactness.** Every operator is a direct kernel whose sum for an output depends on nothing but that output's
+inputs: an image gets the same bits alone and in any batch, and a map position the same bits wherever its 2x2
+block lies in the map. (Matrix products would not do: onnxruntime's MLAS blocks a product's sums by its number of
+columns.) Tiles of a large image start on multiples of the file's deepest layer stride (``align``, 16 for VGG), so
+a layer whose input map is ``s`` times coarser than the image sees tiles start on multiples of ``align / s`` map
+positions; where that is even, the tile's 2x2 blocks are the full frame's and a tile's features keep the full
+frame's bits. Only those layers are rewritten (:func:`qualifies`): VGG's conv2_2 to conv4_3 (``s`` 2 to 8), not
+conv5 (``s`` = 16) and none of AlexNet's (its conv3 to conv5 have ``s`` = ``align`` = 8). The transforms'
+coefficients are 0, +-1 and +-1/2, and ``G w G^T`` is computed in float64 and rounded once, so the error stays
+that of a float32 convolution (measured per layer: 4e-7 to 7e-7 absolute on outputs of about 1.5, where the
+direct kernel and the float64 result differ by about as much).
 
-Which layers (:func:`qualifies`): 3x3, stride 1, padding 1, at least 256 inputs and 512 outputs, on a map at most 8
-times coarser than the image: VGG's conv4 (AlexNet has no such layer). Measured on one thread against onnxruntime's
-own blocked convolution (2-core AMD EPYC Zen 4): 512 -> 512 at 9x9 (64x64 images, 8 of them) 1.09x, at 33x33
-(256x256 images, 2) 1.47x; VGG's conv5 at 5x5 would be 0.65x (1.19x at 17x17). Whole vgg-st graph, one thread: 8
-pairs 64x64 1.027x, 2 pairs 256x256 1.093x (docs/performance.md).
-
-Exactness: the transforms' coefficients are 0, +-1 and +-1/2, and ``G w G^T`` is computed in float64 and rounded
-once; the error stays that of a float32 convolution (vgg-st's export gate, which runs this form too: max abs
-3.1e-7 against 3.0e-7 for the file's graph, tolerance 1e-5).
+**Speed** (one thread against onnxruntime's own blocked convolution, 2-core AMD EPYC Zen 4): 512 -> 512 at 9x9
+(8 images of 64x64) 1.40x, 256 -> 512 at 9x9 1.27x, 256 -> 256 at 17x17 1.37x, 128 -> 256 at 17x17 1.19x, 128 ->
+128 at 33x33 1.20x, 512 -> 512 at 33x33 (2 images of 256x256) 1.62x, 256 -> 256 at 65x65 1.41x; with 64 inputs it
+loses (0.86x at 64x64, 1.00x 64 -> 128), hence :data:`MIN_IN_CHANNELS`.
 
 Only the runtime applies it, only where the file's export gated it (``stlpips.cpu_winograd``), only for
 ``precision="exact"`` on the CPU provider, and ``CpuOptions(winograd=False)`` turns it off. The first load rewrites
-the file (0.97 s cold start and 403 MB peak for vgg-st) and keeps the result in a cache folder; later sessions and
-processes load that (0.42 s and 234 MB, the file's own graph 0.40-0.42 s and 257-262 MB). The file keeps its
-plain convolutions for every other host: OpenVINO's bf16 keeps such products in float32 (0.58-0.74x), and GPU
-providers pick their own algorithms.
+the file and keeps the result in a cache folder; later sessions and processes load that. The file keeps its plain
+convolutions for every other host (OpenVINO, GPU providers, the browser and C++ hosts pick their own algorithms).
 """
 
 from __future__ import annotations
@@ -42,11 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-MIN_OUT_CHANNELS = 512
-MIN_IN_CHANNELS = 256
-#: Coarsest map rewritten, as a step relative to the image: VGG's conv4 (8) but not conv5 (16), whose 5x5 maps at
-#: 64x64 lose (0.65x; 1.19x at 17x17, 256x256 images).
-MAX_INPUT_STRIDE = 8
+#: Narrowest layer rewritten: with 64 inputs the transforms cost more than the products save.
+MIN_IN_CHANNELS = 128
+MIN_OUT_CHANNELS = 128
 
 # F(2, 3) with the interpolation points 0, 1, -1 and infinity.
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
@@ -64,20 +65,15 @@ def transformed_weights(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u.T, dtype=np.float32).reshape(16, k, c)
 
 
-def output_transform() -> np.ndarray:
-    """float32 ``(4, 16)``: row ``2p + q`` gives output ``(p, q)`` of a 2x2 block from the 16 products."""
-    return np.einsum("pi,qj->pqij", _AT, _AT).reshape(4, 16).astype(np.float32)
-
-
 def input_transform_kernel(i: int, j: int, channels: int) -> np.ndarray:
     """float32 ``(C, 1, 4, 4)``: the depthwise kernel giving transformed position ``(i, j)`` of ``B^T d B``."""
     return np.broadcast_to(np.outer(_BT[i], _BT[j]), (channels, 1, 4, 4)).astype(np.float32)
 
 
-def rewrite(model) -> bool:  # noqa: ANN001 - onnx.ModelProto (onnx is imported lazily)
+def rewrite(model, align: int | None = None) -> bool:  # noqa: ANN001 - onnx.ModelProto (onnx imported lazily)
     """Rewrite ``model`` in place so that its qualifying convolutions (:func:`qualifies`) run as Winograd
     F(2x2, 3x3); False (and ``model`` untouched) when none qualifies or the opset is older than 15 (``Shape`` with
-    a start)."""
+    a start). ``align``: the step tile origins are multiples of (default: :func:`tile_alignment`)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -85,7 +81,8 @@ def rewrite(model) -> bool:  # noqa: ANN001 - onnx.ModelProto (onnx is imported 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     strides = input_strides(graph)
-    chosen = [n for n in graph.node if qualifies(n, inits, strides)]
+    align = align or tile_alignment(model)
+    chosen = [n for n in graph.node if qualifies(n, inits, strides, align)]
     if opset < 15 or not chosen:
         return False
     added: dict[str, onnx.TensorProto] = {}
@@ -97,9 +94,16 @@ def rewrite(model) -> bool:  # noqa: ANN001 - onnx.ModelProto (onnx is imported 
             added[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
         return name
 
+    transformed: dict[str, np.ndarray] = {}  # a weight shared by both inputs' passes is transformed once
+
+    def products_weight(name: str, position: int) -> np.ndarray:
+        if name not in transformed:
+            transformed[name] = transformed_weights(numpy_helper.to_array(inits[name]))
+        return transformed[name][position][:, :, None, None]
+
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
-        nodes.extend(_winograd_nodes(node, inits, const, helper) if node in chosen else [node])
+        nodes.extend(_winograd_nodes(node, inits, const, helper, products_weight) if node in chosen else [node])
     replaced = {n.input[i] for n in chosen for i in (1, 2) if i < len(n.input)}
     still_used = {i for n in nodes for i in n.input}
     for name in replaced - still_used:
@@ -110,13 +114,23 @@ def rewrite(model) -> bool:  # noqa: ANN001 - onnx.ModelProto (onnx is imported 
     return True
 
 
-def rewritten_copy(model):  # noqa: ANN001, ANN201 - onnx.ModelProto in, onnx.ModelProto or None out
+def rewritten_copy(model, align: int | None = None):  # noqa: ANN001, ANN201 - onnx.ModelProto in and out
     """A rewritten copy of ``model`` (:func:`rewrite`), or None where nothing qualifies: the form the export gates."""
     import onnx
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    return copy if rewrite(copy) else None
+    return copy if rewrite(copy, align) else None
+
+
+def tile_alignment(model) -> int | None:  # noqa: ANN001 - onnx.ModelProto
+    """The step tile origins are multiples of: the deepest layer stride of the file's geometry
+    (``stlpips.layer_stride``, as the tiler reads it); None for a graph without one (never tiled)."""
+    from ..contract import Key
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    strides = [int(s) for s in meta.get(Key.LAYER_STRIDE, "").split(",") if s.strip()]
+    return max(strides) if strides else None
 
 
 def input_strides(graph) -> dict[str, int]:  # noqa: ANN001 - onnx.GraphProto
@@ -133,9 +147,10 @@ def input_strides(graph) -> dict[str, int]:  # noqa: ANN001 - onnx.GraphProto
     return step
 
 
-def qualifies(node, inits: dict, strides: dict[str, int]) -> bool:  # noqa: ANN001 - onnx.NodeProto, onnx tensors
+def qualifies(node, inits: dict, strides: dict[str, int], align: int | None) -> bool:  # noqa: ANN001 - onnx objects
     """A float32 3x3 convolution, stride 1, padding 1, one group, constant weights, wide enough to gain, on a map
-    at most :data:`MAX_INPUT_STRIDE` times coarser than the image."""
+    whose step ``s`` leaves tile origins on even map positions (``align / s`` even: the 2x2 blocks of a tile are
+    the full frame's; ``align`` None: a graph that is never tiled)."""
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
         return False
     weight = inits.get(node.input[1])
@@ -148,17 +163,19 @@ def qualifies(node, inits: dict, strides: dict[str, int]) -> bool:  # noqa: ANN0
     if attrs.get("auto_pad") is not None and attrs["auto_pad"].s not in (b"", b"NOTSET"):
         return False
     return ((kh, kw) == (3, 3) and k >= MIN_OUT_CHANNELS and c >= MIN_IN_CHANNELS
-            and strides.get(node.input[0], 1) <= MAX_INPUT_STRIDE
+            and _blocks_line_up(strides.get(node.input[0], 1), align)
             and ints.get("pads") == [1, 1, 1, 1] and ints.get("strides", [1, 1]) == [1, 1]
             and ints.get("dilations", [1, 1]) == [1, 1] and (attrs["group"].i if "group" in attrs else 1) == 1)
 
 
-def _winograd_nodes(node, inits: dict, const, helper) -> list:  # noqa: ANN001 - onnx objects
-    from onnx import numpy_helper
+def _blocks_line_up(step: int, align: int | None) -> bool:
+    return align is None or (align % step == 0 and (align // step) % 2 == 0)
 
+
+def _winograd_nodes(node, inits: dict, const, helper, products_weight) -> list:  # noqa: ANN001 - onnx objects
     weight_name = node.input[1]
     bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    k, c = inits[weight_name].dims[:2]
+    c = inits[weight_name].dims[1]
     x, y = node.input[0], node.output[0]
     p = f"{y}/winograd"
     made = []
@@ -167,35 +184,36 @@ def _winograd_nodes(node, inits: dict, const, helper) -> list:  # noqa: ANN001 -
         made.append(helper.make_node(kind, inputs, [f"{p}/{name}"], name=f"{p}/{name}", **attrs))
         return f"{p}/{name}"
 
-    # Tile t covers input rows 2t-1 .. 2t+2 (zero beyond the image) and gives output rows 2t, 2t+1: pads 1 before,
-    # 2 after, so that ceil(H/2) tiles come out for odd and even H alike.
-    parts = [op("Conv", [x, const(f"winograd/bt{i}{j}_c{c}", input_transform_kernel(i, j, c))], f"v{i}{j}",
-                group=c, kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 2, 2])
-             for i in range(4) for j in range(4)]
-    v = op("Concat", parts, "v", axis=1)                                              # (N, 16C, Th, Tw)
-    v = op("Reshape", [v, const(f"winograd/shape_n16c_c{c}", np.array([0, 16, c, -1], np.int64))], "v_n16cp")
-    # One product per image and transformed position, with that image's tiles as columns: onnxruntime's matrix
-    # product sums a product of 64 columns or fewer in other blocks than a wider one, so columns from several
-    # images would give an image other bits in a batch than alone. (The weights: one per convolution, shared by
-    # the two inputs' passes.)
-    u = const(f"winograd/u/{weight_name}",
-              lambda: transformed_weights(numpy_helper.to_array(inits[weight_name])).reshape(1, 16, k, c))
-    m = op("MatMul", [u, v], "m")                                                     # (N, 16, K, Th*Tw)
-    m = op("Reshape", [m, const("winograd/shape_n16", np.array([0, 16, -1], np.int64))], "m_n16")
-    o = op("MatMul", [const("winograd/at", output_transform().reshape(1, 4, 16)), m], "o")  # (N, 4, K*Th*Tw)
-    tiles = op("Shape", [parts[0]], "tiles", start=2)                                 # [Th, Tw]
-    blocks = op("Concat", [const(f"winograd/shape_n4k_k{k}", np.array([0, 4 * k], np.int64)), tiles], "blocks",
-                axis=0)
-    o = op("Reshape", [o, blocks], "o_n4khw")                                         # (N, (p, q, K), Th, Tw)
-    o = op("DepthToSpace", [o], "o_full", blocksize=2, mode="DCR")                   # (N, K, 2Th, 2Tw)
+    # Block t covers input rows 2t-1 .. 2t+2 (zero beyond the map) and gives output rows 2t, 2t+1: pads 1 before,
+    # 2 after, so that ceil(H/2) blocks come out for odd and even H alike.
+    m = {}
+    for i in range(4):
+        for j in range(4):
+            v = op("Conv", [x, const(f"winograd/bt{i}{j}_c{c}", input_transform_kernel(i, j, c))], f"v{i}{j}",
+                   group=c, kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 2, 2])
+            weights = const(f"winograd/u{i}{j}/{weight_name}",
+                            lambda position=4 * i + j: products_weight(weight_name, position))
+            # (1, 1) enters every output of the block with coefficient 1: it carries the bias
+            bias = [bias_name] if bias_name and (i, j) == (1, 1) else []
+            m[i, j] = op("Conv", [v, weights, *bias], f"m{i}{j}", kernel_shape=[1, 1])
+
+    def combine(terms: list[tuple[float, str]], name: str) -> str:
+        """``sum(sign * tensor)`` over the terms with a non-zero sign, left to right (the first is +1)."""
+        terms = [(sign, t) for sign, t in terms if sign]
+        out = terms[0][1]
+        for n, (sign, t) in enumerate(terms[1:]):
+            out = op("Add" if sign > 0 else "Sub", [out, t], f"{name}_{n}")
+        return out
+
+    # A^T m A: along the rows first, then the columns
+    rows = {(a, j): combine([(_AT[a, i], m[i, j]) for i in range(4)], f"r{a}{j}") for a in range(2) for j in range(4)}
+    blocks = [combine([(_AT[b, j], rows[a, j]) for j in range(4)], f"y{a}{b}") for a in range(2) for b in range(2)]
+    phases = op("Concat", blocks, "phases", axis=1)                                  # (N, (a, b, K), Th, Tw)
+    full = op("DepthToSpace", [phases], "full", blocksize=2, mode="DCR")             # (N, K, 2Th, 2Tw)
     size = op("Shape", [x], "size", start=2)
-    zeros = const("winograd/zeros2", np.array([0, 0], np.int64))
-    cropped = op("Slice", [o, zeros, size, const("winograd/axes23", np.array([2, 3], np.int64))], "cropped")
-    if bias_name is None:
-        made.append(helper.make_node("Identity", [cropped], [y], name=f"{p}/out"))
-    else:
-        bias = const(f"winograd/bias/{bias_name}", lambda: numpy_helper.to_array(inits[bias_name]).reshape(1, k, 1, 1))
-        made.append(helper.make_node("Add", [cropped, bias], [y], name=f"{p}/out"))
+    made.append(helper.make_node("Slice", [full, const("winograd/zeros2", np.array([0, 0], np.int64)), size,
+                                           const("winograd/axes23", np.array([2, 3], np.int64))], [y],
+                                 name=f"{p}/crop"))
     return made
 
 
