@@ -201,3 +201,10 @@ def test_vgg_st_tiles_keep_the_full_frames_features_under_winograd(exported_mode
     plain_full = [m[0, 0] for m in plain.run_arrays(x0[None], x1[None], names)]
     assert not all(np.array_equal(m, p) for m, p in zip(full, plain_full, strict=True))  # the rewrite ran
     assert abs(scorer.score(a, b) - plain.score(a, b)) <= tolerance("exact").max_abs
+
+
+def test_alex_st_declares_no_winograd_form(exported_model) -> None:
+    """AlexNet's tiles start on multiples of 8 px, the stride of its conv3 to conv5: no layer's blocks line up, so
+    its export declares nothing and the runtime never loads the onnx package for it (tests/test_rt_torch_free.py)."""
+    model = onnx.load(str(exported_model("alex", "st")), load_external_data=False)
+    assert Key.CPU_WINOGRAD not in {p.key for p in model.metadata_props}

@@ -203,9 +203,10 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
     onnx.checker.check_model(graph, full_check=True)
     result = verify_head(graph, pair_graph, model, weights, min_size, tolerance, spec.static_hw)
     result.batch_invariant = batch_invariant(_session(graph.SerializeToString()), spec.static_hw, min_size)
-    cpu_form = winograd.rewritten_copy(graph) if pair_metadata.get(Key.CPU_WINOGRAD) else None
+    align = winograd.alignment_of(pair_metadata)
+    cpu_form = winograd.rewritten_copy(graph, align) if pair_metadata.get(Key.CPU_WINOGRAD) else None
     if cpu_form is not None:  # the form the CPU provider runs (stlpips_rt.engine.winograd), against the pair's
-        pair_form = winograd.rewritten_copy(pair_graph) if pair_graph is not None else None
+        pair_form = winograd.rewritten_copy(pair_graph, align) if pair_graph is not None else None
         cpu_result = verify_head(cpu_form, pair_form or pair_graph, model, weights, min_size, tolerance,
                                  spec.static_hw)
         result.batch_invariant = result.batch_invariant and batch_invariant(

@@ -185,7 +185,10 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
         report.raise_if_failed(options.file_name)
     metadata[Key.PARITY_MAX_ABS] = f"{report.max_abs:.3g}"
     metadata[Key.PARITY_MAX_REL] = f"{report.max_rel:.3g}"
-    cpu_form = winograd.rewritten_copy(graph) if options.spec.precision == "fp32" and not options.int8 else None
+    # the layers' 2x2 blocks must line up with the tile origins the file's geometry sets (engine/winograd.py)
+    align = winograd.alignment_of(metadata)
+    cpu_form = (winograd.rewritten_copy(graph, align) if options.spec.precision == "fp32" and not options.int8
+                else None)
     if cpu_form is not None:
         with _step("verify winograd", timings, progress):
             cpu_report = verify_parity(cpu_form, model, min_size, options.parity_tolerance, options.static_hw)

@@ -40,7 +40,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -124,12 +124,16 @@ def rewritten_copy(model, align: int | None = None):  # noqa: ANN001, ANN201 - o
 
 
 def tile_alignment(model) -> int | None:  # noqa: ANN001 - onnx.ModelProto
-    """The step tile origins are multiples of: the deepest layer stride of the file's geometry
-    (``stlpips.layer_stride``, as the tiler reads it); None for a graph without one (never tiled)."""
+    """The step tile origins are multiples of, from the file's metadata (:func:`alignment_of`)."""
+    return alignment_of({p.key: p.value for p in model.metadata_props})
+
+
+def alignment_of(metadata: Mapping[str, str]) -> int | None:
+    """The deepest layer stride of a file's geometry (``stlpips.layer_stride``), which tile origins are multiples
+    of (as the tiler reads it); None for a graph without one (never tiled)."""
     from ..contract import Key
 
-    meta = {p.key: p.value for p in model.metadata_props}
-    strides = [int(s) for s in meta.get(Key.LAYER_STRIDE, "").split(",") if s.strip()]
+    strides = [int(s) for s in metadata.get(Key.LAYER_STRIDE, "").split(",") if s.strip()]
     return max(strides) if strides else None
 
 
