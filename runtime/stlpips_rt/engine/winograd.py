@@ -53,6 +53,9 @@ MIN_OUT_CHANNELS = 128
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+#: The sign each transformed row (and column) of the products is kept with: row 3 enters the output transform only
+#: with coefficient -1, so its products are computed negated (negated weights, exact) and added.
+_STORED_SIGN = np.array([1, 1, 1, -1], dtype=np.float32)
 
 
 def transformed_weights(weight: np.ndarray) -> np.ndarray:
@@ -196,22 +199,32 @@ def _winograd_nodes(node, inits: dict, const, helper, products_weight) -> list: 
             v = op("Conv", [x, const(f"winograd/bt{i}{j}_c{c}", input_transform_kernel(i, j, c))], f"v{i}{j}",
                    group=c, kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 2, 2])
             weights = const(f"winograd/u{i}{j}/{weight_name}",
-                            lambda position=4 * i + j: products_weight(weight_name, position))
+                            lambda position=4 * i + j, sign=_STORED_SIGN[i] * _STORED_SIGN[j]:
+                            sign * products_weight(weight_name, position))
             # (1, 1) enters every output of the block with coefficient 1: it carries the bias
             bias = [bias_name] if bias_name and (i, j) == (1, 1) else []
             m[i, j] = op("Conv", [v, weights, *bias], f"m{i}{j}", kernel_shape=[1, 1])
+    k = inits[weight_name].dims[0]
+    minus_one = const(f"winograd/minus_one_k{k}", np.full((k, 1, 1, 1), -1.0, np.float32))
 
     def combine(terms: list[tuple[float, str]], name: str) -> str:
-        """``sum(sign * tensor)`` over the terms with a non-zero sign, left to right (the first is +1)."""
-        terms = [(sign, t) for sign, t in terms if sign]
-        out = terms[0][1]
-        for n, (sign, t) in enumerate(terms[1:]):
-            out = op("Add" if sign > 0 else "Sub", [out, t], f"{name}_{n}")
+        """``sum(factor * tensor)`` over the terms with a non-zero factor (+-1), left to right, as additions only:
+        a -1 is a depthwise convolution by -1 first (exact; ``a + (-b)`` is ``a - b`` to the bit), since
+        onnxruntime runs ``Add`` in its blocked layout and ``Sub`` in the plain one."""
+        out = None
+        for n, (factor, tensor) in enumerate((f, t) for f, t in terms if f):
+            if factor < 0:
+                tensor = op("Conv", [tensor, minus_one], f"{name}_neg{n}", group=k, kernel_shape=[1, 1])
+            out = tensor if out is None else op("Add", [out, tensor], f"{name}_{n}")
+        assert out is not None
         return out
 
-    # A^T m A: along the rows first, then the columns
-    rows = {(a, j): combine([(_AT[a, i], m[i, j]) for i in range(4)], f"r{a}{j}") for a in range(2) for j in range(4)}
-    blocks = [combine([(_AT[b, j], rows[a, j]) for j in range(4)], f"y{a}{b}") for a in range(2) for b in range(2)]
+    # A^T m A, rows first, then columns. The products of row 3 and of column 3 are kept negated (their weights
+    # are, _STORED_SIGN): each enters only with coefficient -1, so only row 2 and column 2 need a negation.
+    rows = {(a, j): combine([(_AT[a, i] / _STORED_SIGN[i], m[i, j]) for i in range(4)], f"r{a}{j}")
+            for a in range(2) for j in range(4)}
+    blocks = [combine([(_AT[b, j] / _STORED_SIGN[j], rows[a, j]) for j in range(4)], f"y{a}{b}")
+              for a in range(2) for b in range(2)]
     phases = op("Concat", blocks, "phases", axis=1)                                  # (N, (a, b, K), Th, Tw)
     full = op("DepthToSpace", [phases], "full", blocksize=2, mode="DCR")             # (N, K, 2Th, 2Tw)
     size = op("Shape", [x], "size", start=2)
@@ -226,7 +239,7 @@ GRAPH_CACHE_ENV = "STLPIPS_GRAPH_CACHE_DIR"
 #: Rewritten graphs kept at most (the least recently used go first): 78 MB each for vgg-st.
 CACHE_ENTRIES = 4
 #: Part of every cache key: change it whenever the rewrite's output changes.
-REWRITE_VERSION = "1"
+REWRITE_VERSION = "2"
 
 #: (path, modification time, size) -> whether the file's export gated the Winograd form (Key.CPU_WINOGRAD).
 _DECLARED: dict[tuple[str, int, int], bool] = {}
