@@ -3,12 +3,12 @@
 A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of its input with 36 multiplications per
 channel pair; Winograd's minimal filtering algorithm does it with 16, at the price of linear transforms of the
 window (``B^T d B``) and of the 16 products (``A^T m A``), additions only. Where a layer has many channels the
-products dominate and the transforms are cheap. In the graph, convolutions and additions only, all of which
-onnxruntime runs in its blocked (NCHWc) layout:
+products dominate and the transforms are cheap. In the graph, convolutions and additions, which onnxruntime runs
+in its blocked (NCHWc) layout, then the interleave of the 2x2 positions (in the plain layout, 4.5% of vgg-st's run):
 
     input -> 16 depthwise 4x4 stride-2 convolutions, one per transformed position (weights 0 and +-1)
           -> 16 1x1 convolutions with the transformed weights ``G w G^T`` (the bias in one of them)
-          -> the output transform, additions and subtractions -> 4 maps, one per position in the 2x2 block
+          -> the output transform, additions (a -1 as a depthwise convolution) -> 4 maps, one per 2x2 position
           -> Concat, DepthToSpace, crop to the input's size
 
 **Exactness.** Every operator is a direct kernel whose sum for an output depends on nothing but that output's
