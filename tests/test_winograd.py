@@ -177,6 +177,7 @@ def test_vgg_st_runs_winograd_within_the_exact_tolerance_and_keeps_its_bits(expo
     assert np.abs(got - expected).max() <= tolerance("exact").max_abs
     alone = np.concatenate([fast.score_batch(a[i:i + 1], b[i:i + 1], float_range="-1,1") for i in range(len(a))])
     assert np.array_equal(alone, got)
+    assert fast.provenance()["graph"] == "winograd" and plain.provenance()["graph"] == "file"
 
 
 def test_vgg_st_tiles_keep_the_full_frames_features_under_winograd(exported_model) -> None:
@@ -206,5 +207,7 @@ def test_vgg_st_tiles_keep_the_full_frames_features_under_winograd(exported_mode
 def test_alex_st_declares_no_winograd_form(exported_model) -> None:
     """AlexNet's tiles start on multiples of 8 px, the stride of its conv3 to conv5: no layer's blocks line up, so
     its export declares nothing and the runtime never loads the onnx package for it (tests/test_rt_torch_free.py)."""
-    model = onnx.load(str(exported_model("alex", "st")), load_external_data=False)
+    path = exported_model("alex", "st")
+    model = onnx.load(str(path), load_external_data=False)
     assert Key.CPU_WINOGRAD not in {p.key for p in model.metadata_props}
+    assert Scorer(path, providers="cpu").provenance()["graph"] == "file"

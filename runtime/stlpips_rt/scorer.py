@@ -16,6 +16,7 @@ from . import precision as precision_modes
 from .batching import plan_runs
 from .contract import Key, ModelInfo, ModelSpec
 from .deprecated import MOVED, translate
+from .engine import winograd
 from .engine.cpus import available_cpus
 from .engine.device_run import DeviceRunner, check_float_range, device_pair
 from .engine.device_tensors import DeviceArray
@@ -173,6 +174,8 @@ class Scorer:
             "provider": self.provider,
             "precision": self.precision,
             "engine": engine_of(self._session),
+            # the file's graph, or the form the CPU provider rewrites it to (engine/winograd.py): 1e-7 apart
+            "graph": "winograd" if winograd.applies(self.info.path, [self.provider], self.config) else "file",
             "resize": None if resize is None else list(resize) if isinstance(resize, tuple) else [resize, resize],
             "threads": self.config.threads,
             "cpu": manifest.cpu_name(),

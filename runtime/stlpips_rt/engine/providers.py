@@ -251,7 +251,7 @@ def create_session(path: Path, providers: list[str], cfg: SessionConfig) -> ort.
         return ort.InferenceSession(str(path), opts)
     entries = [provider_options(p, cfg) for p in providers]
     model: str | bytes = str(path)
-    if providers[0] == "cpu" and cfg.precision == "exact" and cfg.cpu.winograd:
+    if winograd.applies(path, providers, cfg):
         model = winograd.cpu_model(path)
     if "cpu" not in providers:
         entries.append(provider_options("cpu", cfg))

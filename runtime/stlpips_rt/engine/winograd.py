@@ -40,10 +40,12 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .options import SessionConfig
 
 #: Narrowest layer rewritten: with 64 inputs the transforms cost more than the products save.
 MIN_IN_CHANNELS = 128
@@ -261,6 +263,13 @@ def declared(path: Path) -> bool:
         meta = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_modelmeta()
         _DECLARED[key] = bool(meta.custom_metadata_map.get(Key.CPU_WINOGRAD))
     return _DECLARED[key]
+
+
+def applies(path: Path, providers: Sequence[str], cfg: SessionConfig) -> bool:
+    """Whether a session of ``path`` on ``providers`` (first choice first) with ``cfg`` runs the Winograd form: the
+    CPU provider, exact mode, ``CpuOptions(winograd=True)``, a file whose export gated it."""
+    return (bool(providers) and providers[0] == "cpu" and cfg.precision == "exact" and cfg.cpu.winograd
+            and declared(path))
 
 
 def graph_cache_dir() -> Path:
