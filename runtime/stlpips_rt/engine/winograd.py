@@ -4,12 +4,12 @@ A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of its in
 channel pair; Winograd's minimal filtering algorithm does it with 16, at the price of linear transforms of the
 window (``B^T d B``) and of the 16 products (``A^T m A``), additions only. Where a layer has many channels the
 products dominate and the transforms are cheap. In the graph, convolutions and additions, which onnxruntime runs
-in its blocked (NCHWc) layout, then the interleave of the 2x2 positions (in the plain layout, 4.5% of vgg-st's run):
+in its blocked (NCHWc) layout, then the interleave of the 2x2 positions:
 
     input -> 16 depthwise 4x4 stride-2 convolutions, one per transformed position (weights 0 and +-1)
           -> 16 1x1 convolutions with the transformed weights ``G w G^T`` (the bias in one of them)
           -> the output transform, additions (a -1 as a depthwise convolution) -> 4 maps, one per 2x2 position
-          -> Concat, DepthToSpace, crop to the input's size
+          -> Concat, the 2x2 positions interleaved through channels-last, crop to the input's size
 
 **Exactness.** Every operator is a direct kernel whose sum for an output depends on nothing but that output's
 inputs: an image gets the same bits alone and in any batch, and a map position the same bits wherever its 2x2
@@ -24,9 +24,9 @@ that of a float32 convolution (measured per layer: 4e-7 to 7e-7 absolute on outp
 direct kernel and the float64 result differ by about as much).
 
 **Speed** (one thread against onnxruntime's own blocked convolution, 2-core AMD EPYC Zen 4): 512 -> 512 at 9x9
-(8 images of 64x64) 1.40x, 256 -> 512 at 9x9 1.27x, 256 -> 256 at 17x17 1.37x, 128 -> 256 at 17x17 1.19x, 128 ->
-128 at 33x33 1.20x, 512 -> 512 at 33x33 (2 images of 256x256) 1.62x, 256 -> 256 at 65x65 1.41x; with 64 inputs it
-loses (0.86x at 64x64, 1.00x 64 -> 128), hence :data:`MIN_IN_CHANNELS`.
+(8 images of 64x64) 1.46x, 256 -> 256 at 17x17 1.45x, 128 -> 128 at 33x33 1.31x, 512 -> 512 at 33x33 (2 images of
+256x256) 1.67x (docs/performance.md has the other layers); with 64 inputs it loses (0.86x at 64x64, 1.00x 64 ->
+128), hence :data:`MIN_IN_CHANNELS`.
 
 Only the runtime applies it, only where the file's export gated it (``stlpips.cpu_winograd``), only for
 ``precision="exact"`` on the CPU provider, and ``CpuOptions(winograd=False)`` turns it off. The first load rewrites
@@ -227,12 +227,22 @@ def _winograd_nodes(node, inits: dict, const, helper, products_weight) -> list: 
             for a in range(2) for j in range(4)}
     blocks = [combine([(_AT[b, j] / _STORED_SIGN[j], rows[a, j]) for j in range(4)], f"y{a}{b}")
               for a in range(2) for b in range(2)]
+    # The interleave of the 2x2 positions through channels-last, where it moves blocks of K floats: onnxruntime turns
+    # the first Transpose into a reorder out of its blocked layout, and a DepthToSpace in the plain layout moved
+    # single floats (4.5% of vgg-st's run, 3-7% slower a layer).
     phases = op("Concat", blocks, "phases", axis=1)                                  # (N, (a, b, K), Th, Tw)
-    full = op("DepthToSpace", [phases], "full", blocksize=2, mode="DCR")             # (N, K, 2Th, 2Tw)
+    nhwc = op("Transpose", [phases], "nhwc", perm=[0, 2, 3, 1])                      # (N, Th, Tw, (a, b, K))
+    six = op("Reshape", [nhwc, const(f"winograd/shape_hw22k_k{k}", np.array([0, 0, 0, 2, 2, k], np.int64))], "six")
+    inter = op("Transpose", [six], "inter", perm=[0, 1, 3, 2, 4, 5])                 # (N, Th, a, Tw, b, K)
+    blocks_hw = op("Shape", [phases], "blocks_hw", start=2, end=4)
+    full_hw = op("Mul", [blocks_hw, const("winograd/two2", np.array([2, 2], np.int64))], "full_hw")
+    shape = op("Concat", [const("winograd/zero1", np.array([0], np.int64)), full_hw,
+                          const(f"winograd/k{k}", np.array([k], np.int64))], "shape", axis=0)
+    full = op("Reshape", [inter, shape], "full")                                     # (N, 2Th, 2Tw, K)
     size = op("Shape", [x], "size", start=2)
-    made.append(helper.make_node("Slice", [full, const("winograd/zeros2", np.array([0, 0], np.int64)), size,
-                                           const("winograd/axes23", np.array([2, 3], np.int64))], [y],
-                                 name=f"{p}/crop"))
+    cropped = op("Slice", [full, const("winograd/zeros2", np.array([0, 0], np.int64)), size,
+                           const("winograd/axes12", np.array([1, 2], np.int64))], "cropped")
+    made.append(helper.make_node("Transpose", [cropped], [y], name=f"{p}/nchw", perm=[0, 3, 1, 2]))
     return made
 
 
@@ -241,7 +251,7 @@ GRAPH_CACHE_ENV = "STLPIPS_GRAPH_CACHE_DIR"
 #: Rewritten graphs kept at most (the least recently used go first): 78 MB each for vgg-st.
 CACHE_ENTRIES = 4
 #: Part of every cache key: change it whenever the rewrite's output changes.
-REWRITE_VERSION = "2"
+REWRITE_VERSION = "3"
 
 #: (path, modification time, size) -> whether the file's export gated the Winograd form (Key.CPU_WINOGRAD).
 _DECLARED: dict[tuple[str, int, int], bool] = {}
