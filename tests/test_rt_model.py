@@ -10,7 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from stlpips_rt import ModelNotFoundError, NotAnStlpipsModelError, Scorer, read_model_info, resolve_model
-from stlpips_rt.engine.model_files import file_name_for
+from stlpips_rt.engine import winograd
+from stlpips_rt.engine.model_files import file_name_for, read_metadata
 
 GOOD_META = {
     "stlpips.format": "1",
@@ -109,6 +110,26 @@ def test_plain_onnx_without_metadata_and_non_onnx_files_are_refused(tmp_path: Pa
         read_model_info(tmp_path / "junk.onnx")
     with pytest.raises(NotAnStlpipsModelError):
         Scorer(tmp_path / "junk.onnx", providers="cpu")
+
+
+def test_metadata_is_read_from_the_protobuf_as_onnxruntime_reads_it(tmp_path: Path, exported_model) -> None:
+    """read_metadata skips the graph by its length (the check winograd.declared makes on every load); it must find
+    what onnxruntime finds, in a tiny file and in a real export whose weights come before the metadata."""
+    import onnxruntime as ort
+
+    tiny = tiny_graph(tmp_path / "m.onnx", dict(GOOD_META, **{"note": "é, ü and 漢字", "empty": ""}))
+    for path in (tiny, exported_model("alex", "st")):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        expected = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).get_modelmeta()
+        assert read_metadata(path) == dict(expected.custom_metadata_map)
+    data = tiny.read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[:len(data) - 5])
+    (tmp_path / "junk.onnx").write_bytes(b"\x0f\xff\xff")
+    for bad in ("cut.onnx", "junk.onnx"):
+        with pytest.raises(ValueError):
+            read_metadata(tmp_path / bad)
+        assert not winograd.declared(tmp_path / bad)  # the session that follows says what is wrong
 
 
 def test_static_model_refuses_other_sizes(tmp_path: Path) -> None:

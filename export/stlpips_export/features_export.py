@@ -189,7 +189,7 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
             existing = {p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props}
         except Exception:  # noqa: BLE001 - unreadable: export it again
             existing = {}
-        same_forms = bool(existing.get(Key.CPU_WINOGRAD)) == bool(pair_metadata.get(Key.CPU_WINOGRAD))
+        same_forms = winograd.declared_in(existing) == winograd.declared_in(pair_metadata)
         if existing.get(Key.KIND) == contract.KIND_FEATURES and existing.get(Key.FEATURES_BATCH) and all(
                 existing.get(k) == pair_metadata.get(k) for k in UP_TO_DATE_KEYS) and same_forms:  # (older: export)
             return FeaturesResult(target, float(existing.get(Key.PARITY_MAX_ABS, "nan")),
@@ -204,7 +204,7 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
     result = verify_head(graph, pair_graph, model, weights, min_size, tolerance, spec.static_hw)
     result.batch_invariant = batch_invariant(_session(graph.SerializeToString()), spec.static_hw, min_size)
     align = winograd.alignment_of(pair_metadata)
-    cpu_form = winograd.rewritten_copy(graph, align) if pair_metadata.get(Key.CPU_WINOGRAD) else None
+    cpu_form = winograd.rewritten_copy(graph, align) if winograd.declared_in(pair_metadata) else None
     if cpu_form is not None:  # the form the CPU provider runs (stlpips_rt.engine.winograd), against the pair's
         pair_form = winograd.rewritten_copy(pair_graph, align) if pair_graph is not None else None
         cpu_result = verify_head(cpu_form, pair_form or pair_graph, model, weights, min_size, tolerance,
@@ -224,7 +224,7 @@ def export_features(model: PerceptualDistance, exported: PerceptualDistance, spe
         Key.PARITY_MAX_REL: f"{result.max_rel:.3g}",
     })
     if cpu_form is not None:
-        metadata[Key.CPU_WINOGRAD] = f"{cpu_result.max_abs:.3g}"
+        metadata.update(winograd.declaration(cpu_result.max_abs))
     metadata[Key.FEATURES_BATCH] = contract.BATCH_INVARIANT if result.batch_invariant else contract.BATCH_PER_IMAGE
     result.path = write(graph, metadata, target)
     result.seconds = time.perf_counter() - start

@@ -194,7 +194,7 @@ def export_model(options: ExportOptions, progress: Progress = lambda _: None) ->
             cpu_report = verify_parity(cpu_form, model, min_size, options.parity_tolerance, options.static_hw)
             progress(f"the CPU provider's Winograd form: {cpu_report.summary()}")
             cpu_report.raise_if_failed(f"{options.file_name} (the CPU provider's Winograd form)")
-        metadata[Key.CPU_WINOGRAD] = f"{cpu_report.max_abs:.3g}"
+        metadata.update(winograd.declaration(cpu_report.max_abs))
     if options.int8:
         graph, int8_metadata = quantize_int8(graph, model, min_size, options, progress, timings)
         metadata.update(int8_metadata)

@@ -125,6 +125,9 @@ class Key:
     # (stlpips_rt.engine.winograd), after that form passed the same parity gate: its measured max abs error. The
     # runtime rewrites only files that carry it (exact mode, CPU provider); other hosts run the file as it is.
     CPU_WINOGRAD = "stlpips.cpu_winograd"
+    # Which version of that rewrite the export gated (stlpips_rt.engine.winograd.FORM): a runtime whose rewrite is
+    # another version runs the file's own graph, so no file runs a form its export did not check.
+    CPU_WINOGRAD_FORM = "stlpips.cpu_winograd_form"
 
     @classmethod
     def all(cls) -> tuple[str, ...]:

@@ -4,9 +4,11 @@ contract (:class:`~stlpips_rt.contract.ModelInfo`) and its graph's tensors (:cla
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import onnxruntime as ort
 
@@ -112,6 +114,72 @@ def info_from_session(path: Path, session: ort.InferenceSession) -> ModelInfo:
     info = ModelInfo.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
     info.check_graph({i.name: i.type for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
     return info
+
+
+#: ModelProto's ``metadata_props`` field, and StringStringEntryProto's key and value (onnx.proto).
+_METADATA_PROPS, _KEY, _VALUE = 14, 1, 2
+_LENGTH_DELIMITED = 2
+_SKIP = {1: 8, 5: 4}  # fixed-size wire types: bytes to skip
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """A file's ``metadata_props``, read straight from the ONNX protobuf: every other top-level field (the graph and
+    its weights among them) is skipped by its length, so this costs well under a millisecond where a session costs
+    30-90 ms (what a check on every load can afford). Raises ValueError where the file is not a well-formed
+    protobuf."""
+    out: dict[str, str] = {}
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        while f.tell() < size:
+            tag = _varint(f)
+            field, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _varint(f)
+            elif wire in _SKIP:
+                f.seek(_SKIP[wire], os.SEEK_CUR)
+            elif wire == _LENGTH_DELIMITED:
+                length = _varint(f)
+                if field == _METADATA_PROPS:
+                    blob = f.read(length)
+                    if len(blob) < length:
+                        raise ValueError(f"{path}: truncated ONNX protobuf")
+                    key, value = _entry(blob)
+                    out[key] = value
+                else:
+                    f.seek(length, os.SEEK_CUR)
+            else:
+                raise ValueError(f"{path}: not an ONNX protobuf (wire type {wire})")
+            if f.tell() > size:
+                raise ValueError(f"{path}: truncated ONNX protobuf")
+    return out
+
+
+def _varint(f: BinaryIO) -> int:
+    value = shift = 0
+    while True:
+        byte = f.read(1)
+        if not byte or shift > 63:
+            raise ValueError("not a well-formed ONNX protobuf")
+        value |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if byte[0] < 0x80:
+            return value
+
+
+def _entry(blob: bytes) -> tuple[str, str]:
+    """A StringStringEntryProto's key and value."""
+    fields: dict[int, str] = {}
+    f = io.BytesIO(blob)
+    while f.tell() < len(blob):
+        tag = _varint(f)
+        if tag & 7 != _LENGTH_DELIMITED:
+            raise ValueError("a metadata entry that is not two strings")
+        length = _varint(f)
+        text = f.read(length)
+        if len(text) < length:
+            raise ValueError("a truncated metadata entry")
+        fields[tag >> 3] = text.decode("utf-8")
+    return fields.get(_KEY, ""), fields.get(_VALUE, "")
 
 
 def read_model_info(path: Path) -> ModelInfo:

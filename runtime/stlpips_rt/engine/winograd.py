@@ -28,7 +28,8 @@ direct kernel and the float64 result differ by about as much).
 256x256) 1.67x (docs/performance.md has the other layers); with 64 inputs it loses (0.86x at 64x64, 1.00x 64 ->
 128), hence :data:`MIN_IN_CHANNELS`.
 
-Only the runtime applies it, only where the file's export gated it (``stlpips.cpu_winograd``), only for
+Only the runtime applies it, only where the file's export gated this version of it (``stlpips.cpu_winograd``
+and ``stlpips.cpu_winograd_form``), only for
 ``precision="exact"`` on the CPU provider, and ``CpuOptions(winograd=False)`` turns it off. The first load rewrites
 the file and keeps the result in a cache folder; later sessions and processes load that. The file keeps its plain
 convolutions for every other host (OpenVINO, GPU providers, the browser and C++ hosts pick their own algorithms).
@@ -45,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import Key
+from .model_files import read_metadata
 from .options import SessionConfig
 
 #: Narrowest layer rewritten: with 64 inputs the transforms cost more than the products save.
@@ -136,8 +139,6 @@ def tile_alignment(model) -> int | None:  # noqa: ANN001 - onnx.ModelProto
 def alignment_of(metadata: Mapping[str, str]) -> int | None:
     """The deepest layer stride of a file's geometry (``stlpips.layer_stride``), which tile origins are multiples
     of (as the tiler reads it); None for a graph without one (never tiled)."""
-    from ..contract import Key
-
     strides = [int(s) for s in metadata.get(Key.LAYER_STRIDE, "").split(",") if s.strip()]
     return max(strides) if strides else None
 
@@ -250,29 +251,27 @@ def _winograd_nodes(node, inits: dict, const, helper, products_weight) -> list: 
 GRAPH_CACHE_ENV = "STLPIPS_GRAPH_CACHE_DIR"
 #: Rewritten graphs kept at most (the least recently used go first): 78 MB each for vgg-st.
 CACHE_ENTRIES = 4
-#: Part of every cache key: change it whenever the rewrite's output changes.
-REWRITE_VERSION = "3"
+#: The rewrite's version: change it whenever its output changes. Exports record the version they gated
+#: (``stlpips.cpu_winograd_form``); files gated with another run their own graph. Part of every cache key too.
+FORM = "3"
 
-#: (path, modification time, size) -> whether the file's export gated the Winograd form (Key.CPU_WINOGRAD).
-_DECLARED: dict[tuple[str, int, int], bool] = {}
+def declaration(max_abs: float) -> dict[str, str]:
+    """The metadata an export writes once this version of the form passed its gate with error ``max_abs``."""
+    return {Key.CPU_WINOGRAD: f"{max_abs:.3g}", Key.CPU_WINOGRAD_FORM: FORM}
+
+
+def declared_in(metadata: Mapping[str, str]) -> bool:
+    """Whether ``metadata`` says its export gated this version of the form."""
+    return bool(metadata.get(Key.CPU_WINOGRAD)) and metadata.get(Key.CPU_WINOGRAD_FORM) == FORM
 
 
 def declared(path: Path) -> bool:
-    """Whether ``path``'s metadata says its export proved the Winograd form (read once per file and process,
-    through onnxruntime, so files without it never import the onnx package)."""
-    import onnxruntime as ort
-
-    from ..contract import Key
-
-    stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _DECLARED:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
-        meta = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_modelmeta()
-        _DECLARED[key] = bool(meta.custom_metadata_map.get(Key.CPU_WINOGRAD))
-    return _DECLARED[key]
+    """:func:`declared_in` for a file's metadata, read from its protobuf (files without it never import the onnx
+    package; a file that cannot be read is not declared, and the session that follows reports why)."""
+    try:
+        return declared_in(read_metadata(Path(path)))
+    except (OSError, ValueError):
+        return False
 
 
 def applies(path: Path, providers: Sequence[str], cfg: SessionConfig) -> bool:
@@ -298,7 +297,7 @@ def cpu_model(path: Path) -> str | bytes:
     else the path itself."""
     path = Path(path)
     stat = os.stat(path)
-    ident = f"{REWRITE_VERSION}\0{path.resolve()}\0{stat.st_mtime_ns}\0{stat.st_size}"
+    ident = f"{FORM}\0{path.resolve()}\0{stat.st_mtime_ns}\0{stat.st_size}"
     folder = graph_cache_dir()
     entry = folder / f"{path.stem}.winograd-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.onnx"
     if entry.is_file():  # only declared files get an entry
